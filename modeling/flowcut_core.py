@@ -1,0 +1,192 @@
+"""FlowCut scoring and selection in pure torch, shared by every model family.
+
+The method (FlowCut, NeurIPS 2025) prunes visual tokens progressively inside the vision encoder. After every
+encoder layer it scores each patch token by how much information flows to it from the global (CLS) token, keeps an
+exponential moving average of that score, and at every second layer drops the lowest-scoring patches; the number
+dropped adapts to how concentrated the CLS attention is. The last pruning layer cuts straight to the target.
+
+This module reproduces the authors' reference code (``flowcut`` 1.0.2 on PyPI) selection for selection. It never
+needs the N x N attention matrix: everything it uses is O(N) per layer and is computed from the layer's own
+query/key/value tensors, so it works with eager, sdpa and flash attention alike.
+
+Deliberate departures from the reference code, none of which change a selection in float32:
+
+* the per-layer signals are computed in float32 whatever the model dtype, and the entropy uses ``xlogy`` so that
+  probabilities that underflow to zero in fp16/bf16 contribute 0 instead of NaN (the reference crashes there);
+* nothing is patched: model adapters call :func:`compute_layer_signals` and :meth:`FlowCutSelector.after_layer`.
+
+Batches: as in the reference code, the number of tokens dropped at a layer is shared by the whole batch (the most
+aggressive image decides, ``max`` over the batch). Every image therefore keeps the same number of tokens at every
+layer, which keeps the batch rectangular, but which tokens an image keeps can depend on its batch-mates. Run images
+one at a time if you need per-image schedules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class LayerSignals:
+    """The O(N) per-layer quantities FlowCut scores with, for the patch tokens only (global token excluded).
+
+    All tensors are float32 and shaped ``[batch, num_patches]``.
+    """
+
+    cls_attention: torch.Tensor
+    """Head-mean attention of the global token to each patch (softmax taken over all tokens, global included)."""
+    semantic_attention: torch.Tensor
+    """Head-mean softmax of the unscaled dot product between the global token's value and each value."""
+    value_l1: torch.Tensor
+    """L1 norm of the head-averaged value vector of each patch."""
+
+
+def compute_layer_signals(
+    query_global: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scaling: float,
+    num_prefix_tokens: int = 1,
+) -> LayerSignals:
+    """Computes FlowCut's per-layer signals from one attention layer's projections, in O(N).
+
+    Args:
+        query_global: the global token's query, ``[batch, heads, head_dim]``, before scaling.
+        keys: ``[batch, heads, seq, head_dim]``.
+        values: ``[batch, heads, seq, head_dim]``.
+        scaling: the attention scale (``head_dim ** -0.5`` for CLIP).
+        num_prefix_tokens: how many leading tokens are not patches (1 for the CLS token).
+    """
+    query_global = query_global.float()
+    keys = keys.float()
+    values = values.float()
+    # The reference scales q before the product (transformers 4.37 CLIP); doing the same keeps float32 rounding equal.
+    cls_logits = torch.einsum("bhd,bhsd->bhs", query_global * scaling, keys)
+    cls_attention = cls_logits.softmax(dim=-1).mean(dim=1)
+    value_global = values[:, :, 0]
+    # Unscaled on purpose: the reference CLIP path has no 1/sqrt(d) here.
+    semantic_logits = torch.einsum("bhd,bhsd->bhs", value_global, values)
+    semantic_attention = semantic_logits.softmax(dim=-1).mean(dim=1)
+    value_l1 = values.mean(dim=1).abs().sum(dim=-1)
+    return LayerSignals(
+        cls_attention=cls_attention[:, num_prefix_tokens:],
+        semantic_attention=semantic_attention[:, num_prefix_tokens:],
+        value_l1=value_l1[:, num_prefix_tokens:],
+    )
+
+
+def fused_score(signals: LayerSignals) -> torch.Tensor:
+    """FlowCut's multi-criteria score: (normalised CLS attention + normalised semantic attention) x value L1."""
+    attention = signals.cls_attention / signals.cls_attention.sum(dim=-1, keepdim=True)
+    semantic = signals.semantic_attention / signals.semantic_attention.sum(dim=-1, keepdim=True)
+    return (attention + semantic) * signals.value_l1
+
+
+def attention_entropy_ratio(cls_attention: torch.Tensor) -> torch.Tensor:
+    """Entropy of the CLS attention over the patches divided by its maximum ``log(N)``, per image, in [0, 1]."""
+    probabilities = cls_attention.float()
+    probabilities = probabilities / probabilities.sum(dim=-1, keepdim=True)
+    # xlogy(0, 0) == 0: underflowed probabilities must not turn the entropy into NaN.
+    entropy = -torch.special.xlogy(probabilities, probabilities).sum(dim=-1)
+    return entropy / math.log(probabilities.shape[-1])
+
+
+def adaptive_prune_count(
+    cls_attention: torch.Tensor, remaining_layers: int, target_patches: int, share_across_batch: bool = True
+) -> int | torch.Tensor:
+    """How many patches to drop at a pruning layer: ``round((N - T) / sqrt(L) * (1 - r_H^2))``.
+
+    ``N`` is the current patch count, ``T`` the target, ``L`` the number of remaining layers and ``r_H`` the
+    normalised entropy of the CLS attention. Rounding is half-to-even, as ``torch.round``. With
+    ``share_across_batch`` the count is the batch maximum, as in the reference code.
+    """
+    num_patches = cls_attention.shape[-1]
+    ratio = attention_entropy_ratio(cls_attention)
+    count = (num_patches - target_patches) / math.sqrt(remaining_layers) * (1 - ratio**2)
+    if share_across_batch:
+        return int(torch.round(count.max()).item())
+    return torch.round(count).long()
+
+
+@dataclass
+class FlowCutSelector:
+    """Progressive selection state for one batch of images passing through one vision encoder.
+
+    A model adapter runs the encoder layer by layer; after each layer with index ``layer_idx`` it computes the
+    layer's :class:`LayerSignals` (only while :attr:`active`) and calls :meth:`after_layer`, which may return a
+    shorter hidden-state tensor.
+
+    Args:
+        target_length: tokens to keep, prefix (CLS) tokens included.
+        last_layer: index of the encoder layer whose output is the feature the model reads. Pruning finishes at
+            the layer before it: the cut to ``target_length`` happens at ``last_layer - 1``.
+        batch_size / num_patches / device: the shape of the input.
+        prune_interval: prune at every ``prune_interval``-th layer, counted back from the final cut.
+        history_weight: weight of the running score in the cumulative update (0.5 in the paper).
+        num_prefix_tokens: leading non-patch tokens, kept unconditionally (1 for CLS).
+    """
+
+    target_length: int
+    last_layer: int
+    batch_size: int
+    num_patches: int
+    device: torch.device | str = "cpu"
+    prune_interval: int = 2
+    history_weight: float = 0.5
+    num_prefix_tokens: int = 1
+    cumulative_score: torch.Tensor | None = None
+    keep_indices: torch.Tensor = field(init=False)
+    sequence_lengths: list[int] = field(default_factory=list)
+    """The sequence length (prefix tokens included) each encoder layer ran on, in order."""
+
+    def __post_init__(self) -> None:
+        self.keep_indices = torch.arange(self.num_patches, device=self.device).expand(self.batch_size, -1)
+
+    @property
+    def current_length(self) -> int:
+        return self.keep_indices.shape[1] + self.num_prefix_tokens
+
+    @property
+    def active(self) -> bool:
+        """Whether the next layer still needs signals (the sequence is longer than the target)."""
+        return self.current_length > self.target_length
+
+    def record_layer(self, sequence_length: int) -> None:
+        self.sequence_lengths.append(sequence_length)
+
+    def after_layer(self, layer_idx: int, hidden_states: torch.Tensor, signals: LayerSignals) -> torch.Tensor:
+        """Updates the cumulative score with this layer's signals and prunes if this is a pruning layer."""
+        score = fused_score(signals)
+        if self.cumulative_score is None:
+            # The reference starts from the first score itself, not from half of it.
+            self.cumulative_score = score
+        else:
+            self.cumulative_score = self.history_weight * self.cumulative_score + (1 - self.history_weight) * score
+
+        remaining_layers = self.last_layer - layer_idx - 1
+        if remaining_layers < 0 or remaining_layers % self.prune_interval != 0:
+            return hidden_states
+
+        current_length = hidden_states.shape[1]
+        if remaining_layers == 0:
+            prune_count = current_length
+        else:
+            prune_count = adaptive_prune_count(
+                signals.cls_attention, remaining_layers, self.target_length - self.num_prefix_tokens
+            )
+        keep_length = max(current_length - prune_count, self.target_length)
+        keep_patches = keep_length - self.num_prefix_tokens
+        if keep_patches >= current_length - self.num_prefix_tokens:
+            return hidden_states
+
+        # Sorting keeps the survivors in raster order, which is all the position information LLaVA's LLM gets.
+        kept = self.cumulative_score.topk(keep_patches, dim=1).indices.sort(dim=1).values
+        self.cumulative_score = self.cumulative_score.gather(1, kept)
+        self.keep_indices = self.keep_indices.gather(1, kept.to(self.keep_indices.device))
+        prefix = hidden_states[:, : self.num_prefix_tokens]
+        patches = hidden_states[:, self.num_prefix_tokens :]
+        gather_index = kept.to(hidden_states.device).unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
+        return torch.cat([prefix, patches.gather(1, gather_index)], dim=1)
