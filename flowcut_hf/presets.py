@@ -1,0 +1,165 @@
+"""Ready-made ``LlavaConfig`` objects with LLaVA-1.5 geometry.
+
+Two presets, both randomly initialised when a model is built from them (no
+weights are downloaded):
+
+* :func:`bench_preset_config` keeps LLaVA-1.5-7B's *depth and token geometry*
+  (24-layer CLIP at 336 px / 14 px patches -> 576 image tokens, 32-layer
+  Llama) at a quarter of the width. Sequence lengths, layer counts and the
+  vision/LLM compute split therefore behave like the real model, so pruning
+  speed-ups measured on it are indicative, while it fits on any GPU (~0.5B
+  parameters).
+* :func:`tiny_llava_config` keeps the real *token geometry* (577 encoder
+  tokens, 576 image tokens) but shrinks every width so a CPU forward takes
+  well under a second: meant for tests of pruning logic, shapes and caches.
+"""
+
+from __future__ import annotations
+
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+__all__ = ["bench_preset_config", "tiny_llava_config"]
+
+# LLaVA-1.5 (llava-hf/llava-1.5-7b-hf) constants that the presets share.
+_LLAVA15_IMAGE_SIZE = 336
+_LLAVA15_PATCH_SIZE = 14
+_LLAVA15_VISION_LAYERS = 24
+_LLAVA15_VOCAB = 32064
+_LLAVA15_IMAGE_TOKEN_INDEX = 32000
+_LLAVA15_PAD_TOKEN_ID = 32001
+_LLAVA15_IMAGE_SEQ_LENGTH = (_LLAVA15_IMAGE_SIZE // _LLAVA15_PATCH_SIZE) ** 2  # 576
+
+
+def bench_preset_config() -> LlavaConfig:
+    """LLaVA-1.5-7B at 1/4 width, full depth and full token geometry.
+
+    ======================  ===============  ===============
+    component               LLaVA-1.5-7B     this preset
+    ======================  ===============  ===============
+    CLIP layers / heads     24 / 16          24 / 4
+    CLIP hidden / MLP       1024 / 4096      256 / 1024
+    Llama layers / heads    32 / 32 (kv 32)  32 / 8 (kv 8)
+    Llama hidden / MLP      4096 / 11008     1024 / 2752
+    projector               1024->4096       256->1024
+    ======================  ===============  ===============
+
+    Head widths are preserved (CLIP 64, Llama 128), so attention kernels see
+    the same per-head shapes as on the real model.
+    """
+    vision_config = CLIPVisionConfig(
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=_LLAVA15_VISION_LAYERS,
+        num_attention_heads=4,
+        image_size=_LLAVA15_IMAGE_SIZE,
+        patch_size=_LLAVA15_PATCH_SIZE,
+        num_channels=3,
+        hidden_act="quick_gelu",
+        layer_norm_eps=1e-5,
+        projection_dim=256,
+    )
+    text_config = LlamaConfig(
+        vocab_size=_LLAVA15_VOCAB,
+        hidden_size=1024,
+        intermediate_size=2752,
+        num_hidden_layers=32,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        hidden_act="silu",
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-5,
+        pad_token_id=_LLAVA15_PAD_TOKEN_ID,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=_LLAVA15_IMAGE_TOKEN_INDEX,
+        image_seq_length=_LLAVA15_IMAGE_SEQ_LENGTH,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+    )
+
+
+def tiny_llava_config(
+    num_vision_layers: int = _LLAVA15_VISION_LAYERS,
+    vocab_size: int = 256,
+    image_token_index: int | None = None,
+    *,
+    vision_feature_layer: int = -2,
+    vision_feature_select_strategy: str = "default",
+    num_text_layers: int = 2,
+) -> LlavaConfig:
+    """A tiny LLaVA-1.5-shaped config for fast CPU tests.
+
+    The CLIP tower keeps the real token geometry (336 px, 14 px patches ->
+    576 patches + CLS = 577 tokens) so FlowCut's schedules and ``target_num``
+    values are the real ones; only widths shrink (hidden 32, 2 heads, MLP 64).
+    The Llama is hidden 64, 4 heads, 2 KV heads (so grouped-query attention
+    paths are exercised), MLP 128.
+
+    Args:
+        num_vision_layers: CLIP depth (LLaVA-1.5: 24).
+        vocab_size: Llama vocabulary size.
+        image_token_index: id of the ``<image>`` placeholder; defaults to
+            ``vocab_size - 1``. Must lie inside the vocabulary because the
+            placeholder ids go through the embedding table before being
+            overwritten by image features.
+        vision_feature_layer, vision_feature_select_strategy: as in
+            ``LlavaConfig``.
+        num_text_layers: Llama depth.
+    """
+    if image_token_index is None:
+        image_token_index = vocab_size - 1
+    if not 0 <= image_token_index < vocab_size:
+        raise ValueError(f"image_token_index {image_token_index} must lie in [0, {vocab_size})")
+
+    vision_config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=num_vision_layers,
+        num_attention_heads=2,
+        image_size=_LLAVA15_IMAGE_SIZE,
+        patch_size=_LLAVA15_PATCH_SIZE,
+        num_channels=3,
+        hidden_act="quick_gelu",
+        projection_dim=32,
+    )
+    # bos/eos/pad are pinned to ids that are never the image placeholder, so a
+    # generate() smoke test cannot mistake a special token for an image slot.
+    special = [i for i in range(vocab_size) if i != image_token_index][:3]
+    if len(special) < 3:
+        raise ValueError("vocab_size must be at least 4")
+    pad_id, bos_id, eos_id = special
+    text_config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=num_text_layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-5,
+        pad_token_id=pad_id,
+        bos_token_id=bos_id,
+        eos_token_id=eos_id,
+        tie_word_embeddings=False,
+    )
+    return LlavaConfig(
+        vision_config=vision_config,
+        text_config=text_config,
+        image_token_index=image_token_index,
+        # The processor expands <image> to this many placeholders; "full" keeps CLS.
+        image_seq_length=_LLAVA15_IMAGE_SEQ_LENGTH + (vision_feature_select_strategy == "full"),
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        vision_feature_layer=vision_feature_layer,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+    )
