@@ -46,6 +46,13 @@ class FlowCutLlavaProcessor(LlavaProcessor):
             **kwargs,
         )
 
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        # Name the stock class here (auto_map still points at this one): without trust_remote_code, AutoProcessor
+        # then falls back to the stock LlavaProcessor, which matches the stock model it loads, instead of failing.
+        data["processor_class"] = "LlavaProcessor"
+        return data
+
     def _retained_count(self, unpruned_count: int) -> int:
         if not self.flowcut_enabled:
             return unpruned_count

@@ -1,0 +1,119 @@
+"""Tiny, fully offline LLaVA-1.5-shaped models, tokenizers and processors.
+
+They use the real architectures (CLIP ViT at 336 px with 14 px patches, so 576 patches; a Llama text model) with
+random weights, so the demo, the tests and the benchmark run without downloading anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+from .presets import tiny_llava_config
+
+LLAVA_15_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else "
+    "message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ') }} "
+    "{% else %}{{ message['role'].upper() }}: "
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %} {% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
+IMAGE_TOKEN = "<image>"
+
+
+def build_tiny_tokenizer() -> TokenizersBackend:
+    """A byte-level tokenizer (every byte is a token, no merges) with LLaVA's special tokens.
+
+    Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, the 256 bytes, then ``<image>`` last (260).
+    """
+    byte_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + byte_alphabet + [IMAGE_TOKEN])}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = TokenizersBackend(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        padding_side="left",
+        chat_template=LLAVA_15_CHAT_TEMPLATE,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    return tokenizer
+
+
+def build_tiny_processor(tokenizer: TokenizersBackend | None = None, image_size: int = 336) -> LlavaProcessor:
+    """A stock LlavaProcessor around :func:`build_tiny_tokenizer`, with LLaVA-1.5's CLIP image preprocessing."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.48145466, 0.4578275, 0.40821073],
+        image_std=[0.26862954, 0.26130258, 0.27577711],
+    )
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_15_CHAT_TEMPLATE,
+    )
+
+
+def tiny_config_for(tokenizer: TokenizersBackend, **overrides) -> LlavaConfig:
+    """:func:`tiny_llava_config` with its special-token ids taken from ``tokenizer``."""
+    config = tiny_llava_config(
+        vocab_size=len(tokenizer), image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), **overrides
+    )
+    text_config = config.text_config
+    text_config.pad_token_id = tokenizer.pad_token_id
+    text_config.bos_token_id = tokenizer.bos_token_id
+    text_config.eos_token_id = tokenizer.eos_token_id
+    return config
+
+
+def build_tiny_llava(seed: int = 0, tokenizer: TokenizersBackend | None = None, **overrides):
+    """A random stock ``LlavaForConditionalGeneration`` and its stock processor, with LLaVA-1.5 geometry."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    config = tiny_config_for(tokenizer, **overrides)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    # Random tiny weights give near-uniform attention; a larger init makes CLS attention peaked, as in real CLIP,
+    # so the adaptive schedule actually varies between layers.
+    with torch.no_grad():
+        for name, parameter in model.model.vision_tower.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(4.0)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model, build_tiny_processor(tokenizer)
+
+
+def synthetic_image(seed: int = 0, size: tuple[int, int] = (336, 336)) -> Image.Image:
+    """A deterministic RGB test image: smooth colour gradients plus a few bright blobs."""
+    rng = np.random.default_rng(seed)
+    height, width = size
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = np.stack([x / width, y / height, 0.5 + 0.5 * np.sin((x + y) / 37.0)], axis=-1) * 160
+    for _ in range(4):
+        cy, cx = rng.integers(0, height), rng.integers(0, width)
+        radius = rng.integers(height // 16, height // 6)
+        blob = (y - cy) ** 2 + (x - cx) ** 2 < radius**2
+        image[blob] = rng.integers(0, 256, size=3)
+    return Image.fromarray(image.clip(0, 255).astype(np.uint8))

@@ -1,0 +1,102 @@
+"""Shared fixtures: tiny random LLaVA-1.5-shaped models (real architectures and geometry) and clean subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowcut_hf import flowcut, flowcut_processor
+from flowcut_hf.tiny import build_tiny_llava, synthetic_image
+
+TARGET_NUM = 64
+PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+
+# Makes `import flowcut_hf` fail inside a subprocess, so remote code that leans on the installed package is caught.
+BLOCK_FLOWCUT_HF = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _BlockFlowcutHf(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "flowcut_hf" or name.startswith("flowcut_hf."):
+                raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+            return None
+    sys.meta_path.insert(0, _BlockFlowcutHf())
+    """
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_stock():
+    """(stock model, stock processor); treat as read-only."""
+    return build_tiny_llava(seed=0)
+
+
+def fresh_flowcut_model(target_num: int = TARGET_NUM, seed: int = 0):
+    model, processor = build_tiny_llava(seed=seed)
+    return flowcut(model, target_num=target_num), flowcut_processor(processor, target_num=target_num)
+
+
+@pytest.fixture(scope="session")
+def tiny_flowcut():
+    return fresh_flowcut_model()
+
+
+@pytest.fixture(scope="session")
+def image_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("images")
+    paths = []
+    for seed in range(2):
+        path = folder / f"image{seed}.png"
+        synthetic_image(seed, size=(300 + 20 * seed, 336)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def saved_flowcut_folder(tiny_flowcut, tmp_path_factory):
+    model, processor = tiny_flowcut
+    folder = tmp_path_factory.mktemp("flowcut64")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def run_clean_python(code: str, tmp_path: Path, extra_env: dict | None = None, timeout: int = 300) -> dict:
+    """Runs ``code`` with ``python -P`` from an unrelated folder, an empty module cache and flowcut_hf blocked.
+
+    The code must print one JSON object on its last stdout line; it is returned.
+    """
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir(exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "PYTHON"))}
+    env.update(
+        HF_MODULES_CACHE=str(tmp_path / "modules_cache"),
+        HF_HOME=str(tmp_path / "hf_home"),
+        HF_HUB_OFFLINE=env.get("HF_HUB_OFFLINE", "1"),
+        TOKENIZERS_PARALLELISM="false",
+    )
+    env.update(extra_env or {})
+    script = BLOCK_FLOWCUT_HF + textwrap.dedent(code)
+    result = subprocess.run(
+        [sys.executable, "-P", "-c", script], cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, f"subprocess failed:\n{result.stderr[-6000:]}"
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def greedy(model, inputs, max_new_tokens: int = 6, **kwargs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            suppress_tokens=[model.config.image_token_id],
+            **kwargs,
+        )
