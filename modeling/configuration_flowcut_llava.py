@@ -6,6 +6,8 @@ unpruned LLaVA, whose model and processor still agree with each other.
 
 from __future__ import annotations
 
+from typing import Any
+
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaConfig
 
@@ -43,14 +45,21 @@ class FlowCutLlavaConfig(LlavaConfig):
             Weight of the running score in the cumulative score update (the paper uses 0.5/0.5).
     """
 
-    flowcut_target_num: int = DEFAULT_TARGET_NUM
+    # Typed Any on purpose: the strict dataclass would otherwise reject bad values with its own (non-ValueError)
+    # error before __setattr__ can explain the fix. __setattr__ enforces "positive int" on every assignment,
+    # including from_pretrained(..., flowcut_target_num=N) overrides.
+    flowcut_target_num: Any = DEFAULT_TARGET_NUM
     flowcut_enabled: bool = True
     flowcut_prune_interval: int = 2
     flowcut_history_weight: float = 0.5
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "flowcut_target_num":
+            validate_target_num(value)
+        super().__setattr__(name, value)
+
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        validate_target_num(self.flowcut_target_num)
         if isinstance(self.flowcut_prune_interval, bool) or self.flowcut_prune_interval < 1:
             raise ValueError(f"flowcut_prune_interval must be an int >= 1, got {self.flowcut_prune_interval!r}.")
         if not 0.0 <= self.flowcut_history_weight < 1.0:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+
+# Before transformers is imported: remote code loaded in-process goes to a throwaway module cache, and nothing
+# here may reach the real Hub.
+os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="flowcut-hf-modules-")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import subprocess
 import sys
 import textwrap
