@@ -1,0 +1,181 @@
+"""Evaluation results for a variant's model card, read from a small JSON file.
+
+Schema (UTF-8 JSON object)::
+
+    {
+      "model_name": "llava-1.5-7b-flowcut64",        # optional; default: the repo name
+      "results": [                                    # required, non-empty
+        {
+          "task_type": "image-text-to-text",          # required, non-empty string
+          "dataset_type": "lmms-lab/POPE",            # required: a Hub dataset id
+          "dataset_name": "POPE",                     # required: a display name
+          "metric_type": "f1",                        # required: a metric id
+          "metric_value": 85.2,                       # required: finite number or non-empty string ("85.2 ± 0.3")
+
+          "task_name": "...",                         # optional strings
+          "dataset_config": "...", "dataset_split": "test", "dataset_revision": "<sha>",
+          "metric_name": "POPE F1", "metric_config": "...",
+          "source_name": "...", "source_url": "https://...",   # source_name needs source_url
+          "dataset_args": {...}, "metric_args": {...}           # optional JSON objects
+        }
+      ]
+    }
+
+Keys are the field names of :class:`huggingface_hub.EvalResult`, except ``verified`` and ``verify_token``, which
+only Hugging Face's evaluation service may set. Unknown keys are rejected so that a typo cannot silently drop a
+field. Every problem raises :class:`ValueError` naming the file and the offending field, e.g.
+``results[2].metric_value``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult
+
+_REQUIRED = ("task_type", "dataset_type", "dataset_name", "metric_type", "metric_value")
+_OPTIONAL_STR = (
+    "task_name",
+    "dataset_config",
+    "dataset_split",
+    "dataset_revision",
+    "metric_name",
+    "metric_config",
+    "source_name",
+    "source_url",
+)
+_OPTIONAL_OBJ = ("dataset_args", "metric_args")
+_ALLOWED = frozenset(_REQUIRED + _OPTIONAL_STR + _OPTIONAL_OBJ)
+_TOP_LEVEL = frozenset({"model_name", "results"})
+
+# model-index stores one task/dataset header per group of metrics, taken from the group's first result. Results in a
+# group that disagree on these would lose their own values when the card is written, so they must agree.
+_GROUP_SHARED = ("task_name", "dataset_name", "dataset_args", "source_name", "source_url")
+
+
+def load_eval_results(path: str | Path, *, default_model_name: str) -> tuple[str, list[EvalResult]]:
+    """Read and validate an evaluation-results JSON file (schema in this module's docstring).
+
+    Args:
+        path: the JSON file.
+        default_model_name: the ``model-index`` name used when the file has no ``model_name``.
+
+    Returns:
+        ``(model_name, results)``. ``results`` is ordered the way ``model-index`` groups them (by task, dataset,
+        config, split and revision, in order of first appearance), so it compares equal to the list read back from
+        the written card.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not JSON or breaks the schema; the message names the field.
+    """
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    except _NonFiniteError as err:
+        raise ValueError(f"{path}: {err}") from None
+    return parse_eval_results(raw, default_model_name=default_model_name, source=str(path))
+
+
+def parse_eval_results(
+    raw: Any, *, default_model_name: str, source: str = "eval results"
+) -> tuple[str, list[EvalResult]]:
+    """Validate already-decoded evaluation results; see :func:`load_eval_results`.
+
+    ``source`` prefixes every error message (the file name, when called from :func:`load_eval_results`).
+    """
+
+    def fail(msg: str) -> ValueError:
+        return ValueError(f"{source}: {msg}")
+
+    if not isinstance(raw, dict):
+        raise fail(f"top level must be a JSON object with a 'results' list, got {type(raw).__name__}")
+    unknown = sorted(set(raw) - _TOP_LEVEL)
+    if unknown:
+        raise fail(f"unknown top-level key(s) {unknown}; allowed: {sorted(_TOP_LEVEL)}")
+
+    model_name = raw.get("model_name", default_model_name)
+    if not _is_nonempty_str(model_name):
+        raise fail(f"model_name must be a non-empty string, got {model_name!r}")
+
+    if "results" not in raw:
+        raise fail("missing required key 'results'")
+    entries = raw["results"]
+    if not isinstance(entries, list) or not entries:
+        raise fail(f"results must be a non-empty list, got {entries!r}")
+
+    results = [_parse_entry(entry, f"results[{i}]", fail) for i, entry in enumerate(entries)]
+    return model_name, _group_like_model_index(results, fail)
+
+
+def _parse_entry(entry: Any, where: str, fail) -> EvalResult:
+    if not isinstance(entry, dict):
+        raise fail(f"{where} must be a JSON object, got {type(entry).__name__}")
+    unknown = sorted(set(entry) - _ALLOWED)
+    if unknown:
+        raise fail(f"{where}: unknown key(s) {unknown}; allowed: {sorted(_ALLOWED)}")
+    for key in _REQUIRED:
+        if key not in entry:
+            raise fail(f"{where}.{key} is required")
+    for key in _REQUIRED[:-1] + _OPTIONAL_STR:
+        if key in entry and not _is_nonempty_str(entry[key]):
+            raise fail(f"{where}.{key} must be a non-empty string, got {entry[key]!r}")
+    for key in _OPTIONAL_OBJ:
+        if key in entry and not isinstance(entry[key], dict):
+            raise fail(f"{where}.{key} must be a JSON object, got {entry[key]!r}")
+
+    value = entry["metric_value"]
+    # bool is an int subclass, and NaN/inf cannot be written to the card's YAML and read back as the same value.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not (is_number or _is_nonempty_str(value)):
+        raise fail(f"{where}.metric_value must be a finite number or a non-empty string, got {value!r}")
+    if "source_name" in entry and "source_url" not in entry:
+        raise fail(f"{where}.source_url is required when source_name is given")
+    return EvalResult(**entry)
+
+
+def _group_like_model_index(results: list[EvalResult], fail) -> list[EvalResult]:
+    groups: dict[tuple, list[tuple[int, EvalResult]]] = {}
+    for i, result in enumerate(results):
+        groups.setdefault(result.unique_identifier, []).append((i, result))
+
+    ordered: list[EvalResult] = []
+    for members in groups.values():
+        first_i, first = members[0]
+        seen_metrics: dict[str, int] = {}
+        for i, result in members:
+            for key in _GROUP_SHARED:
+                if getattr(result, key) != getattr(first, key):
+                    raise fail(
+                        f"results[{i}].{key} is {getattr(result, key)!r} but results[{first_i}] (same task, dataset,"
+                        f" config, split and revision) has {getattr(first, key)!r}; model-index stores one value"
+                        " per dataset entry"
+                    )
+            metric_key = json.dumps(
+                [result.metric_type, result.metric_name, result.metric_config, result.metric_args], sort_keys=True
+            )
+            if metric_key in seen_metrics:
+                first_seen = seen_metrics[metric_key]
+                raise fail(f"results[{i}] repeats the metric of results[{first_seen}] on the same dataset")
+            seen_metrics[metric_key] = i
+            ordered.append(result)
+    return ordered
+
+
+class _NonFiniteError(Exception):
+    pass
+
+
+def _reject_constant(name: str):
+    # Python's json accepts NaN/Infinity, but they are not JSON and NaN never compares equal after the card is
+    # read back, so a result holding one could not be checked.
+    raise _NonFiniteError(f"{name} is not a valid JSON value; use a finite number")
+
+
+def _is_nonempty_str(value: Any) -> bool:
+    return isinstance(value, str) and value.strip() != ""
