@@ -53,10 +53,12 @@ def compute_layer_signals(
 ) -> LayerSignals:
     """Computes FlowCut's per-layer signals from one attention layer's projections, in O(N).
 
+    Keys and values are taken token-major, as the projections produce them, so no transposed copy is made.
+
     Args:
         query_global: the global token's query, ``[batch, heads, head_dim]``, before scaling.
-        keys: ``[batch, heads, seq, head_dim]``.
-        values: ``[batch, heads, seq, head_dim]``.
+        keys: ``[batch, seq, heads, head_dim]``.
+        values: ``[batch, seq, heads, head_dim]``.
         scaling: the attention scale (``head_dim ** -0.5`` for CLIP).
         num_prefix_tokens: how many leading tokens are not patches (1 for the CLS token).
     """
@@ -64,13 +66,12 @@ def compute_layer_signals(
     keys = keys.float()
     values = values.float()
     # The reference scales q before the product (transformers 4.37 CLIP); doing the same keeps float32 rounding equal.
-    cls_logits = torch.einsum("bhd,bhsd->bhs", query_global * scaling, keys)
+    cls_logits = torch.einsum("bshd,bhd->bhs", keys, query_global * scaling)
     cls_attention = cls_logits.softmax(dim=-1).mean(dim=1)
-    value_global = values[:, :, 0]
     # Unscaled on purpose: the reference CLIP path has no 1/sqrt(d) here.
-    semantic_logits = torch.einsum("bhd,bhsd->bhs", value_global, values)
+    semantic_logits = torch.einsum("bshd,bhd->bhs", values, values[:, 0])
     semantic_attention = semantic_logits.softmax(dim=-1).mean(dim=1)
-    value_l1 = values.mean(dim=1).abs().sum(dim=-1)
+    value_l1 = values.mean(dim=2).abs().sum(dim=-1)
     return LayerSignals(
         cls_attention=cls_attention[:, num_prefix_tokens:],
         semantic_attention=semantic_attention[:, num_prefix_tokens:],

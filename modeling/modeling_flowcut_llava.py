@@ -142,8 +142,8 @@ def clip_layer_with_signals(layer: nn.Module, hidden_states: torch.Tensor):
     with torch.no_grad():
         signals = compute_layer_signals(
             queries[:, 0].reshape(batch, heads, head_dim),
-            keys.reshape(batch, length, heads, head_dim).transpose(1, 2),
-            values.reshape(batch, length, heads, head_dim).transpose(1, 2),
+            keys.view(batch, length, heads, head_dim),
+            values.view(batch, length, heads, head_dim),
             scaling=attention.scale,
         )
     return output, signals

@@ -23,7 +23,7 @@ def test_signals_equal_the_full_attention_matrix_computation():
     batch, heads, length, dim = 2, 4, 50, 16
     q, k, v = (torch.randn(batch, heads, length, dim, dtype=torch.float64) for _ in range(3))
     scale = dim**-0.5
-    signals = compute_layer_signals(q[:, :, 0], k, v, scale)
+    signals = compute_layer_signals(q[:, :, 0], k.transpose(1, 2), v.transpose(1, 2), scale)
     full_attention = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # [B, H, S, S]
     torch.testing.assert_close(signals.cls_attention, full_attention[:, :, 0, 1:].mean(1).float())
     semantic = torch.softmax(v[:, :, :1] @ v.transpose(-1, -2), dim=-1)[:, :, 0]  # unscaled, as the authors
