@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 from .presets import tiny_llava_config
@@ -59,7 +59,7 @@ def build_tiny_tokenizer() -> TokenizersBackend:
 def build_tiny_processor(tokenizer: TokenizersBackend | None = None, image_size: int = 336) -> LlavaProcessor:
     """A stock LlavaProcessor around :func:`build_tiny_tokenizer`, with LLaVA-1.5's CLIP image preprocessing."""
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
         image_mean=[0.48145466, 0.4578275, 0.40821073],

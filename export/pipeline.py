@@ -1,0 +1,653 @@
+"""The exporter: a base LLaVA checkpoint in, FlowCut variants out (to folders, and optionally to the Hub).
+
+The pipeline is a sequence of named stages, each a plain function:
+
+1. :func:`resolve` finds the source (local folder or Hub repo id) and classifies it (HF-format or original LLaVA).
+2. :func:`convert` turns an original-LLaVA checkpoint into the HF layout (streamed, shard by shard).
+3. :func:`write_variant` writes one variant folder: weights copied or hard-linked byte-identical, ``config.json``
+   with the FlowCut fields and ``auto_map``, the remote-code files verbatim, processor, tokenizer, generation config.
+4. :func:`verify_variant` loads the folder in clean subprocesses and checks it (keys, one forward pass against the
+   library's own model on the source weights, placeholder count).
+5. :func:`write_card` renders README.md.
+6. :func:`push_variant` creates the repo and uploads the folder.
+
+:func:`export` runs them. Every variant is assembled in a temporary folder beside its destination and renamed into
+place only after it verified, so an interrupted export never leaves a half-written variant. The exporter process
+never loads model weights: tensors are copied as files, and the checks that need the model run in subprocesses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .convert import convert_original_llava, is_hf_llava, is_original_llava
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAME_PATTERN = "{base}-flowcut{n}"
+METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.md", "*.tiktoken"]
+WEIGHT_PATTERNS = ["*.safetensors", "*.bin"]
+MANIFEST_NAME = ".flowcut-export.json"
+# Files of the source that the variant regenerates itself (or must not inherit).
+REGENERATED_FILES = {"config.json", "README.md", "processor_config.json", "preprocessor_config.json"}
+
+
+@dataclass
+class ResolvedSource:
+    """Stage 1's result: where the source files are and what they are."""
+
+    local_dir: Path
+    kind: str  # "hf" or "original"
+    config: dict[str, Any]
+    repo_id: str | None = None
+    commit: str | None = None
+    base_name: str = "model"
+    license: str | None = None
+    license_name: str | None = None
+    license_link: str | None = None
+
+    @property
+    def base_model(self) -> str | None:
+        """The Hub id the weights come from, if it can be told."""
+        if self.repo_id:
+            return self.repo_id
+        name_or_path = self.config.get("_name_or_path") or ""
+        return name_or_path if looks_like_repo_id(name_or_path) else None
+
+
+@dataclass
+class VariantPlan:
+    target_num: int
+    name: str
+    folder: Path
+    repo_id: str | None
+
+
+@dataclass
+class VariantResult:
+    plan: VariantPlan
+    files: list[str] = field(default_factory=list)
+    token_schedule: list[int] | None = None
+    pushed_commit: str | None = None
+    pushed_url: str | None = None
+    reused: bool = False
+
+
+@dataclass
+class ExportOptions:
+    """Everything ``flowcut-hf export`` takes, in one place."""
+
+    target_nums: Sequence[int]
+    out: Path
+    push: str | None = None
+    private: bool = False
+    revision: str | None = None
+    overwrite: bool = False
+    dry_run: bool = False
+    commit_message: str | None = None
+    create_pr: bool = False
+    allow_pickle: bool = False
+    vision_tower: Path | None = None
+    eval_results: Path | None = None
+    name_pattern: str = DEFAULT_NAME_PATTERN
+    base_model: str | None = None
+    verify: bool = True
+
+
+# --------------------------------------------------------------------------------------------------- 1. resolve
+
+
+def looks_like_repo_id(source: str) -> bool:
+    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source) is not None
+
+
+def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_only: bool = False) -> ResolvedSource:
+    """Finds the source checkpoint and classifies it. Hub repos are downloaded with huggingface_hub."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if revision is not None:
+            raise ValueError(f"--revision applies to Hub repos; {source} is a local folder.")
+        local_dir, repo_id, commit = path.resolve(), None, None
+    elif path.exists():
+        raise ValueError(f"{source} is a file; give the folder that holds config.json, or a Hub repo id.")
+    elif looks_like_repo_id(str(source)):
+        local_dir, repo_id, commit = _download(str(source), revision, metadata_only)
+    else:
+        raise FileNotFoundError(f"Source {source!r} is neither an existing folder nor a Hub repo id (owner/name).")
+
+    config_path = local_dir / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{source} has no config.json; is it a model checkpoint?")
+    config = json.loads(config_path.read_text())
+    if is_hf_llava(config):
+        kind = "hf"
+        if not metadata_only:
+            _check_hf_weights(local_dir, config)
+    elif is_original_llava(config):
+        kind = "original"
+    else:
+        raise ValueError(
+            f"{source} is not a LLaVA checkpoint (model_type={config.get('model_type')!r}, "
+            f"architectures={config.get('architectures')}). FlowCut export supports HF-format LLaVA "
+            "(LlavaForConditionalGeneration) and original-LLaVA (LlavaLlamaForCausalLM) checkpoints."
+        )
+    base_name = (repo_id.split("/")[-1] if repo_id else local_dir.name) or "model"
+    resolved = ResolvedSource(local_dir, kind, config, repo_id, commit, base_name)
+    _read_license(resolved)
+    return resolved
+
+
+def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[Path, str, str | None]:
+    from huggingface_hub import HfApi, snapshot_download
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().model_info(repo_id, revision=revision)
+    except RepositoryNotFoundError as error:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} does not exist or is not visible with your token.") from error
+    except RevisionNotFoundError as error:
+        raise FileNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from error
+    patterns = METADATA_PATTERNS if metadata_only else METADATA_PATTERNS + WEIGHT_PATTERNS
+    local_dir = snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns)
+    return Path(local_dir), repo_id, info.sha
+
+
+def _check_hf_weights(local_dir: Path, config: dict) -> None:
+    if not list(local_dir.glob("*.safetensors")):
+        if list(local_dir.glob("*.bin")):
+            return  # write_variant converts or refuses, depending on allow_pickle
+        raise FileNotFoundError(f"{local_dir} holds no weights (*.safetensors).")
+
+
+def _read_license(resolved: ResolvedSource) -> None:
+    readme = resolved.local_dir / "README.md"
+    if not readme.is_file():
+        return
+    from huggingface_hub import ModelCard
+
+    try:
+        data = ModelCard.load(readme).data
+    except Exception:  # a base card that does not parse must not block the export; the license is then unknown
+        logger.warning("Could not parse %s; the variant card will not state a license.", readme)
+        return
+    resolved.license = data.get("license")
+    resolved.license_name = data.get("license_name")
+    resolved.license_link = data.get("license_link")
+
+
+# --------------------------------------------------------------------------------------------------- 2. convert
+
+
+def convert(resolved: ResolvedSource, work_dir: Path, *, vision_tower: Path | None, allow_pickle: bool) -> ResolvedSource:
+    """Original-LLaVA sources become an HF-format folder in ``work_dir``; HF-format sources pass through."""
+    if resolved.kind == "hf":
+        return resolved
+    converted_dir = work_dir / "converted"
+    convert_original_llava(
+        resolved.local_dir, converted_dir, vision_tower_dir=vision_tower, allow_pickle=allow_pickle
+    )
+    config = json.loads((converted_dir / "config.json").read_text())
+    return ResolvedSource(
+        converted_dir, "hf", config, resolved.repo_id, resolved.commit, resolved.base_name,
+        resolved.license, resolved.license_name, resolved.license_link,
+    )
+
+
+# --------------------------------------------------------------------------------------------------- 3. write
+
+
+def image_tokens_per_image(config: dict[str, Any]) -> int:
+    vision = config.get("vision_config") or {}
+    patches = (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
+    return patches + (config.get("vision_feature_select_strategy", "default") == "full")
+
+
+def validate_targets(target_nums: Sequence[int], config: dict[str, Any]) -> list[int]:
+    from ..modeling.configuration_flowcut_llava import validate_target_num
+
+    if not target_nums:
+        raise ValueError("Give at least one --target-num.")
+    full = image_tokens_per_image(config)
+    targets = []
+    for target in target_nums:
+        validate_target_num(target)
+        if target > full:
+            raise ValueError(
+                f"--target-num {target} is larger than the {full} image tokens this model gives per image; "
+                f"choose a value from 1 to {full}."
+            )
+        if target in targets:
+            raise ValueError(f"--target-num {target} is given twice.")
+        targets.append(target)
+    return targets
+
+
+def flowcut_config(config: dict[str, Any], target_num: int) -> dict[str, Any]:
+    from ..modeling.modeling_flowcut_llava import AUTO_MAP
+
+    updated = dict(config)
+    updated.update(
+        flowcut_target_num=target_num,
+        flowcut_enabled=True,
+        flowcut_prune_interval=config.get("flowcut_prune_interval", 2),
+        flowcut_history_weight=config.get("flowcut_history_weight", 0.5),
+        auto_map=dict(AUTO_MAP),
+    )
+    updated["architectures"] = ["LlavaForConditionalGeneration"]
+    return updated
+
+
+def remote_code_files() -> list[Path]:
+    from .. import modeling
+
+    folder = Path(modeling.__file__).parent
+    return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
+
+
+def link_or_copy(source: Path, destination: Path) -> None:
+    """Hard-links when both sit on one filesystem (no bytes copied), else copies; either way byte-identical."""
+    try:
+        os.link(source.resolve(), destination)
+    except OSError:
+        shutil.copyfile(source, destination)
+
+
+def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, *, allow_pickle: bool) -> list[str]:
+    """Writes one complete variant into ``destination`` (which must not exist). Never loads a weight tensor
+    except to convert pickle ``.bin`` shards, one at a time, when ``allow_pickle`` is given."""
+    from transformers import AutoProcessor
+
+    from ..modeling.processing_flowcut_llava import FlowCutLlavaProcessor
+
+    destination.mkdir(parents=True)
+    source = resolved.local_dir
+    _write_weights(source, destination, allow_pickle=allow_pickle)
+
+    stock_processor = AutoProcessor.from_pretrained(source)
+    processor = FlowCutLlavaProcessor(
+        image_processor=stock_processor.image_processor,
+        tokenizer=stock_processor.tokenizer,
+        patch_size=stock_processor.patch_size or resolved.config.get("vision_config", {}).get("patch_size", 14),
+        vision_feature_select_strategy=stock_processor.vision_feature_select_strategy
+        or resolved.config.get("vision_feature_select_strategy", "default"),
+        chat_template=stock_processor.chat_template,
+        image_token=stock_processor.image_token,
+        num_additional_image_tokens=stock_processor.num_additional_image_tokens,
+        flowcut_target_num=target_num,
+    )
+    processor.save_pretrained(destination)
+
+    generation_config = source / "generation_config.json"
+    if generation_config.is_file():
+        shutil.copyfile(generation_config, destination / "generation_config.json")
+    (destination / "config.json").write_text(json.dumps(flowcut_config(resolved.config, target_num), indent=2, sort_keys=True) + "\n")
+    # Last, so the verbatim files win over the copies processor.save_pretrained made of the same modules.
+    for code_file in remote_code_files():
+        shutil.copyfile(code_file, destination / code_file.name)
+    return sorted(p.name for p in destination.iterdir())
+
+
+def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> None:
+    shards = sorted(source.glob("*.safetensors"))
+    if shards:
+        for shard in shards:
+            link_or_copy(shard, destination / shard.name)
+        index = source / "model.safetensors.index.json"
+        if index.is_file():
+            shutil.copyfile(index, destination / index.name)
+        return
+    pickles = sorted(source.glob("*.bin"))
+    if not allow_pickle:
+        raise ValueError(
+            f"{source} holds only pickle weights ({', '.join(p.name for p in pickles)}). Pickle files can run "
+            "arbitrary code when loaded, so they are refused; pass --allow-pickle (allow_pickle=True) to convert "
+            "them to safetensors if you trust the source."
+        )
+    import torch
+    from safetensors.torch import save_file
+
+    index_map = {}
+    for number, pickle_file in enumerate(pickles, start=1):
+        name = f"model-{number:05d}-of-{len(pickles):05d}.safetensors" if len(pickles) > 1 else "model.safetensors"
+        state = torch.load(pickle_file, map_location="cpu", weights_only=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, destination / name, metadata={"format": "pt"})
+        index_map.update({key: name for key in state})
+        del state
+    if len(pickles) > 1:
+        total = sum((destination / n).stat().st_size for n in set(index_map.values()))
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(index_map.items()))}
+        (destination / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------- 4. verify
+
+VERIFY_REMOTE_CODE = r'''
+import importlib.abc, json, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "flowcut_hf" or name.startswith("flowcut_hf."):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, _Block())
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
+folder, image_path, out_path = sys.argv[1:4]
+model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+prompt = f"USER: {processor.image_token}\nDescribe the image. ASSISTANT:"
+inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+with torch.no_grad():
+    features = model.model.get_image_features(pixel_values=inputs["pixel_values"].to(model.dtype))
+    logits = model(**inputs).logits[0, -1].float()
+torch.save(logits, out_path)
+print(json.dumps({
+    "model_class": type(model).__name__, "processor_class": type(processor).__name__,
+    "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+    "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+    "kept": [int(k.numel()) for k in features.keep_indices], "token_schedule": features.token_schedule,
+    "input_ids": inputs["input_ids"][0].tolist(),
+}))
+'''
+
+VERIFY_REFERENCE = r'''
+import json, sys
+import torch
+from PIL import Image
+from transformers import LlavaForConditionalGeneration
+import flowcut_hf
+source, variant, image_path, target_num, input_ids, out_path = sys.argv[1:7]
+model = LlavaForConditionalGeneration.from_pretrained(source)
+flowcut_hf.flowcut(model, target_num=int(target_num))
+from transformers import AutoProcessor
+processor = AutoProcessor.from_pretrained(variant, trust_remote_code=True)
+pixel_values = processor.image_processor(images=Image.open(image_path), return_tensors="pt")["pixel_values"]
+ids = torch.tensor([json.loads(input_ids)])
+with torch.no_grad():
+    logits = model(input_ids=ids, pixel_values=pixel_values.to(model.dtype)).logits[0, -1].float()
+torch.save(logits, out_path)
+print(json.dumps({"ok": True}))
+'''
+
+
+class VerificationError(RuntimeError):
+    """The exported folder failed a check; nothing was pushed."""
+
+
+def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -> dict:
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    if clean:
+        env["HF_MODULES_CACHE"] = str(workdir / "modules")
+    env["HF_HUB_OFFLINE"] = "1"  # everything the check needs is on disk; the check must not hide a missing file
+    result = subprocess.run(
+        [sys.executable, "-P" if clean else "-I", "-c", code, *args],
+        cwd=workdir, env=env, capture_output=True, text=True,
+    )
+    if result.returncode != 0:
+        raise VerificationError(f"verification subprocess failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Path) -> dict:
+    """Loads ``folder`` as remote code in a clean subprocess and checks it against the library on the source.
+
+    Returns the remote-code run's report (with the vision ``token_schedule``). Raises VerificationError.
+    """
+    import torch
+
+    from ..tiny import synthetic_image
+
+    check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir))
+    image_path = check_dir / "synthetic.png"
+    synthetic_image(0).save(image_path)
+    remote = _run_python(VERIFY_REMOTE_CODE, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True)
+    problems = []
+    if remote["model_class"] != "FlowCutLlavaForConditionalGeneration":
+        problems.append(f"loaded as {remote['model_class']}, not FlowCutLlavaForConditionalGeneration")
+    if remote["processor_class"] != "FlowCutLlavaProcessor":
+        problems.append(f"processor loaded as {remote['processor_class']}")
+    if remote["missing"] or remote["unexpected"]:
+        problems.append(f"missing keys {remote['missing'][:5]}, unexpected keys {remote['unexpected'][:5]}")
+    if remote["placeholders"] != target_num:
+        problems.append(f"the processor emitted {remote['placeholders']} image placeholders, expected {target_num}")
+    if remote["kept"] != [target_num]:
+        problems.append(f"the model kept {remote['kept']} tokens, expected [{target_num}]")
+    if not problems:
+        _run_python(
+            VERIFY_REFERENCE,
+            [str(source_dir), str(folder), str(image_path), str(target_num), json.dumps(remote["input_ids"]), str(check_dir / "reference.pt")],
+            check_dir,
+            clean=False,
+        )
+        remote_logits = torch.load(check_dir / "remote.pt")
+        reference_logits = torch.load(check_dir / "reference.pt")
+        scale = float(reference_logits.abs().max()) or 1.0
+        if not torch.allclose(remote_logits, reference_logits, rtol=1e-3, atol=1e-3 * scale):
+            difference = float((remote_logits - reference_logits).abs().max())
+            problems.append(f"a forward pass differs from the library's model on the source weights by {difference:.3g}")
+    shutil.rmtree(check_dir, ignore_errors=True)
+    if problems:
+        raise VerificationError(f"{folder.name} failed verification: " + "; ".join(problems))
+    return remote
+
+
+# --------------------------------------------------------------------------------------------------- 5. card
+
+
+def write_card(
+    folder: Path, resolved: ResolvedSource, plan: VariantPlan, token_schedule: Sequence[int] | None, options: ExportOptions
+) -> None:
+    from transformers import LlavaConfig
+
+    from ..accounting import prefill_account
+    from ..hub_cards import VariantCardInfo, render_variant_card
+
+    config = LlavaConfig.from_dict({k: v for k, v in resolved.config.items() if k != "auto_map"})
+    prompt_tokens = 64
+    unpruned = prefill_account(config, prompt_tokens)
+    pruned = prefill_account(config, prompt_tokens, token_schedule=token_schedule, num_image_tokens=plan.target_num)
+    settings = {k: v for k, v in flowcut_config(resolved.config, plan.target_num).items() if k.startswith("flowcut_")}
+    info = VariantCardInfo(
+        # Unpushed folders get a placeholder namespace; the snippet is only final once the repo id is known.
+        repo_id=plan.repo_id or f"your-namespace/{plan.name}",
+        base_model=options.base_model or resolved.base_model,
+        base_license=resolved.license,
+        base_license_name=resolved.license_name if resolved.license == "other" else None,
+        base_license_link=resolved.license_link if resolved.license == "other" else None,
+        target_num=plan.target_num,
+        image_tokens=image_tokens_per_image(resolved.config),
+        settings=settings,
+        prefill_flops_unpruned=float(unpruned.total_flops),
+        prefill_flops_pruned=float(pruned.total_flops),
+        prefill_flops_note=(
+            f"vision encoder, projector and LLM, for one image and a {prompt_tokens}-token "
+            "text prompt; the vision schedule is the one measured on a synthetic image during export"
+        ),
+    )
+    render_variant_card(info, eval_results_path=options.eval_results).save(folder / "README.md")
+
+
+# --------------------------------------------------------------------------------------------------- 6. push
+
+
+def push_variant(
+    folder: Path, repo_id: str, resolved: ResolvedSource, *, private: bool, commit_message: str | None, create_pr: bool
+) -> tuple[str | None, str | None]:
+    """Creates ``repo_id`` if needed and uploads ``folder``. Unchanged files are not uploaded again, and a run with
+    nothing changed makes no commit. The token comes from HF_TOKEN or the login cache."""
+    from huggingface_hub import HfApi
+
+    if resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
+        raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    message = commit_message or f"Add FlowCut variant of {resolved.base_model or resolved.base_name}"
+    info = api.upload_folder(
+        folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=message, create_pr=create_pr
+    )
+    return getattr(info, "oid", None), getattr(info, "pr_url", None) or getattr(info, "commit_url", None)
+
+
+# --------------------------------------------------------------------------------------------------- the pipeline
+
+
+def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[VariantPlan]:
+    targets = validate_targets(list(options.target_nums), resolved.config)
+    plans = []
+    for target in targets:
+        name = options.name_pattern.format(base=resolved.base_name, n=target)
+        plans.append(VariantPlan(target, name, Path(options.out) / name, push_repo_id(options.push, resolved.base_name, target, len(targets), options.name_pattern)))
+    return plans
+
+
+def push_repo_id(push: str | None, base: str, target: int, count: int, pattern: str) -> str | None:
+    """``--push`` is a repo id (one variant), a namespace (``org``: one repo per variant, named by the pattern), or
+    a repo id containing ``{n}``."""
+    if push is None:
+        return None
+    if "/" not in push:
+        return f"{push}/{pattern.format(base=base, n=target)}"
+    if "{n}" in push:
+        return push.format(n=target, base=base)
+    if count > 1:
+        raise ValueError(
+            f"--push {push} names one repo but {count} variants are exported; give a namespace (--push "
+            f"{push.split('/')[0]}) or a pattern with {{n}} (--push {push}-{{n}})."
+        )
+    if not looks_like_repo_id(push):
+        raise ValueError(f"--push {push!r} is not a repo id of the form owner/name.")
+    return push
+
+
+def fingerprint(resolved: ResolvedSource, target_num: int) -> str:
+    """Identifies what a variant folder was built from, so that a re-run can reuse it instead of rebuilding."""
+    from .. import __version__
+
+    files = sorted(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.local_dir.iterdir() if p.is_file()
+    )
+    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in remote_code_files()]
+    payload = json.dumps([str(resolved.local_dir), resolved.commit, files, target_num, __version__, code])
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[str], None] = print) -> list[VariantResult]:
+    """Runs the whole pipeline. See the module docstring for the stages."""
+    out = Path(options.out)
+    resolved = resolve(source, options.revision, metadata_only=options.dry_run)
+    plans = plan_variants(resolved, options)
+    manifest_path = out / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"variants": {}}
+
+    if options.base_model is None and resolved.base_model is None:
+        raise ValueError(
+            f"Cannot tell which Hub model {resolved.local_dir} holds, and the model card must name it: pass "
+            "--base-model OWNER/NAME (base_model= in Python)."
+        )
+    if options.dry_run:
+        return _dry_run(resolved, plans, options, log)
+
+    work_dir = Path(tempfile.mkdtemp(prefix=".flowcut-export-", dir=_work_parent(out)))
+    results = []
+    try:
+        converted = None
+        for plan in plans:
+            result = VariantResult(plan)
+            previous = manifest["variants"].get(plan.name)
+            if plan.folder.exists():
+                if previous and previous.get("fingerprint") == _fingerprint_for(resolved, plan) and not options.overwrite:
+                    log(f"{plan.name}: already exported and verified in {plan.folder}; reusing it")
+                    result.reused = True
+                    result.files = sorted(p.name for p in plan.folder.iterdir())
+                elif not options.overwrite:
+                    raise FileExistsError(
+                        f"{plan.folder} already exists; pass --overwrite to replace it."
+                    )
+            if not result.reused:
+                if converted is None:
+                    if resolved.kind == "original":
+                        log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
+                    converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
+                staging = work_dir / plan.name
+                log(f"{plan.name}: write ({plan.target_num} of {image_tokens_per_image(resolved.config)} visual tokens per image)")
+                result.files = write_variant(converted, plan.target_num, staging, allow_pickle=options.allow_pickle)
+                if options.verify:
+                    log(f"{plan.name}: verify in a clean subprocess")
+                    report = verify_variant(staging, converted.local_dir, plan.target_num, work_dir)
+                    result.token_schedule = report["token_schedule"]
+                log(f"{plan.name}: card")
+                write_card(staging, resolved, plan, result.token_schedule, options)
+                _move_into_place(staging, plan.folder)
+                manifest["variants"][plan.name] = {"fingerprint": _fingerprint_for(resolved, plan), "target_num": plan.target_num}
+                out.mkdir(parents=True, exist_ok=True)
+                manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
+                result.files = sorted(p.name for p in plan.folder.iterdir())
+            results.append(result)
+        for result in results:
+            if result.plan.repo_id:
+                log(f"{result.plan.name}: push to {result.plan.repo_id}")
+                result.pushed_commit, result.pushed_url = push_variant(
+                    result.plan.folder, result.plan.repo_id, resolved, private=options.private,
+                    commit_message=options.commit_message, create_pr=options.create_pr,
+                )
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
+    return results
+
+
+def _fingerprint_for(resolved: ResolvedSource, plan: VariantPlan) -> str:
+    return fingerprint(resolved, plan.target_num)
+
+
+def _work_parent(out: Path) -> Path:
+    # Staging next to the destination keeps the final rename atomic (same filesystem) and hard links possible.
+    parent = out if out.exists() else out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
+
+
+def _move_into_place(staging: Path, destination: Path) -> None:
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if destination.exists():
+        retired = destination.with_name(f".{destination.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(destination, retired)
+        os.replace(staging, destination)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, destination)
+
+
+def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: ExportOptions, log: Callable[[str], None]) -> list[VariantResult]:
+    source_desc = resolved.repo_id and f"{resolved.repo_id}@{resolved.commit}" or str(resolved.local_dir)
+    log(f"dry run: nothing is written or pushed. Source: {source_desc} ({resolved.kind} format)")
+    if resolved.kind == "original":
+        log(f"  convert: original-LLaVA -> HF layout, vision tower from {options.vision_tower or resolved.config.get('mm_vision_tower')}")
+    weights = sorted(p.name for p in resolved.local_dir.glob("*.safetensors")) or ["(weights of the converted checkpoint)"]
+    results = []
+    for plan in plans:
+        log(f"  {plan.name}: would write {plan.folder}")
+        log(f"    weights (unchanged, byte-identical): {', '.join(weights)}")
+        log(f"    config.json with flowcut_target_num={plan.target_num}, auto_map; remote code: {', '.join(p.name for p in remote_code_files())}")
+        log("    processor_config.json, tokenizer files, chat template, generation_config.json, README.md")
+        if plan.folder.exists() and not options.overwrite:
+            log(f"    note: {plan.folder} exists; the real run needs --overwrite")
+        if plan.repo_id:
+            action = "open a pull request on" if options.create_pr else "commit to"
+            visibility = "private" if options.private else "public"
+            message = options.commit_message or f"Add FlowCut variant of {options.base_model or resolved.base_model}"
+            log(f"    would {action} {plan.repo_id} ({visibility}) with message {message!r}")
+        results.append(VariantResult(plan))
+    return results

@@ -1,0 +1,72 @@
+"""``flowcut-hf export``: turn a base LLaVA checkpoint into FlowCut variants, in folders and on the Hub."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, VerificationError, export
+
+DESCRIPTION = """\
+Turn a base LLaVA checkpoint into pruned-by-design FlowCut variants.
+
+SOURCE is a local folder or a Hub repo id, in the HF layout (LlavaForConditionalGeneration, e.g.
+llava-hf/llava-1.5-7b-hf) or the original-LLaVA layout (LlavaLlamaForCausalLM, e.g. liuhaotian/llava-v1.5-7b or
+JosephTong/llava-v1.5-7b-flowcut192), which is converted on the way.
+
+Each --target-num makes one variant in its own folder OUT/{base}-flowcut{N}. With --push, each variant goes to
+its own repo: --push ORG gives ORG/{base}-flowcut{N}; --push ORG/NAME names the repo of a single variant;
+--push 'ORG/name-{n}' names several. The token comes from HF_TOKEN or `hf auth login`; it is never printed.
+"""
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export", help="export FlowCut variants of a LLaVA checkpoint (and push them to the Hub)",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("source", help="local folder or Hub repo id of the base checkpoint")
+    parser.add_argument("--target-num", type=int, action="append", required=True, dest="target_nums",
+                        help="visual tokens kept per image; repeat for several variants")
+    parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per variant")
+    parser.add_argument("--push", metavar="REPO_ID", help="push to the Hub: a repo id, a namespace, or a pattern with {n}")
+    parser.add_argument("--private", action="store_true", help="create the Hub repo(s) private")
+    parser.add_argument("--revision", help="revision (branch, tag or commit) of a Hub SOURCE to export")
+    parser.add_argument("--overwrite", action="store_true", help="replace variant folders that already exist")
+    parser.add_argument("--dry-run", action="store_true", help="show what would be written and pushed, and stop")
+    parser.add_argument("--commit-message", help="commit message for the push")
+    parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    parser.add_argument("--allow-pickle", action="store_true", help="accept and convert pickle .bin weights (trusted sources only)")
+    parser.add_argument("--vision-tower", type=Path, help="local CLIP folder for an original-LLaVA source (default: download the repo its config names)")
+    parser.add_argument("--eval-results", type=Path, help="JSON file of evaluation results for the model card (model-index)")
+    parser.add_argument("--base-model", help="Hub id to record as base_model in the card (default: the source repo id)")
+    parser.add_argument("--name-pattern", default=DEFAULT_NAME_PATTERN, help=f"variant name pattern (default {DEFAULT_NAME_PATTERN!r})")
+    parser.add_argument("--skip-verify", action="store_true", help="skip the subprocess verification (not recommended)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = ExportOptions(
+        target_nums=args.target_nums, out=args.out, push=args.push, private=args.private, revision=args.revision,
+        overwrite=args.overwrite, dry_run=args.dry_run, commit_message=args.commit_message, create_pr=args.create_pr,
+        allow_pickle=args.allow_pickle, vision_tower=args.vision_tower, eval_results=args.eval_results,
+        name_pattern=args.name_pattern, base_model=args.base_model, verify=not args.skip_verify,
+    )
+    try:
+        results = export(args.source, options)
+    except VerificationError as error:
+        print(f"flowcut-hf export: verification failed, nothing was pushed: {error}")
+        return 1
+    except Exception as error:
+        if type(error).__module__.startswith("huggingface_hub"):
+            print(f"flowcut-hf export: the Hub refused or failed ({type(error).__name__}): {error}. "
+                  "The exported folders are complete; re-run the same command to finish the push.")
+            return 1
+        raise
+    if not args.dry_run:
+        for result in results:
+            line = f"{result.plan.name}: {result.plan.folder}"
+            if result.plan.repo_id:
+                line += f" -> {result.plan.repo_id}" + (f" ({result.pushed_url})" if result.pushed_url else "")
+            print(line)
+    return 0
