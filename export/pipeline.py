@@ -347,11 +347,15 @@ model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_c
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 prompt = f"USER: {processor.image_token}\nDescribe the image. ASSISTANT:"
 inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+forward_error = None
 with torch.no_grad():
     features = model.model.get_image_features(pixel_values=inputs["pixel_values"].to(model.dtype))
-    logits = model(**inputs).logits[0, -1].float()
-torch.save(logits, out_path)
+    try:
+        torch.save(model(**inputs).logits[0, -1].float(), out_path)
+    except Exception as error:
+        forward_error = f"{type(error).__name__}: {error}"
 print(json.dumps({
+    "forward_error": forward_error,
     "model_class": type(model).__name__, "processor_class": type(processor).__name__,
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
     "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
@@ -384,6 +388,10 @@ class VerificationError(RuntimeError):
     """The exported folder failed a check; nothing was pushed."""
 
 
+class PushError(RuntimeError):
+    """Creating the repo or uploading to it failed; the exported folder itself is complete."""
+
+
 def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -> dict:
     import subprocess
     import sys
@@ -397,7 +405,9 @@ def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -
         cwd=workdir, env=env, capture_output=True, text=True,
     )
     if result.returncode != 0:
-        raise VerificationError(f"verification subprocess failed:\n{result.stderr[-4000:]}")
+        logger.error("verification subprocess output:\n%s", result.stderr)
+        last_line = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no output")
+        raise VerificationError(f"the verification subprocess failed: {last_line}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -425,6 +435,8 @@ def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Pa
         problems.append(f"the processor emitted {remote['placeholders']} image placeholders, expected {target_num}")
     if remote["kept"] != [target_num]:
         problems.append(f"the model kept {remote['kept']} tokens, expected [{target_num}]")
+    if remote["forward_error"]:
+        problems.append(f"the forward pass failed: {remote['forward_error']}")
     if not problems:
         _run_python(
             VERIFY_REFERENCE,
@@ -493,11 +505,18 @@ def push_variant(
     if resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
         raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
     api = HfApi()
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     message = commit_message or f"Add FlowCut variant of {resolved.base_model or resolved.base_name}"
-    info = api.upload_folder(
-        folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=message, create_pr=create_pr
-    )
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=message, create_pr=create_pr
+        )
+    except Exception as error:
+        cause = error.__cause__ if isinstance(error, RuntimeError) and error.__cause__ else error
+        raise PushError(
+            f"pushing {folder} to {repo_id} failed ({type(cause).__name__}: {cause}). The exported folder is "
+            "complete; re-run the same command to finish the push: files already on the Hub are not uploaded again."
+        ) from error
     return getattr(info, "oid", None), getattr(info, "pr_url", None) or getattr(info, "commit_url", None)
 
 
@@ -509,7 +528,10 @@ def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[Vari
     plans = []
     for target in targets:
         name = options.name_pattern.format(base=resolved.base_name, n=target)
-        plans.append(VariantPlan(target, name, Path(options.out) / name, push_repo_id(options.push, resolved.base_name, target, len(targets), options.name_pattern)))
+        repo_id = push_repo_id(options.push, resolved.base_name, target, len(targets), options.name_pattern)
+        if repo_id is not None and resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
+            raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
+        plans.append(VariantPlan(target, name, Path(options.out) / name, repo_id))
     return plans
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, VerificationError, export
+from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, PushError, VerificationError, export
 
 DESCRIPTION = """\
 Turn a base LLaVA checkpoint into pruned-by-design FlowCut variants.
@@ -57,12 +57,9 @@ def run(args: argparse.Namespace) -> int:
     except VerificationError as error:
         print(f"flowcut-hf export: verification failed, nothing was pushed: {error}")
         return 1
-    except Exception as error:
-        if type(error).__module__.startswith("huggingface_hub"):
-            print(f"flowcut-hf export: the Hub refused or failed ({type(error).__name__}): {error}. "
-                  "The exported folders are complete; re-run the same command to finish the push.")
-            return 1
-        raise
+    except PushError as error:
+        print(f"flowcut-hf export: {error}")
+        return 1
     if not args.dry_run:
         for result in results:
             line = f"{result.plan.name}: {result.plan.folder}"

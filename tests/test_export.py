@@ -1,0 +1,298 @@
+"""The exporter, offline: folders, original-LLaVA sources, bad input, and full Hub round trips on a local server."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from huggingface_hub import ModelCard
+
+from conftest import PROMPT, run_clean_python
+from flowcut_hf.export import pipeline
+from flowcut_hf.export.pipeline import ExportOptions, VerificationError, export
+from flowcut_hf.tiny import build_tiny_llava
+from hub_server import LocalHubServer
+
+BASE_ID = "llava-hf/llava-1.5-7b-hf"
+MODELING_DIR = Path(pipeline.__file__).resolve().parents[1] / "modeling"
+
+
+@pytest.fixture(scope="module")
+def hf_base(tmp_path_factory) -> Path:
+    """A tiny llava-hf-format checkpoint, saved as stock transformers saves it."""
+    folder = tmp_path_factory.mktemp("base") / "llava-tiny-hf"
+    model, processor = build_tiny_llava(seed=7)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    (folder / "README.md").write_text("---\nlicense: llama2\n---\n# tiny base\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(hf_base, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("exported")
+    results = export(hf_base, ExportOptions(target_nums=[64, 128], out=out, base_model=BASE_ID), log=lambda _: None)
+    assert [r.plan.name for r in results] == ["llava-tiny-hf-flowcut64", "llava-tiny-hf-flowcut128"]
+    return out
+
+
+def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flowcut_hf.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600
+    )
+
+
+def test_each_variant_is_a_complete_folder(exported, hf_base):
+    for target in (64, 128):
+        folder = exported / f"llava-tiny-hf-flowcut{target}"
+        # Weights byte-identical, remote code verbatim.
+        assert filecmp.cmp(folder / "model.safetensors", hf_base / "model.safetensors", shallow=False)
+        for code_file in MODELING_DIR.glob("*.py"):
+            if code_file.name != "__init__.py":
+                assert (folder / code_file.name).read_bytes() == code_file.read_bytes()
+        config = json.loads((folder / "config.json").read_text())
+        assert config["model_type"] == "llava" and config["flowcut_target_num"] == target
+        assert config["auto_map"]["AutoModelForImageTextToText"].endswith("FlowCutLlavaForConditionalGeneration")
+        processor_config = json.loads((folder / "processor_config.json").read_text())
+        assert processor_config["flowcut_target_num"] == target
+        assert processor_config["auto_map"]["AutoProcessor"].endswith("FlowCutLlavaProcessor")
+        assert {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "chat_template.jinja"} <= {
+            p.name for p in folder.iterdir()
+        }
+        card = ModelCard.load(folder / "README.md")
+        assert card.data.base_model == BASE_ID and card.data.license == "llama2"
+        assert card.data.flowcut["flowcut_target_num"] == target
+        assert f"576 → {target}" in card.text
+    assert not [p for p in exported.iterdir() if p.name.startswith(".flowcut-export-")], "staging folders must go"
+
+
+def test_exported_folder_generates_as_remote_code(exported, tmp_path):
+    folder = exported / "llava-tiny-hf-flowcut64"
+    result = run_clean_python(
+        f"""
+        import json, torch
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from PIL import Image
+        model, info = AutoModelForImageTextToText.from_pretrained({str(folder)!r}, trust_remote_code=True, output_loading_info=True)
+        processor = AutoProcessor.from_pretrained({str(folder)!r}, trust_remote_code=True)
+        inputs = processor(images=Image.new("RGB", (336, 336), (10, 200, 30)), text={PROMPT!r}, return_tensors="pt")
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, suppress_tokens=[model.config.image_token_id])
+        print(json.dumps({{"missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+                           "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+                           "new": out.shape[1] - inputs["input_ids"].shape[1]}}))
+        """,
+        tmp_path,
+    )
+    assert result == {"missing": [], "unexpected": [], "placeholders": 64, "new": 4}
+
+
+def test_write_stage_never_loads_weights(hf_base, tmp_path, monkeypatch):
+    import safetensors.torch
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the write stage must copy weight files, not load tensors")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", refuse)
+    monkeypatch.setattr(safetensors, "safe_open", refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    resolved = pipeline.resolve(hf_base)
+    pipeline.write_variant(resolved, 64, tmp_path / "variant", allow_pickle=False)
+    assert filecmp.cmp(tmp_path / "variant" / "model.safetensors", hf_base / "model.safetensors", shallow=False)
+
+
+def test_original_llava_source_is_converted_and_verified(tmp_path):
+    import test_convert as tc
+
+    clip_dir = tmp_path / "clip"
+    tc._write_clip(clip_dir, seed=1)
+    source = tmp_path / "llava-v1.5-tiny-flowcut192"
+    tc._write_checkpoint(source, tc._original_tensors(seed=2))
+    results = export(
+        source,
+        ExportOptions(target_nums=[32], out=tmp_path / "out", vision_tower=clip_dir, base_model="JosephTong/llava-v1.5-7b-flowcut192"),
+        log=lambda _: None,
+    )
+    folder = results[0].plan.folder
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlavaForConditionalGeneration"] and config["flowcut_target_num"] == 32
+    assert results[0].token_schedule[-1] == 33, "verification ran the remote code and pruned to the target"
+    assert not (tmp_path / "out" / "converted").exists()
+
+
+@pytest.mark.parametrize(
+    "source, options, message",
+    [
+        ("missing-folder/nowhere/really", {}, "neither an existing folder"),
+        ("NOT_LLAVA", {}, "not a LLaVA checkpoint"),
+        ("BASE", {"target_nums": [0]}, "flowcut_target_num must be >= 1"),
+        ("BASE", {"target_nums": [577]}, "larger than the 576 image tokens"),
+        ("BASE", {"push": "org/one-repo", "target_nums": [32, 64]}, "names one repo but 2 variants"),
+    ],
+)
+def test_bad_input_is_refused_before_anything_is_written(hf_base, tmp_path, source, options, message):
+    if source == "NOT_LLAVA":
+        source = tmp_path / "bert"
+        source.mkdir()
+        (source / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
+    elif source == "BASE":
+        source = hf_base
+    out = tmp_path / "out"
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        export(source, ExportOptions(**{"target_nums": [64], "out": out, "base_model": BASE_ID, **options}), log=lambda _: None)
+    assert not out.exists()
+
+
+def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_base, tmp_path):
+    folder = exported / "llava-tiny-hf-flowcut64"
+    (folder / "user-notes.txt").write_text("mine")
+    result = cli("export", str(hf_base), "--target-num", "64", "--out", str(exported), "--base-model", BASE_ID)
+    # Same source and settings as the finished export: it is reused, not rebuilt and not destroyed.
+    assert result.returncode == 0, result.stderr
+    assert "reusing it" in result.stdout and (folder / "user-notes.txt").exists()
+
+    (hf_base / "README.md").touch()  # the source changed: the old folder no longer matches
+    import os
+
+    os.utime(hf_base / "config.json", None)
+    result = cli("export", str(hf_base), "--target-num", "64", "--out", str(exported), "--base-model", BASE_ID)
+    assert result.returncode == 2 and "--overwrite" in result.stderr
+    assert (folder / "user-notes.txt").exists(), "a refused export must not touch the existing folder"
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    import torch
+    from safetensors.torch import load_file
+
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+        (pickled / name).write_bytes((hf_base / name).read_bytes())
+    torch.save(load_file(hf_base / "model.safetensors"), pickled / "pytorch_model.bin")
+    result = cli("export", str(pickled), "--target-num", "16", "--out", str(tmp_path / "o"), "--base-model", BASE_ID)
+    assert result.returncode == 2 and "--allow-pickle" in result.stderr
+    assert not (tmp_path / "o" / "pickled-flowcut16").exists()
+    result = cli("export", str(pickled), "--target-num", "16", "--out", str(tmp_path / "o"), "--base-model", BASE_ID, "--allow-pickle")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o" / "pickled-flowcut16" / "model.safetensors").is_file()
+
+
+def test_failed_verification_stops_before_push_and_leaves_no_folder(hf_base, tmp_path, monkeypatch):
+    original = pipeline.flowcut_config
+
+    def wrong_count(config, target_num):  # a config that disagrees with its processor
+        return original(config, target_num + 1)
+
+    monkeypatch.setattr(pipeline, "flowcut_config", wrong_count)
+    pushed = []
+    monkeypatch.setattr(pipeline, "push_variant", lambda *a, **k: pushed.append(a))
+    out = tmp_path / "out"
+    with pytest.raises(VerificationError, match=r"kept \[65\] tokens, expected \[64\]"):
+        export(hf_base, ExportOptions(target_nums=[64], out=out, push="org/x", base_model=BASE_ID), log=lambda _: None)
+    assert pushed == []
+    assert not (out / "llava-tiny-hf-flowcut64").exists()
+
+
+def test_dry_run_writes_and_pushes_nothing(hf_base, tmp_path):
+    out = tmp_path / "out"
+    result = cli("export", str(hf_base), "--target-num", "64", "--target-num", "32", "--out", str(out),
+                 "--push", "org", "--dry-run", "--create-pr", "--commit-message", "hello", "--base-model", BASE_ID)
+    assert result.returncode == 0, result.stderr
+    assert "would open a pull request on org/llava-tiny-hf-flowcut64" in result.stdout
+    assert "org/llava-tiny-hf-flowcut32" in result.stdout and "'hello'" in result.stdout
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------ Hub round trips
+
+
+@pytest.fixture()
+def hub():
+    with LocalHubServer() as server:
+        yield server
+        server.assert_no_internal_errors()
+
+
+def test_push_round_trip_latest_and_pinned_revision(hf_base, hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    out = tmp_path / "out"
+    repo_id = "local-user/llava-tiny-flowcut64"
+    result = cli("export", str(hf_base), "--target-num", "64", "--out", str(out), "--push", repo_id,
+                 "--base-model", BASE_ID, env=env)
+    assert result.returncode == 0, result.stderr
+    assert env["HF_TOKEN"] not in result.stdout + result.stderr, "the token must never be printed"
+    assert hub.repo_exists(repo_id)
+    first_commit = hub.head(repo_id)
+    assert hub.file_bytes(repo_id, "model.safetensors") == (hf_base / "model.safetensors").read_bytes()
+
+    # Nothing changed: no new commit and no weight bytes sent again.
+    uploaded = hub.lfs_bytes_uploaded
+    commits = hub.commit_count(repo_id)
+    result = cli("export", str(hf_base), "--target-num", "64", "--out", str(out), "--push", repo_id,
+                 "--base-model", BASE_ID, "--overwrite", env=env)
+    assert result.returncode == 0, result.stderr
+    assert hub.commit_count(repo_id) == commits and hub.lfs_bytes_uploaded == uploaded
+
+    # A later commit moves main; a pinned revision still loads the first one.
+    hub.commit_files(repo_id, {"NOTES.md": b"later commit"})
+    load = """
+    import json, torch, os
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from PIL import Image
+    out = {}
+    for revision in (None, PINNED):
+        model = AutoModelForImageTextToText.from_pretrained(REPO, revision=revision, trust_remote_code=True)
+        processor = AutoProcessor.from_pretrained(REPO, revision=revision, trust_remote_code=True)
+        inputs = processor(images=Image.new("RGB", (336, 336), (200, 30, 30)), text=PROMPT, return_tensors="pt")
+        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False, suppress_tokens=[model.config.image_token_id])
+        out[str(revision)] = {"class": type(model).__name__, "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+                              "new": generated.shape[1] - inputs["input_ids"].shape[1]}
+    print(json.dumps(out))
+    """
+    header = f"REPO = {repo_id!r}\nPINNED = {first_commit!r}\nPROMPT = {PROMPT!r}\n"
+    loaded = run_clean_python(header + textwrap.dedent(load), tmp_path, extra_env={**env, "HF_HUB_OFFLINE": "0"})
+    for revision in ("None", first_commit):
+        assert loaded[revision] == {"class": "FlowCutLlavaForConditionalGeneration", "placeholders": 64, "new": 3}
+
+
+def test_failed_upload_is_completed_by_a_rerun_and_source_repo_is_refused(hf_base, hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    out = tmp_path / "out"
+    repo_id = "local-user/retry-flowcut32"
+    args = ["export", str(hf_base), "--target-num", "32", "--out", str(out), "--push", repo_id, "--base-model", BASE_ID]
+    hub.fail_next_lfs_put = True
+    failed = cli(*args, env=env)
+    assert failed.returncode == 1 and "re-run the same command" in failed.stdout
+    assert "model.safetensors" not in hub.files(repo_id)
+
+    rerun = cli(*args, env=env)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "reusing it" in rerun.stdout
+    assert hub.file_bytes(repo_id, "model.safetensors") == (hf_base / "model.safetensors").read_bytes()
+
+    # Exporting from a Hub repo into that same repo is refused before anything is written there.
+    commits = hub.commit_count(repo_id)
+    refused = cli("export", repo_id, "--target-num", "16", "--out", str(tmp_path / "o2"), "--push", repo_id, env=env)
+    assert refused.returncode == 2 and "source repo" in refused.stderr
+    assert hub.commit_count(repo_id) == commits
+
+
+def test_create_pr_and_private_repo(hf_base, hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    repo_id = "local-user/pr-flowcut48"
+    hub.create_repo(repo_id)
+    result = cli("export", str(hf_base), "--target-num", "48", "--out", str(tmp_path / "out"), "--push", repo_id,
+                 "--create-pr", "--commit-message", "FlowCut 48", "--base-model", BASE_ID, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "model.safetensors" not in hub.files(repo_id), "a pull request must not touch main"
+    assert "model.safetensors" in hub.files(repo_id, revision="refs/pr/1")
+    assert hub.commits(repo_id, revision="refs/pr/1")[0]["title"] == "FlowCut 48"
+
+    private_id = "local-user/private-flowcut24"
+    result = cli("export", str(hf_base), "--target-num", "24", "--out", str(tmp_path / "out"), "--push", private_id,
+                 "--private", "--base-model", BASE_ID, env=env)
+    assert result.returncode == 0, result.stderr
+    assert hub.is_private(private_id)
