@@ -268,24 +268,19 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
     except to convert pickle ``.bin`` shards, one at a time, when ``allow_pickle`` is given."""
     from transformers import AutoProcessor
 
-    from ..modeling.processing_flowcut_llava import FlowCutLlavaProcessor
+    from ..api import flowcut_processor
 
     destination.mkdir(parents=True)
     source = resolved.local_dir
     _write_weights(source, destination, allow_pickle=allow_pickle)
 
     stock_processor = AutoProcessor.from_pretrained(source)
-    processor = FlowCutLlavaProcessor(
-        image_processor=stock_processor.image_processor,
-        tokenizer=stock_processor.tokenizer,
-        patch_size=stock_processor.patch_size or resolved.config.get("vision_config", {}).get("patch_size", 14),
-        vision_feature_select_strategy=stock_processor.vision_feature_select_strategy
-        or resolved.config.get("vision_feature_select_strategy", "default"),
-        chat_template=stock_processor.chat_template,
-        image_token=stock_processor.image_token,
-        num_additional_image_tokens=stock_processor.num_additional_image_tokens,
-        flowcut_target_num=target_num,
+    # Older processor configs leave these unset; the model's config has them.
+    stock_processor.patch_size = stock_processor.patch_size or resolved.config.get("vision_config", {}).get("patch_size", 14)
+    stock_processor.vision_feature_select_strategy = stock_processor.vision_feature_select_strategy or resolved.config.get(
+        "vision_feature_select_strategy", "default"
     )
+    processor = flowcut_processor(stock_processor, target_num=target_num)
     processor.save_pretrained(destination)
 
     generation_config = source / "generation_config.json"
