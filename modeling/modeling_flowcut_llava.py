@@ -109,7 +109,7 @@ def retained_tokens_per_image(config) -> int:
 
 
 @contextmanager
-def capture_outputs(*modules: nn.Module):
+def record_module_outputs(*modules: nn.Module):
     """Records the outputs of ``modules`` during the block, per instance, and removes the hooks afterwards."""
     captured: list[torch.Tensor | None] = [None] * len(modules)
 
@@ -134,7 +134,7 @@ def clip_layer_with_signals(layer: nn.Module, hidden_states: torch.Tensor):
     projections are read with forward hooks, so no attention matrix is ever requested.
     """
     attention = layer.self_attn
-    with capture_outputs(attention.q_proj, attention.k_proj, attention.v_proj) as (captured):
+    with record_module_outputs(attention.q_proj, attention.k_proj, attention.v_proj) as captured:
         output = layer(hidden_states, None)
     queries, keys, values = captured
     batch, length, _ = keys.shape
