@@ -75,11 +75,15 @@ def build_tiny_processor(tokenizer: TokenizersBackend | None = None, image_size:
     )
 
 
-def tiny_config_for(tokenizer: TokenizersBackend, **overrides) -> LlavaConfig:
-    """:func:`tiny_llava_config` with its special-token ids taken from ``tokenizer``."""
-    config = tiny_llava_config(
-        vocab_size=len(tokenizer), image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), **overrides
-    )
+# Random CLIP weights give near-uniform attention, so FlowCut would prune almost nothing before its final cut.
+# Scaling the query and key projection weights makes CLS attention peaked, as in a trained CLIP; at 16 the schedule
+# looks like the one the authors' code produced on a random CLIP (577 -> 490 -> 424 -> ... -> 65).
+QK_WEIGHT_SCALE = 16.0
+
+
+def with_tokenizer_ids(config: LlavaConfig, tokenizer: TokenizersBackend) -> LlavaConfig:
+    """Sets ``config``'s image, pad, bos and eos token ids to ``tokenizer``'s, in place, and returns it."""
+    config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     text_config = config.text_config
     text_config.pad_token_id = tokenizer.pad_token_id
     text_config.bos_token_id = tokenizer.bos_token_id
@@ -87,22 +91,37 @@ def tiny_config_for(tokenizer: TokenizersBackend, **overrides) -> LlavaConfig:
     return config
 
 
-def build_tiny_llava(seed: int = 0, tokenizer: TokenizersBackend | None = None, **overrides):
-    """A random stock ``LlavaForConditionalGeneration`` and its stock processor, with LLaVA-1.5 geometry."""
+def build_random_llava(
+    config: LlavaConfig,
+    tokenizer: TokenizersBackend | None = None,
+    seed: int = 0,
+    qk_weight_scale: float = QK_WEIGHT_SCALE,
+):
+    """A random stock ``LlavaForConditionalGeneration`` for ``config`` and a matching stock processor."""
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
-    config = tiny_config_for(tokenizer, **overrides)
+    if config.text_config.vocab_size < len(tokenizer):
+        raise ValueError(f"the text model's vocabulary ({config.text_config.vocab_size}) is smaller than the tokenizer's")
+    with_tokenizer_ids(config, tokenizer)
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
-    # Random tiny weights give near-uniform attention; a larger init makes CLS attention peaked, as in real CLIP,
-    # so the adaptive schedule actually varies between layers.
     with torch.no_grad():
         for name, parameter in model.model.vision_tower.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
-                parameter.mul_(4.0)
+                parameter.mul_(qk_weight_scale)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model, build_tiny_processor(tokenizer)
+
+
+def build_tiny_llava(seed: int = 0, tokenizer: TokenizersBackend | None = None, **overrides):
+    """A random tiny stock ``LlavaForConditionalGeneration`` (LLaVA-1.5 geometry) and its stock processor.
+
+    ``overrides`` go to :func:`flowcut_hf.presets.tiny_llava_config`.
+    """
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    config = tiny_llava_config(vocab_size=len(tokenizer), image_token_index=len(tokenizer) - 1, **overrides)
+    return build_random_llava(config, tokenizer, seed=seed)
 
 
 def synthetic_image(seed: int = 0, size: tuple[int, int] = (336, 336)) -> Image.Image:

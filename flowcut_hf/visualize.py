@@ -1,0 +1,345 @@
+"""``flowcut-hf visualize``: which image patches FlowCut keeps, and how many tokens each encoder layer processed.
+
+Usage::
+
+    flowcut-hf visualize MODEL IMAGE --target-num 64 --out kept.png
+
+``MODEL`` is ``preset`` (random weights, no download), ``tiny``, a local folder or a Hub repo id (stock LLaVA-1.5 or a
+FlowCut export). The PNG shows, on the left, the image exactly as the processor hands it to the model (resized and
+centre-cropped to 336 px, de-normalised), with the kept patches left clear and the pruned ones dimmed and hatched; on
+the right, the number of tokens (CLS included) each vision-encoder layer processed, against the unpruned encoder.
+
+From Python::
+
+    from flowcut_hf.visualize import visualize_kept_tokens
+    picture = visualize_kept_tokens(model, processor, image, target_num=64)   # a PIL.Image
+    picture.save("kept.png")
+
+Drawn with PIL only.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .bench import PRESET, _ModelModes, _Row, example_image_path, load_model
+
+__all__ = [
+    "FigureLayout",
+    "KeptTokens",
+    "figure_layout",
+    "kept_tokens",
+    "make_example_image",
+    "processor_view",
+    "render_kept_tokens",
+    "visualize_kept_tokens",
+    "register_cli",
+]
+
+DEFAULT_TARGET_NUM = 64
+DEFAULT_SCALE = 2
+
+# Look.
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+MUTED = (120, 120, 120)
+GRID = (225, 225, 225)
+ACCENT = (214, 69, 65)
+STOCK = (90, 120, 200)
+DIM_TO = (24, 24, 24)
+DIM_KEEP = 0.3  # pruned pixels keep 30% of their colour
+HATCH = (235, 235, 235)
+HATCH_PERIOD = 7
+
+MARGIN = 20
+HEADER = 44
+FOOTER = 34
+PLOT_WIDTH = 520
+
+
+@dataclass(frozen=True)
+class FigureLayout:
+    """Where things are in the picture (pixels). ``image_box`` is ``(left, top, right, bottom)``."""
+
+    width: int
+    height: int
+    image_box: tuple[int, int, int, int]
+    plot_box: tuple[int, int, int, int]
+    cell: int
+
+
+def figure_layout(image_size: int = 336, patch_size: int = 14, scale: int = DEFAULT_SCALE) -> FigureLayout:
+    """The layout of a picture for a ``image_size`` px model input with ``patch_size`` px patches."""
+    side = image_size * scale
+    left, top = MARGIN, MARGIN + HEADER
+    image_box = (left, top, left + side, top + side)
+    plot_box = (image_box[2] + MARGIN, top, image_box[2] + MARGIN + PLOT_WIDTH, top + side)
+    return FigureLayout(
+        width=plot_box[2] + MARGIN,
+        height=top + side + FOOTER + MARGIN,
+        image_box=image_box,
+        plot_box=plot_box,
+        cell=patch_size * scale,
+    )
+
+
+@dataclass
+class KeptTokens:
+    """What FlowCut did to one image: the processor's view of it, the kept patches and the encoder schedule."""
+
+    view: Image.Image
+    keep_indices: list[int]
+    token_schedule: list[int]
+    target_num: int
+    grid: int
+    patch_size: int
+    num_layers: int
+    feature_layer_runs: int
+
+
+def processor_view(processor, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
+    """The image as the model sees it (after the processor's resize / crop, de-normalised) and its pixel values."""
+    image_processor = getattr(processor, "image_processor", processor)
+    pixel_values = image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    array = pixel_values[0].float()
+    if getattr(image_processor, "do_normalize", True):
+        mean = torch.tensor(image_processor.image_mean).view(-1, 1, 1)
+        std = torch.tensor(image_processor.image_std).view(-1, 1, 1)
+        array = array * std + mean
+    if getattr(image_processor, "do_rescale", True):
+        array = array / float(getattr(image_processor, "rescale_factor", 1 / 255)) / 255.0
+    array = (array.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(array, "RGB"), pixel_values
+
+
+def kept_tokens(model, processor, image: Image.Image, target_num: int | None = None) -> KeptTokens:
+    """Runs FlowCut's vision encoder on ``image`` and returns what it kept.
+
+    ``model`` may be a stock LLaVA-1.5 or a FlowCut model; it is switched to FlowCut at ``target_num`` for the call
+    and restored afterwards. ``target_num`` defaults to the model's own setting (FlowCut models) or 64.
+    """
+    if target_num is None:
+        target_num = int(getattr(model.config, "flowcut_target_num", DEFAULT_TARGET_NUM))
+    vision = model.config.vision_config
+    grid = vision.image_size // vision.patch_size
+    view, pixel_values = processor_view(processor, image)
+    parameter = next(model.parameters())
+    pixel_values = pixel_values.to(parameter.device, parameter.dtype)
+    full = grid * grid
+    modes = _ModelModes(model, full)
+    try:
+        with torch.inference_mode(), modes.mode(_Row("flowcut", "flowcut", target_num, min(target_num, full))):
+            features = model.model.get_image_features(pixel_values=pixel_values)
+    finally:
+        modes.restore()
+    keep = [int(i) for i in features.keep_indices[0].tolist()]
+    schedule = [int(n) for n in features.token_schedule]
+    return KeptTokens(
+        view=view,
+        keep_indices=keep,
+        token_schedule=schedule,
+        target_num=target_num,
+        grid=grid,
+        patch_size=vision.patch_size,
+        num_layers=vision.num_hidden_layers,
+        feature_layer_runs=len(schedule),
+    )
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _dim_and_hatch(cell: Image.Image) -> Image.Image:
+    array = np.asarray(cell, dtype=np.float32)
+    dimmed = array * DIM_KEEP + np.asarray(DIM_TO, dtype=np.float32) * (1 - DIM_KEEP)
+    height, width = dimmed.shape[:2]
+    y, x = np.mgrid[0:height, 0:width]
+    dimmed[(x + y) % HATCH_PERIOD == 0] = HATCH
+    return Image.fromarray(dimmed.round().astype(np.uint8), "RGB")
+
+
+def _tick_step(y_max: int) -> int:
+    for step in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000):
+        if y_max / step <= 8:
+            return step
+    return 10000
+
+
+def _draw_plot(draw: ImageDraw.ImageDraw, box, info: KeptTokens) -> None:
+    left, top, right, bottom = box
+    small, normal = _font(12), _font(14)
+    # Axes area inside the panel.
+    ax_left, ax_top, ax_right, ax_bottom = left + 56, top + 34, right - 12, bottom - 52
+    full = info.grid * info.grid + 1
+    y_max = max(100, -(-int(full * 1.08) // 100) * 100)  # headroom above the stock line for the legend
+    layers = info.num_layers
+
+    def x_of(layer: int) -> float:  # layer is 1-based
+        return ax_left + (layer - 0.5) / layers * (ax_right - ax_left)
+
+    def y_of(tokens: float) -> float:
+        return ax_bottom - tokens / y_max * (ax_bottom - ax_top)
+
+    draw.text((left + 4, top), "tokens per vision-encoder layer (CLS included)", fill=INK, font=normal)
+    # Layers that never ran (after the feature layer).
+    if info.feature_layer_runs < layers:
+        shade_left = ax_left + info.feature_layer_runs / layers * (ax_right - ax_left)
+        draw.rectangle([shade_left, ax_top, ax_right, ax_bottom], fill=(242, 242, 242))
+        draw.text((shade_left + 3, ax_top + 4), "not run", fill=MUTED, font=small)
+    # Grid and y ticks.
+    for tick in range(0, y_max + 1, _tick_step(y_max)):
+        y = y_of(tick)
+        draw.line([ax_left, y, ax_right, y], fill=GRID)
+        label = str(tick)
+        width = draw.textlength(label, font=small)
+        draw.text((ax_left - 6 - width, y - 7), label, fill=MUTED, font=small)
+    # x ticks.
+    for layer in range(1, layers + 1):
+        if layer == 1 or layer % 4 == 0 or layer == layers:
+            x = x_of(layer)
+            draw.line([x, ax_bottom, x, ax_bottom + 4], fill=INK)
+            label = str(layer)
+            draw.text((x - draw.textlength(label, font=small) / 2, ax_bottom + 6), label, fill=MUTED, font=small)
+    draw.text(((ax_left + ax_right) / 2 - 40, ax_bottom + 24), "encoder layer", fill=INK, font=small)
+    draw.line([ax_left, ax_top, ax_left, ax_bottom, ax_right, ax_bottom], fill=INK, width=1)
+    # Stock reference: every layer runs on all tokens.
+    for layer in range(1, layers + 1):
+        x0, x1 = x_of(layer) - 5, x_of(layer) + 5
+        draw.line([x0, y_of(full), x1, y_of(full)], fill=STOCK, width=2)
+    # Target line.
+    target_tokens = min(info.target_num, full - 1) + 1
+    y_target = y_of(target_tokens)
+    for x in range(int(ax_left), int(ax_right), 8):
+        draw.line([x, y_target, min(x + 4, ax_right), y_target], fill=MUTED)
+    # FlowCut schedule as steps with dots.
+    points = [(x_of(i + 1), y_of(n)) for i, n in enumerate(info.token_schedule)]
+    if len(points) > 1:
+        draw.line(points, fill=ACCENT, width=2)
+    for x, y in points:
+        draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=ACCENT)
+    # Legend.
+    legend_y = top + 18
+    draw.line([ax_left, legend_y + 7, ax_left + 16, legend_y + 7], fill=ACCENT, width=2)
+    draw.text((ax_left + 20, legend_y), "FlowCut", fill=INK, font=small)
+    draw.line([ax_left + 90, legend_y + 7, ax_left + 106, legend_y + 7], fill=STOCK, width=2)
+    draw.text((ax_left + 110, legend_y), f"stock ({full})", fill=INK, font=small)
+    draw.line([ax_left + 200, legend_y + 7, ax_left + 216, legend_y + 7], fill=MUTED)
+    draw.text((ax_left + 220, legend_y), f"target ({target_tokens})", fill=INK, font=small)
+
+
+def render_kept_tokens(info: KeptTokens, *, scale: int = DEFAULT_SCALE, title: str | None = None) -> Image.Image:
+    """Draws the picture for ``info`` (see :func:`figure_layout` for where things are)."""
+    side = info.grid * info.patch_size
+    layout = figure_layout(side, info.patch_size, scale)
+    canvas = Image.new("RGB", (layout.width, layout.height), BACKGROUND)
+    view = info.view.convert("RGB").resize((side * scale, side * scale), Image.Resampling.NEAREST)
+    kept = set(info.keep_indices)
+    cell = layout.cell
+    for index in range(info.grid * info.grid):
+        if index in kept:
+            continue
+        row, column = divmod(index, info.grid)
+        box = (column * cell, row * cell, (column + 1) * cell, (row + 1) * cell)
+        view.paste(_dim_and_hatch(view.crop(box)), box[:2])
+    canvas.paste(view, layout.image_box[:2])
+
+    draw = ImageDraw.Draw(canvas)
+    full = info.grid * info.grid
+    title = title or f"FlowCut keeps {len(kept)} of {full} patches"
+    draw.text((MARGIN, MARGIN), title, fill=INK, font=_font(20))
+    left, _, right, bottom = layout.image_box
+    draw.rectangle([left - 1, layout.image_box[1] - 1, right, bottom], outline=INK)
+    caption = (
+        f"clear: kept ({len(kept)}), dimmed + hatched: pruned ({full - len(kept)}); "
+        f"image as the processor sees it ({side} px)"
+    )
+    draw.text((left, bottom + 8), caption, fill=MUTED, font=_font(13))
+    _draw_plot(draw, layout.plot_box, info)
+    schedule_note = f"{len(info.token_schedule)} of {info.num_layers} layers ran; LLM gets {len(kept)} image tokens"
+    draw.text((layout.plot_box[0] + 56, bottom + 8), schedule_note, fill=MUTED, font=_font(13))
+    return canvas
+
+
+def visualize_kept_tokens(
+    model, processor, image: Image.Image | str | Path, target_num: int | None = None, *, scale: int = DEFAULT_SCALE,
+    title: str | None = None,
+) -> Image.Image:
+    """The kept-token picture for ``image`` as a PIL image (``model`` is left as it was)."""
+    if isinstance(image, (str, Path)):
+        image = Image.open(image)
+    info = kept_tokens(model, processor, image, target_num)
+    return render_kept_tokens(info, scale=scale, title=title)
+
+
+def make_example_image(size: tuple[int, int] = (448, 336)) -> Image.Image:
+    """The packaged example picture (``flowcut_hf/assets/example.png``): a house, a tree, hills, sun and a cloud."""
+    width, height = size
+    sx, sy = width / 448, height / 336
+    y = np.linspace(0, 1, height, dtype=np.float32)[:, None]
+    sky = np.stack([110 + 90 * y, 160 + 70 * y, 235 - 20 * y], -1) * np.ones((1, width, 1), np.float32)
+    image = Image.fromarray(sky.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+
+    def box(x0, y0, x1, y1):
+        return [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+
+    def poly(points):
+        return [(x * sx, y * sy) for x, y in points]
+
+    draw.ellipse(box(330, 30, 400, 100), fill=(255, 214, 70))
+    draw.ellipse(box(200, 40, 290, 70), fill=(245, 248, 252))
+    draw.ellipse(box(230, 28, 280, 62), fill=(245, 248, 252))
+    draw.polygon(poly([(0, 240), (90, 170), (200, 235), (300, 160), (448, 230), (448, 336), (0, 336)]), fill=(86, 150, 70))
+    draw.rectangle(box(0, 270, 448, 336), fill=(70, 125, 58))
+    draw.rectangle(box(90, 190, 190, 280), fill=(205, 92, 72))
+    draw.polygon(poly([(80, 192), (140, 140), (200, 192)]), fill=(120, 60, 50))
+    draw.rectangle(box(125, 235, 150, 280), fill=(80, 50, 35))
+    draw.rectangle(box(100, 205, 120, 225), fill=(230, 240, 250))
+    draw.rectangle(box(160, 205, 180, 225), fill=(230, 240, 250))
+    draw.rectangle(box(300, 200, 314, 285), fill=(100, 70, 40))
+    draw.ellipse(box(270, 140, 345, 215), fill=(40, 110, 45))
+    for x, colour in ((70, (230, 60, 60)), (92, (250, 200, 60)), (340, (200, 90, 200)), (362, (250, 250, 250))):
+        draw.ellipse(box(x, 295, x + 14, 309), fill=colour)
+    return image
+
+
+def _cli(args: argparse.Namespace) -> int:
+    if not args.image.exists():
+        raise FileNotFoundError(f"image {args.image} does not exist")
+    if args.out.parent and not args.out.parent.exists():
+        raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
+    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    picture = visualize_kept_tokens(model, processor, args.image, args.target_num, scale=args.scale)
+    picture.save(args.out, format="PNG", optimize=True)
+    print(f"wrote {args.out} ({picture.width}x{picture.height})")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "visualize",
+        help="draw which image patches FlowCut keeps and the tokens per encoder layer (PNG)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("model", help="'preset', 'tiny', a folder or a repo id")
+    parser.add_argument(
+        "image", type=Path, nargs="?", default=example_image_path(),
+        help="image file (default: the packaged example image)",
+    )
+    parser.add_argument("--target-num", type=int, default=None, help="visual tokens kept (default: model's, or 64)")
+    parser.add_argument("--out", type=Path, default=Path("kept.png"), help="output PNG (default kept.png)")
+    parser.add_argument("--scale", type=int, default=DEFAULT_SCALE, help="pixels per input pixel (default 2)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    parser.set_defaults(func=_cli)
