@@ -770,18 +770,8 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
     stock_stats = _stats_ms(stock.samples)
     dtype_name = str(dtype).removeprefix("torch.")
 
-    stock_account = accounting.prefill_account(
-        config,
-        num_text_tokens,
-        token_schedule=stock.measured["schedule"],
-        num_image_tokens=stock.num_image_tokens,
-        batch_size=batch_size,
-        kv_dtype=dtype,
-    )
-    configs = []
-    for row in rows:
-        stats = _stats_ms(row.samples)
-        account = accounting.prefill_account(
+    accounts = {
+        row.name: accounting.prefill_account(
             config,
             num_text_tokens,
             token_schedule=row.measured["schedule"],
@@ -789,6 +779,13 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
             batch_size=batch_size,
             kv_dtype=dtype,
         )
+        for row in rows
+    }
+    stock_account = accounts["stock"]
+    configs = []
+    for row in rows:
+        stats = _stats_ms(row.samples)
+        account = accounts[row.name]
         oracle = by_name.get(f"oracle@{row.target_num}") if row.kind == "flowcut" else None
         scoring = None
         if row.scoring:
