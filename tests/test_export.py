@@ -296,3 +296,24 @@ def test_create_pr_and_private_repo(hf_base, hub, tmp_path):
                  "--private", "--base-model", BASE_ID, env=env)
     assert result.returncode == 0, result.stderr
     assert hub.is_private(private_id)
+
+
+def test_hub_source_at_a_pinned_revision_with_eval_results(hf_base, hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    source_id = "local-user/llava-tiny-base"
+    hub.create_repo(source_id)
+    files = {p.name: p.read_bytes() for p in hf_base.iterdir() if p.is_file()}
+    pinned = hub.commit_files(source_id, files)
+    hub.commit_files(source_id, {"config.json": b"{\"model_type\": \"bert\"}"})  # main moves on to a non-LLaVA
+    eval_file = tmp_path / "eval.json"
+    eval_file.write_text(json.dumps({"results": [{"task_type": "image-text-to-text", "dataset_type": "lmms-lab/POPE",
+                                                  "dataset_name": "POPE", "metric_type": "f1", "metric_value": 80.2}]}))
+    out = tmp_path / "out"
+    result = cli("export", source_id, "--revision", pinned, "--target-num", "16", "--out", str(out),
+                 "--eval-results", str(eval_file), env=env)
+    assert result.returncode == 0, result.stderr
+    folder = out / "llava-tiny-base-flowcut16"
+    assert (folder / "model.safetensors").read_bytes() == files["model.safetensors"]
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == source_id and card.data.license == "llama2"
+    assert card.data.eval_results[0].metric_value == 80.2 and card.data.eval_results[0].dataset_name == "POPE"
