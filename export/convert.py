@@ -824,8 +824,11 @@ def convert_original_llava(
     config_path = source / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{source} has no config.json; is it a LLaVA checkpoint folder?")
-    if out.resolve() == source.resolve() or (clip_override is not None and out.resolve() == clip_override.resolve()):
-        raise ValueError(f"out_dir {out} must differ from the folders being read")
+    for read_from in [source] + ([clip_override] if clip_override is not None else []):
+        # --overwrite replaces out_dir, so it must neither be nor contain nor sit inside a folder being read.
+        a, b = out.resolve(), read_from.resolve()
+        if a == b or b.is_relative_to(a) or a.is_relative_to(b):
+            raise ValueError(f"out_dir {out} overlaps {read_from}, which is being read; choose another out_dir")
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
 

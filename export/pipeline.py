@@ -31,16 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .convert import convert_original_llava, is_hf_llava, is_original_llava
+from ..modeling.modeling_flowcut_llava import copy_remote_code_files, remote_code_files
+from .convert import _load_pickle, _weight_files, convert_original_llava, is_hf_llava, is_original_llava
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME_PATTERN = "{base}-flowcut{n}"
 METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.md", "*.tiktoken"]
-WEIGHT_PATTERNS = ["*.safetensors", "*.bin"]
 MANIFEST_NAME = ".flowcut-export.json"
-# Files of the source that the variant regenerates itself (or must not inherit).
-REGENERATED_FILES = {"config.json", "README.md", "processor_config.json", "preprocessor_config.json"}
 
 
 @dataclass
@@ -133,7 +131,7 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
     if is_hf_llava(config):
         kind = "hf"
         if not metadata_only:
-            _check_hf_weights(local_dir, config)
+            _weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are no weights at all
     elif is_original_llava(config):
         kind = "original"
     else:
@@ -158,16 +156,13 @@ def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[
         raise FileNotFoundError(f"Hub repo {repo_id!r} does not exist or is not visible with your token.") from error
     except RevisionNotFoundError as error:
         raise FileNotFoundError(f"Hub repo {repo_id!r} has no revision {revision!r}.") from error
-    patterns = METADATA_PATTERNS if metadata_only else METADATA_PATTERNS + WEIGHT_PATTERNS
+    names = [sibling.rfilename for sibling in info.siblings or []]
+    has_safetensors = any(name.endswith(".safetensors") for name in names)
+    # One weight format is enough: pickles are fetched only when there are no safetensors.
+    weight_patterns = ["*.safetensors"] if has_safetensors else ["*.bin"]
+    patterns = METADATA_PATTERNS if metadata_only else METADATA_PATTERNS + weight_patterns
     local_dir = snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns)
     return Path(local_dir), repo_id, info.sha
-
-
-def _check_hf_weights(local_dir: Path, config: dict) -> None:
-    if not list(local_dir.glob("*.safetensors")):
-        if list(local_dir.glob("*.bin")):
-            return  # write_variant converts or refuses, depending on allow_pickle
-        raise FileNotFoundError(f"{local_dir} holds no weights (*.safetensors).")
 
 
 def _read_license(resolved: ResolvedSource) -> None:
@@ -222,10 +217,10 @@ def validate_targets(target_nums: Sequence[int], config: dict[str, Any]) -> list
     targets = []
     for target in target_nums:
         validate_target_num(target)
-        if target > full:
+        if target >= full:
             raise ValueError(
-                f"--target-num {target} is larger than the {full} image tokens this model gives per image; "
-                f"choose a value from 1 to {full}."
+                f"--target-num {target} prunes nothing: this model gives {full} image tokens per image; "
+                f"choose a value from 1 to {full - 1}."
             )
         if target in targets:
             raise ValueError(f"--target-num {target} is given twice.")
@@ -246,13 +241,6 @@ def flowcut_config(config: dict[str, Any], target_num: int) -> dict[str, Any]:
     )
     updated["architectures"] = ["LlavaForConditionalGeneration"]
     return updated
-
-
-def remote_code_files() -> list[Path]:
-    from .. import modeling
-
-    folder = Path(modeling.__file__).parent
-    return sorted(p for p in folder.glob("*.py") if p.name != "__init__.py")
 
 
 def link_or_copy(source: Path, destination: Path) -> None:
@@ -287,39 +275,30 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
     if generation_config.is_file():
         shutil.copyfile(generation_config, destination / "generation_config.json")
     (destination / "config.json").write_text(json.dumps(flowcut_config(resolved.config, target_num), indent=2, sort_keys=True) + "\n")
-    # Last, so the verbatim files win over the copies processor.save_pretrained made of the same modules.
-    for code_file in remote_code_files():
-        shutil.copyfile(code_file, destination / code_file.name)
+    copy_remote_code_files(destination)
     return sorted(p.name for p in destination.iterdir())
 
 
 def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> None:
-    shards = sorted(source.glob("*.safetensors"))
-    if shards:
-        for shard in shards:
+    files, pickled = _weight_files(source, allow_pickle=allow_pickle, what="checkpoint")
+    if not pickled:
+        for shard in files:
             link_or_copy(shard, destination / shard.name)
         index = source / "model.safetensors.index.json"
         if index.is_file():
             shutil.copyfile(index, destination / index.name)
         return
-    pickles = sorted(source.glob("*.bin"))
-    if not allow_pickle:
-        raise ValueError(
-            f"{source} holds only pickle weights ({', '.join(p.name for p in pickles)}). Pickle files can run "
-            "arbitrary code when loaded, so they are refused; pass --allow-pickle (allow_pickle=True) to convert "
-            "them to safetensors if you trust the source."
-        )
-    import torch
     from safetensors.torch import save_file
 
     index_map = {}
-    for number, pickle_file in enumerate(pickles, start=1):
-        name = f"model-{number:05d}-of-{len(pickles):05d}.safetensors" if len(pickles) > 1 else "model.safetensors"
-        state = torch.load(pickle_file, map_location="cpu", weights_only=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, destination / name, metadata={"format": "pt"})
+    for number, pickle_file in enumerate(files, start=1):
+        name = f"model-{number:05d}-of-{len(files):05d}.safetensors" if len(files) > 1 else "model.safetensors"
+        state = _load_pickle(pickle_file)
+        # clone: mmap-backed tensors may share storage, which safetensors refuses to save.
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, destination / name, metadata={"format": "pt"})
         index_map.update({key: name for key in state})
         del state
-    if len(pickles) > 1:
+    if len(files) > 1:
         total = sum((destination / n).stat().st_size for n in set(index_map.values()))
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(index_map.items()))}
         (destination / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
@@ -354,7 +333,7 @@ print(json.dumps({
     "model_class": type(model).__name__, "processor_class": type(processor).__name__,
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
     "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
-    "kept": [int(k.numel()) for k in features.keep_indices], "token_schedule": features.token_schedule,
+    "kept": [int(f.shape[0]) for f in features.pooler_output], "token_schedule": features.token_schedule,
     "input_ids": inputs["input_ids"][0].tolist(),
 }))
 '''
@@ -395,27 +374,21 @@ def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -
     if clean:
         env["HF_MODULES_CACHE"] = str(workdir / "modules")
     env["HF_HUB_OFFLINE"] = "1"  # everything the check needs is on disk; the check must not hide a missing file
-    result = subprocess.run(
-        [sys.executable, "-P" if clean else "-I", "-c", code, *args],
-        cwd=workdir, env=env, capture_output=True, text=True,
-    )
-    if result.returncode != 0:
+    # -P keeps the working folder off sys.path; the clean run also cannot import flowcut_hf (see its import hook).
+    result = subprocess.run([sys.executable, "-P", "-c", code, *args], cwd=workdir, env=env, capture_output=True, text=True)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
         logger.error("verification subprocess output:\n%s", result.stderr)
         last_line = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no output")
         raise VerificationError(f"the verification subprocess failed: {last_line}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(lines[-1])
 
 
-def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Path) -> dict:
-    """Loads ``folder`` as remote code in a clean subprocess and checks it against the library on the source.
-
-    Returns the remote-code run's report (with the vision ``token_schedule``). Raises VerificationError.
-    """
+def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path) -> tuple[list[str], dict]:
     import torch
 
     from ..tiny import synthetic_image
 
-    check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir))
     image_path = check_dir / "synthetic.png"
     synthetic_image(0).save(image_path)
     remote = _run_python(VERIFY_REMOTE_CODE, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True)
@@ -445,7 +418,19 @@ def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Pa
         if not torch.allclose(remote_logits, reference_logits, rtol=1e-3, atol=1e-3 * scale):
             difference = float((remote_logits - reference_logits).abs().max())
             problems.append(f"a forward pass differs from the library's model on the source weights by {difference:.3g}")
-    shutil.rmtree(check_dir, ignore_errors=True)
+    return problems, remote
+
+
+def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Path) -> dict:
+    """Loads ``folder`` as remote code in a clean subprocess and checks it against the library on the source.
+
+    Returns the remote-code run's report (with the vision ``token_schedule``). Raises VerificationError.
+    """
+    check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir))
+    try:
+        problems, remote = _run_checks(folder, source_dir, target_num, check_dir)
+    finally:
+        shutil.rmtree(check_dir, ignore_errors=True)
     if problems:
         raise VerificationError(f"{folder.name} failed verification: " + "; ".join(problems))
     return remote
@@ -480,8 +465,12 @@ def write_card(
         prefill_flops_unpruned=float(unpruned.total_flops),
         prefill_flops_pruned=float(pruned.total_flops),
         prefill_flops_note=(
-            f"vision encoder, projector and LLM, for one image and a {prompt_tokens}-token "
-            "text prompt; the vision schedule is the one measured on a synthetic image during export"
+            f"vision encoder, projector and LLM, for one image and a {prompt_tokens}-token text prompt; "
+            + (
+                "the vision schedule is the one measured on a synthetic image during export"
+                if token_schedule
+                else "the vision encoder is counted unpruned, an upper bound (the export was not verified)"
+            )
         ),
     )
     render_variant_card(info, eval_results_path=options.eval_results).save(folder / "README.md")
@@ -497,8 +486,6 @@ def push_variant(
     nothing changed makes no commit. The token comes from HF_TOKEN or the login cache."""
     from huggingface_hub import HfApi
 
-    if resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
-        raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
     api = HfApi()
     message = commit_message or f"Add FlowCut variant of {resolved.base_model or resolved.base_name}"
     try:
@@ -520,13 +507,25 @@ def push_variant(
 
 def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[VariantPlan]:
     targets = validate_targets(list(options.target_nums), resolved.config)
+    protected = [p.resolve() for p in (resolved.local_dir, options.vision_tower) if p is not None]
     plans = []
     for target in targets:
         name = options.name_pattern.format(base=resolved.base_name, n=target)
+        if name in ("", ".", "..") or Path(name).name != name or name.startswith("."):
+            raise ValueError(f"--name-pattern gives {name!r}, which is not a plain folder name.")
+        folder = (Path(options.out) / name).resolve()
+        for read_from in protected:
+            if folder == read_from or read_from.is_relative_to(folder) or folder.is_relative_to(read_from):
+                raise ValueError(
+                    f"The variant folder {folder} overlaps {read_from}, which the export reads from; choose another "
+                    "--out or --name-pattern."
+                )
         repo_id = push_repo_id(options.push, resolved.base_name, target, len(targets), options.name_pattern)
         if repo_id is not None and resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
             raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
         plans.append(VariantPlan(target, name, Path(options.out) / name, repo_id))
+    if len({plan.name for plan in plans}) != len(plans):
+        raise ValueError(f"--name-pattern {options.name_pattern!r} gives the same folder to several variants; use {{n}}.")
     return plans
 
 
@@ -583,24 +582,29 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
         converted = None
         for plan in plans:
             result = VariantResult(plan)
-            previous = manifest["variants"].get(plan.name)
-            if plan.folder.exists():
-                if previous and previous.get("fingerprint") == _fingerprint_for(resolved, plan) and not options.overwrite:
-                    log(f"{plan.name}: already exported and verified in {plan.folder}; reusing it")
-                    result.reused = True
-                    result.files = sorted(p.name for p in plan.folder.iterdir())
-                elif not options.overwrite:
-                    raise FileExistsError(
-                        f"{plan.folder} already exists; pass --overwrite to replace it."
-                    )
-            if not result.reused:
+            previous = manifest["variants"].get(plan.name) or {}
+            if plan.folder.exists() and not options.overwrite:
+                reusable = previous.get("fingerprint") == fingerprint(resolved, plan.target_num) and (
+                    previous.get("verified") or not options.verify
+                )
+                if not reusable:
+                    raise FileExistsError(f"{plan.folder} already exists; pass --overwrite to replace it.")
+                log(f"{plan.name}: already exported from this source in {plan.folder}; reusing it")
+                result.reused = True
+                result.token_schedule = previous.get("token_schedule")
+                # The card depends on the push target and the eval results, which may differ from the first run.
+                staging = work_dir / plan.name
+                staging.mkdir()
+                write_card(staging, resolved, plan, result.token_schedule, options)
+                os.replace(staging / "README.md", plan.folder / "README.md")
+            else:
                 if converted is None:
                     if resolved.kind == "original":
                         log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
                     converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
                 staging = work_dir / plan.name
                 log(f"{plan.name}: write ({plan.target_num} of {image_tokens_per_image(resolved.config)} visual tokens per image)")
-                result.files = write_variant(converted, plan.target_num, staging, allow_pickle=options.allow_pickle)
+                write_variant(converted, plan.target_num, staging, allow_pickle=options.allow_pickle)
                 if options.verify:
                     log(f"{plan.name}: verify in a clean subprocess")
                     report = verify_variant(staging, converted.local_dir, plan.target_num, work_dir)
@@ -608,10 +612,14 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
                 log(f"{plan.name}: card")
                 write_card(staging, resolved, plan, result.token_schedule, options)
                 _move_into_place(staging, plan.folder)
-                manifest["variants"][plan.name] = {"fingerprint": _fingerprint_for(resolved, plan), "target_num": plan.target_num}
-                out.mkdir(parents=True, exist_ok=True)
+                manifest["variants"][plan.name] = {
+                    "fingerprint": fingerprint(resolved, plan.target_num),
+                    "target_num": plan.target_num,
+                    "verified": options.verify,
+                    "token_schedule": result.token_schedule,
+                }
                 manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-                result.files = sorted(p.name for p in plan.folder.iterdir())
+            result.files = sorted(p.name for p in plan.folder.iterdir())
             results.append(result)
         for result in results:
             if result.plan.repo_id:
@@ -623,10 +631,6 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
     return results
-
-
-def _fingerprint_for(resolved: ResolvedSource, plan: VariantPlan) -> str:
-    return fingerprint(resolved, plan.target_num)
 
 
 def _work_parent(out: Path) -> Path:

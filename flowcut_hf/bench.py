@@ -132,6 +132,7 @@ from torch import nn
 
 from . import accounting
 from .api import flowcut
+from .modeling.configuration_flowcut_llava import FIELD_VALIDATORS, validate_target_num
 
 __all__ = [
     "PRESET",
@@ -262,8 +263,7 @@ class _Row:
 
 
 def _flowcut_settings_snapshot(config) -> dict:
-    names = ("flowcut_target_num", "flowcut_enabled", "flowcut_prune_interval", "flowcut_history_weight")
-    return {name: config.__dict__[name] for name in names if name in config.__dict__}
+    return {name: config.__dict__[name] for name in FIELD_VALIDATORS if name in config.__dict__}
 
 
 class _ModelModes:
@@ -283,7 +283,6 @@ class _ModelModes:
             flowcut(model, target_num=full_tokens)
         self.flowcut_classes = (type(model), type(model.model))
         self.stock_classes = (LlavaForConditionalGeneration, LlavaModel)
-        self.modeling_module = sys.modules.get(type(model.model).__module__)
 
     def _set_classes(self, classes) -> None:
         self.model.__class__, self.model.model.__class__ = classes
@@ -312,7 +311,7 @@ class _ModelModes:
         self.model.model.__class__ = inner_class
         config = self.model.config
         config.__class__ = config_class
-        for name in ("flowcut_target_num", "flowcut_enabled", "flowcut_prune_interval", "flowcut_history_weight"):
+        for name in FIELD_VALIDATORS:
             if name in settings:
                 setattr(config, name, settings[name])
             else:
@@ -589,8 +588,7 @@ def _build_rows(target_nums: Sequence[int], full_tokens: int, passthrough: bool)
     pruned: list[int] = []
     passthrough_target: int | None = None
     for target in target_nums:
-        if isinstance(target, bool) or not isinstance(target, int) or target < 1:
-            raise ValueError(f"--target-num must be a positive int, got {target!r}")
+        validate_target_num(target)
         if target >= full_tokens:
             passthrough_target = passthrough_target if passthrough_target is not None else target
         elif target not in pruned:
@@ -646,6 +644,8 @@ def run_bench(
 
     if repeats < 1 or warmup < 0 or batch_size < 1:
         raise ValueError("need repeats >= 1, warmup >= 0 and batch_size >= 1")
+    for target in target_nums:  # before loading a model that may take minutes
+        validate_target_num(target)
     if isinstance(model, str):
         spec = model
         model, processor = load_model(model, device=device, dtype=dtype, attn_implementation=attn_implementation)

@@ -56,7 +56,9 @@ def build_tiny_tokenizer() -> TokenizersBackend:
     return tokenizer
 
 
-def build_tiny_processor(tokenizer: TokenizersBackend | None = None, image_size: int = 336) -> LlavaProcessor:
+def build_tiny_processor(
+    tokenizer: TokenizersBackend | None = None, image_size: int = 336, vision_feature_select_strategy: str = "default"
+) -> LlavaProcessor:
     """A stock LlavaProcessor around :func:`build_tiny_tokenizer`, with LLaVA-1.5's CLIP image preprocessing."""
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     image_processor = CLIPImageProcessorPil(
@@ -69,7 +71,7 @@ def build_tiny_processor(tokenizer: TokenizersBackend | None = None, image_size:
         image_processor=image_processor,
         tokenizer=tokenizer,
         patch_size=14,
-        vision_feature_select_strategy="default",
+        vision_feature_select_strategy=vision_feature_select_strategy,
         num_additional_image_tokens=1,
         chat_template=LLAVA_15_CHAT_TEMPLATE,
     )
@@ -111,7 +113,7 @@ def build_random_llava(
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    return model, build_tiny_processor(tokenizer)
+    return model, build_tiny_processor(tokenizer, vision_feature_select_strategy=config.vision_feature_select_strategy)
 
 
 def build_tiny_llava(seed: int = 0, tokenizer: TokenizersBackend | None = None, **overrides):

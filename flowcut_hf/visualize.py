@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import PRESET, _ModelModes, _Row, example_image_path, load_model
+from .bench import _ModelModes, _Row, example_image_path, load_model
 
 __all__ = [
     "FigureLayout",

@@ -29,6 +29,32 @@ def validate_target_num(target_num: object) -> int:
     return target_num
 
 
+def validate_enabled(enabled: object) -> bool:
+    if not isinstance(enabled, bool):
+        raise ValueError(f"flowcut_enabled must be True or False, got {enabled!r}.")
+    return enabled
+
+
+def validate_prune_interval(interval: object) -> int:
+    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
+        raise ValueError(f"flowcut_prune_interval must be an int >= 1 (the paper uses 2), got {interval!r}.")
+    return interval
+
+
+def validate_history_weight(weight: object) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < 1.0:
+        raise ValueError(f"flowcut_history_weight must be a number in [0, 1) (the paper uses 0.5), got {weight!r}.")
+    return float(weight)
+
+
+FIELD_VALIDATORS = {
+    "flowcut_target_num": validate_target_num,
+    "flowcut_enabled": validate_enabled,
+    "flowcut_prune_interval": validate_prune_interval,
+    "flowcut_history_weight": validate_history_weight,
+}
+
+
 @strict
 class FlowCutLlavaConfig(LlavaConfig):
     r"""A [`LlavaConfig`] with the FlowCut settings.
@@ -46,24 +72,18 @@ class FlowCutLlavaConfig(LlavaConfig):
     """
 
     # Typed Any on purpose: the strict dataclass would otherwise reject bad values with its own (non-ValueError)
-    # error before __setattr__ can explain the fix. __setattr__ enforces "positive int" on every assignment,
-    # including from_pretrained(..., flowcut_target_num=N) overrides.
+    # error before __setattr__ can explain the fix. __setattr__ checks every assignment, including
+    # from_pretrained(..., flowcut_target_num=N) overrides and changes on a loaded model.
     flowcut_target_num: Any = DEFAULT_TARGET_NUM
-    flowcut_enabled: bool = True
-    flowcut_prune_interval: int = 2
-    flowcut_history_weight: float = 0.5
+    flowcut_enabled: Any = True
+    flowcut_prune_interval: Any = 2
+    flowcut_history_weight: Any = 0.5
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "flowcut_target_num":
-            validate_target_num(value)
+        validator = FIELD_VALIDATORS.get(name)
+        if validator is not None:
+            validator(value)
         super().__setattr__(name, value)
 
-    def __post_init__(self, **kwargs):
-        super().__post_init__(**kwargs)
-        if isinstance(self.flowcut_prune_interval, bool) or self.flowcut_prune_interval < 1:
-            raise ValueError(f"flowcut_prune_interval must be an int >= 1, got {self.flowcut_prune_interval!r}.")
-        if not 0.0 <= self.flowcut_history_weight < 1.0:
-            raise ValueError(f"flowcut_history_weight must lie in [0, 1), got {self.flowcut_history_weight!r}.")
 
-
-__all__ = ["FlowCutLlavaConfig", "validate_target_num", "DEFAULT_TARGET_NUM"]
+__all__ = ["FlowCutLlavaConfig", "validate_target_num", "validate_enabled", "DEFAULT_TARGET_NUM", "FIELD_VALIDATORS"]

@@ -95,21 +95,17 @@ def attention_entropy_ratio(cls_attention: torch.Tensor) -> torch.Tensor:
     return entropy / math.log(probabilities.shape[-1])
 
 
-def adaptive_prune_count(
-    cls_attention: torch.Tensor, remaining_layers: int, target_patches: int, share_across_batch: bool = True
-) -> int | torch.Tensor:
+def adaptive_prune_count(cls_attention: torch.Tensor, remaining_layers: int, target_patches: int) -> int:
     """How many patches to drop at a pruning layer: ``round((N - T) / sqrt(L) * (1 - r_H^2))``.
 
     ``N`` is the current patch count, ``T`` the target, ``L`` the number of remaining layers and ``r_H`` the
-    normalised entropy of the CLS attention. Rounding is half-to-even, as ``torch.round``. With
-    ``share_across_batch`` the count is the batch maximum, as in the reference code.
+    normalised entropy of the CLS attention. Rounding is half-to-even, as ``torch.round``. The count is the batch
+    maximum, as in the reference code, so every image of a batch keeps the same number of tokens.
     """
     num_patches = cls_attention.shape[-1]
     ratio = attention_entropy_ratio(cls_attention)
     count = (num_patches - target_patches) / math.sqrt(remaining_layers) * (1 - ratio**2)
-    if share_across_batch:
-        return int(torch.round(count.max()).item())
-    return torch.round(count).long()
+    return int(torch.round(count.max()).item())
 
 
 @dataclass
@@ -138,7 +134,7 @@ class FlowCutSelector:
     prune_interval: int = 2
     history_weight: float = 0.5
     num_prefix_tokens: int = 1
-    cumulative_score: torch.Tensor | None = None
+    cumulative_score: torch.Tensor | None = field(init=False, default=None)
     keep_indices: torch.Tensor = field(init=False)
     sequence_lengths: list[int] = field(default_factory=list)
     """The sequence length (prefix tokens included) each encoder layer ran on, in order."""

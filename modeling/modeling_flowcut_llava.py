@@ -25,7 +25,7 @@ from transformers.conversion_mapping import (
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .configuration_flowcut_llava import DEFAULT_TARGET_NUM, FlowCutLlavaConfig, validate_target_num
+from .configuration_flowcut_llava import DEFAULT_TARGET_NUM, FlowCutLlavaConfig, validate_enabled, validate_target_num
 from .flowcut_core import FlowCutSelector, compute_layer_signals
 
 AUTO_MAP = {
@@ -248,28 +248,40 @@ class FlowCutLlavaModel(LlavaModel):
         )
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features):
+        try:
+            return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+        except ValueError as error:
+            # Only the failure path pays for counting; the stock message does not say how to fix it.
+            raise ValueError(self._placeholder_mismatch_message(input_ids, inputs_embeds, image_features)) from error
+
+    def _placeholder_mismatch_message(self, input_ids, inputs_embeds, image_features) -> str:
         if input_ids is not None:
             placeholders = int((input_ids == self.config.image_token_id).sum())
-            if placeholders != image_features.shape[0]:
-                per_image = retained_tokens_per_image(self.config)
-                images = image_features.shape[0] // max(per_image, 1)
-                raise ValueError(
-                    f"The input holds {placeholders} image placeholder tokens, but the {images} image(s) give "
-                    f"{image_features.shape[0]} visual tokens ({per_image} per image after FlowCut). Build the "
-                    "inputs with this model's processor, which emits the pruned count: "
-                    "AutoProcessor.from_pretrained(<repo>, trust_remote_code=True), or flowcut_hf.flowcut_processor("
-                    f"processor, target_num={per_image}) for a stock LlavaProcessor; also check that every image "
-                    "has one <image> in the prompt."
-                )
-        return super().get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_features)
+        else:
+            image_embedding = self.get_input_embeddings()(
+                torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+            )
+            placeholders = int((inputs_embeds == image_embedding).all(-1).sum())
+        per_image = retained_tokens_per_image(self.config)
+        images = image_features.shape[0] // max(per_image, 1)
+        return (
+            f"The input holds {placeholders} image placeholder tokens, but the {images} image(s) give "
+            f"{image_features.shape[0]} visual tokens ({per_image} per image after FlowCut). Build the inputs with "
+            "this model's processor, which emits the pruned count: AutoProcessor.from_pretrained(<repo>, "
+            f"trust_remote_code=True), or flowcut_hf.flowcut_processor(processor, target_num={per_image}) for a "
+            "stock LlavaProcessor; also check that every image has one <image> in the prompt."
+        )
 
     def configure_flowcut(self, target_num: int | None = None, enabled: bool | None = None) -> None:
         """Changes the retained count and/or switches pruning on or off, on this loaded model."""
+        # Validate both before changing either, so a bad call leaves the model as it was.
         if target_num is not None:
-            self.config.flowcut_target_num = validate_target_num(target_num)
+            validate_target_num(target_num)
         if enabled is not None:
-            if not isinstance(enabled, bool):
-                raise ValueError(f"enabled must be True or False, got {enabled!r}.")
+            validate_enabled(enabled)
+        if target_num is not None:
+            self.config.flowcut_target_num = target_num
+        if enabled is not None:
             self.config.flowcut_enabled = enabled
 
 
@@ -304,18 +316,17 @@ class FlowCutLlavaForConditionalGeneration(LlavaForConditionalGeneration):
         copy_remote_code_files(save_directory)
 
 
-def copy_remote_code_files(save_directory) -> list[Path]:
-    """Copies every remote-code file that sits beside this one (processor included) into ``save_directory``."""
-    source_dir = Path(__file__).resolve().parent
-    copied = []
-    for source in sorted(source_dir.glob("*.py")):
-        if source.name == "__init__.py":
-            continue
+def remote_code_files() -> list[Path]:
+    """The remote-code files that sit beside this one (processor included); ``__init__.py`` is not one of them."""
+    return sorted(p for p in Path(__file__).resolve().parent.glob("*.py") if p.name != "__init__.py")
+
+
+def copy_remote_code_files(save_directory) -> None:
+    """Copies the remote-code files, byte for byte, into ``save_directory``."""
+    for source in remote_code_files():
         destination = Path(save_directory) / source.name
         if destination.resolve() != source:
             shutil.copyfile(source, destination)
-        copied.append(destination)
-    return copied
 
 
 __all__ = [

@@ -118,10 +118,10 @@ def test_llm_hand_count_gqa():
     assert layer == 1920 + 800 + 3840 == 6560
     lm_head_last = 2 * 1 * d * vocab  # 160
 
-    assert acc.llm_prefill_flops(cfg, 5) == 6560 + 160
-    assert acc.llm_prefill_flops(cfg, 5, batch_size=4) == 4 * (6560 + 160)
+    assert acc.llm_prefill_flops(cfg, 5) == layer + lm_head_last
+    assert acc.llm_prefill_flops(cfg, 5, batch_size=4) == 4 * (layer + lm_head_last)
     # Every position projected to the vocabulary (plain forward): 5 x 160.
-    assert acc.llm_prefill_flops(cfg, 5, lm_head_tokens=None) == 6560 + 5 * 160
+    assert acc.llm_prefill_flops(cfg, 5, lm_head_tokens=None) == layer + 5 * lm_head_last
     # Causal pairs: 5*6/2 = 15 instead of 25 -> attention 2 x (2*2*15*4) = 480.
     assert acc.llm_prefill_flops(cfg, 5, causal=True) == 6560 - 800 + 480 + 160
 

@@ -16,7 +16,7 @@ from conftest import PROMPT, run_clean_python
 from flowcut_hf.export import pipeline
 from flowcut_hf.export.pipeline import ExportOptions, VerificationError, export
 from flowcut_hf.tiny import build_tiny_llava
-from hub_server import LocalHubServer
+from hub_server import local_hub  # noqa: F401  (pytest fixture)
 
 BASE_ID = "llava-hf/llava-1.5-7b-hf"
 MODELING_DIR = Path(pipeline.__file__).resolve().parents[1] / "modeling"
@@ -131,7 +131,10 @@ def test_original_llava_source_is_converted_and_verified(tmp_path):
         ("missing-folder/nowhere/really", {}, "neither an existing folder"),
         ("NOT_LLAVA", {}, "not a LLaVA checkpoint"),
         ("BASE", {"target_nums": [0]}, "flowcut_target_num must be >= 1"),
-        ("BASE", {"target_nums": [577]}, "larger than the 576 image tokens"),
+        ("BASE", {"target_nums": [577]}, "choose a value from 1 to 575"),
+        ("BASE", {"target_nums": [576]}, "prunes nothing"),
+        ("BASE", {"name_pattern": "{base}"}, "overlaps"),
+        ("BASE", {"name_pattern": "../x{n}"}, "not a plain folder name"),
         ("BASE", {"push": "org/one-repo", "target_nums": [32, 64]}, "names one repo but 2 variants"),
     ],
 )
@@ -142,10 +145,13 @@ def test_bad_input_is_refused_before_anything_is_written(hf_base, tmp_path, sour
         (source / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertModel"]}))
     elif source == "BASE":
         source = hf_base
-    out = tmp_path / "out"
+    out = hf_base.parent if options.get("name_pattern") == "{base}" else tmp_path / "out"
+    before = sorted(p.name for p in hf_base.iterdir())
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        export(source, ExportOptions(**{"target_nums": [64], "out": out, "base_model": BASE_ID, **options}), log=lambda _: None)
-    assert not out.exists()
+        export(source, ExportOptions(**{"target_nums": [64], "out": out, "base_model": BASE_ID, **options}),
+               log=lambda _: None)
+    assert out == hf_base.parent or not out.exists()
+    assert sorted(p.name for p in hf_base.iterdir()) == before, "the source must stay untouched"
 
 
 def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_base, tmp_path):
@@ -210,10 +216,8 @@ def test_dry_run_writes_and_pushes_nothing(hf_base, tmp_path):
 
 
 @pytest.fixture()
-def hub():
-    with LocalHubServer() as server:
-        yield server
-        server.assert_no_internal_errors()
+def hub(local_hub):
+    return local_hub
 
 
 def test_push_round_trip_latest_and_pinned_revision(hf_base, hub, tmp_path):
@@ -317,3 +321,31 @@ def test_hub_source_at_a_pinned_revision_with_eval_results(hf_base, hub, tmp_pat
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == source_id and card.data.license == "llama2"
     assert card.data.eval_results[0].metric_value == 80.2 and card.data.eval_results[0].dataset_name == "POPE"
+
+
+def test_full_strategy_model_exports_and_verifies(tmp_path):
+    """With strategy "full" the CLS token is one of the kept features, so 64 features hold 63 patches."""
+    source = tmp_path / "llava-full"
+    model, processor = build_tiny_llava(seed=8, vision_feature_select_strategy="full")
+    model.save_pretrained(source)
+    processor.save_pretrained(source)
+    results = export(source, ExportOptions(target_nums=[64], out=tmp_path / "out", base_model=BASE_ID), log=lambda _: None)
+    assert results[0].token_schedule[-1] == 64
+
+
+def test_reused_folder_gets_the_card_of_the_new_push(hf_base, hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    out = tmp_path / "out"
+    args = ["export", str(hf_base), "--target-num", "40", "--out", str(out), "--base-model", BASE_ID]
+    assert cli(*args, env=env).returncode == 0
+    assert "your-namespace/llava-tiny-hf-flowcut40" in (out / "llava-tiny-hf-flowcut40" / "README.md").read_text()
+
+    eval_file = tmp_path / "eval.json"
+    eval_file.write_text(json.dumps({"results": [{"task_type": "image-text-to-text", "dataset_type": "lmms-lab/GQA",
+                                                  "dataset_name": "GQA", "metric_type": "accuracy", "metric_value": 55.6}]}))
+    repo_id = "local-user/reused-flowcut40"
+    result = cli(*args, "--push", repo_id, "--eval-results", str(eval_file), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "reusing it" in result.stdout
+    pushed_card = hub.file_bytes(repo_id, "README.md").decode()
+    assert repo_id in pushed_card and "your-namespace" not in pushed_card and "GQA" in pushed_card

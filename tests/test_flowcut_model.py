@@ -226,3 +226,22 @@ def test_vision_tower_on_a_backend_without_attention_weights_selects_like_eager(
     assert calls and calls[0] == 577 and calls[-1] == 49, "the weightless backend must have run every encoder layer"
     for eager, weightless in zip(results["eager"], results["flowcut_test_weightless"]):
         assert torch.equal(eager, weightless)
+
+
+@pytest.mark.parametrize(
+    "field, bad", [("flowcut_enabled", "false"), ("flowcut_enabled", 1), ("flowcut_prune_interval", 2.5),
+                   ("flowcut_prune_interval", "2"), ("flowcut_prune_interval", 0), ("flowcut_history_weight", 1.0),
+                   ("flowcut_history_weight", "0.5")],
+)
+def test_bad_method_settings_are_value_errors(field, bad):
+    from flowcut_hf import FlowCutLlavaConfig
+
+    with pytest.raises(ValueError, match=field):
+        FlowCutLlavaConfig(**{field: bad})
+    config = FlowCutLlavaConfig()
+    with pytest.raises(ValueError, match=field):
+        setattr(config, field, bad)
+    model, _ = build_tiny_llava(seed=0)
+    with pytest.raises(ValueError, match=field):
+        flowcut(model, **{field.removeprefix("flowcut_"): bad})
+    assert type(model) is LlavaForConditionalGeneration

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import json
-
-import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration
 
 from conftest import PROMPT, TARGET_NUM, greedy, run_clean_python
 
 LOAD_AND_GENERATE = """
-import json, sys, importlib.util
+import importlib, json
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
-folder, image_path, trust = sys.argv[1] if len(sys.argv) > 1 else FOLDER, IMAGE, TRUST
+folder, image_path, trust = FOLDER, IMAGE, TRUST
 try:
     importlib.import_module("flowcut_hf")
     importable = True
@@ -37,11 +33,9 @@ print(json.dumps({
 }))
 """
 
-import importlib  # noqa: E402  (used by the snippet's namespace only through the subprocess)
-
 
 def snippet(folder, image, trust: bool) -> str:
-    header = f"FOLDER = {str(folder)!r}\nIMAGE = {str(image)!r}\nTRUST = {trust!r}\nPROMPT = {PROMPT!r}\nimport importlib\n"
+    header = f"FOLDER = {str(folder)!r}\nIMAGE = {str(image)!r}\nTRUST = {trust!r}\nPROMPT = {PROMPT!r}\n"
     return header + LOAD_AND_GENERATE
 
 
