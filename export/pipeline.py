@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..modeling.modeling_flowcut_llava import copy_remote_code_files, remote_code_files
+from ..modeling.flowcut_remote_code import copy_remote_code_files, remote_code_files
+from ..modeling.modeling_flowcut_llava import REMOTE_CODE_ENTRY_FILES
 from .convert import _load_pickle, _weight_files, convert_original_llava, is_hf_llava, is_original_llava
 
 logger = logging.getLogger(__name__)
@@ -275,7 +276,7 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
     if generation_config.is_file():
         shutil.copyfile(generation_config, destination / "generation_config.json")
     (destination / "config.json").write_text(json.dumps(flowcut_config(resolved.config, target_num), indent=2, sort_keys=True) + "\n")
-    copy_remote_code_files(destination)
+    copy_remote_code_files(destination, REMOTE_CODE_ENTRY_FILES)
     return sorted(p.name for p in destination.iterdir())
 
 
@@ -555,7 +556,7 @@ def fingerprint(resolved: ResolvedSource, target_num: int) -> str:
     files = sorted(
         (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.local_dir.iterdir() if p.is_file()
     )
-    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in remote_code_files()]
+    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in remote_code_files(REMOTE_CODE_ENTRY_FILES)]
     payload = json.dumps([str(resolved.local_dir), resolved.commit, files, target_num, __version__, code])
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -661,7 +662,7 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
     for plan in plans:
         log(f"  {plan.name}: would write {plan.folder}")
         log(f"    weights (unchanged, byte-identical): {', '.join(weights)}")
-        log(f"    config.json with flowcut_target_num={plan.target_num}, auto_map; remote code: {', '.join(p.name for p in remote_code_files())}")
+        log(f"    config.json with flowcut_target_num={plan.target_num}, auto_map; remote code: {', '.join(p.name for p in remote_code_files(REMOTE_CODE_ENTRY_FILES))}")
         log("    processor_config.json, tokenizer files, chat template, generation_config.json, README.md")
         if plan.folder.exists() and not options.overwrite:
             log(f"    note: {plan.folder} exists; the real run needs --overwrite")

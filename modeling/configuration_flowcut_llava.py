@@ -11,52 +11,19 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaConfig
 
-DEFAULT_TARGET_NUM = 64
-
-
-def validate_target_num(target_num: object) -> int:
-    """Returns ``target_num`` if it is a usable retained-token count, else raises a ValueError naming the fix."""
-    if isinstance(target_num, bool) or not isinstance(target_num, int):
-        raise ValueError(
-            f"flowcut_target_num must be a positive int (the visual tokens kept per image, e.g. 64), "
-            f"got {target_num!r} of type {type(target_num).__name__}."
-        )
-    if target_num < 1:
-        raise ValueError(
-            f"flowcut_target_num must be >= 1 (the visual tokens kept per image, e.g. 64), got {target_num}. "
-            "To switch pruning off, set flowcut_enabled=False instead."
-        )
-    return target_num
-
-
-def validate_enabled(enabled: object) -> bool:
-    if not isinstance(enabled, bool):
-        raise ValueError(f"flowcut_enabled must be True or False, got {enabled!r}.")
-    return enabled
-
-
-def validate_prune_interval(interval: object) -> int:
-    if isinstance(interval, bool) or not isinstance(interval, int) or interval < 1:
-        raise ValueError(f"flowcut_prune_interval must be an int >= 1 (the paper uses 2), got {interval!r}.")
-    return interval
-
-
-def validate_history_weight(weight: object) -> float:
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight < 1.0:
-        raise ValueError(f"flowcut_history_weight must be a number in [0, 1) (the paper uses 0.5), got {weight!r}.")
-    return float(weight)
-
-
-FIELD_VALIDATORS = {
-    "flowcut_target_num": validate_target_num,
-    "flowcut_enabled": validate_enabled,
-    "flowcut_prune_interval": validate_prune_interval,
-    "flowcut_history_weight": validate_history_weight,
-}
+from .flowcut_settings import (
+    DEFAULT_HISTORY_WEIGHT,
+    DEFAULT_PRUNE_INTERVAL,
+    DEFAULT_TARGET_NUM,
+    FIELD_VALIDATORS,
+    ValidatedFlowCutFields,
+    validate_enabled,
+    validate_target_num,
+)
 
 
 @strict
-class FlowCutLlavaConfig(LlavaConfig):
+class FlowCutLlavaConfig(ValidatedFlowCutFields, LlavaConfig):
     r"""A [`LlavaConfig`] with the FlowCut settings.
 
     Args:
@@ -71,19 +38,11 @@ class FlowCutLlavaConfig(LlavaConfig):
             Weight of the running score in the cumulative score update (the paper uses 0.5/0.5).
     """
 
-    # Typed Any on purpose: the strict dataclass would otherwise reject bad values with its own (non-ValueError)
-    # error before __setattr__ can explain the fix. __setattr__ checks every assignment, including
-    # from_pretrained(..., flowcut_target_num=N) overrides and changes on a loaded model.
+    # Typed Any: see ValidatedFlowCutFields, which checks every assignment.
     flowcut_target_num: Any = DEFAULT_TARGET_NUM
     flowcut_enabled: Any = True
-    flowcut_prune_interval: Any = 2
-    flowcut_history_weight: Any = 0.5
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        validator = FIELD_VALIDATORS.get(name)
-        if validator is not None:
-            validator(value)
-        super().__setattr__(name, value)
+    flowcut_prune_interval: Any = DEFAULT_PRUNE_INTERVAL
+    flowcut_history_weight: Any = DEFAULT_HISTORY_WEIGHT
 
 
 __all__ = ["FlowCutLlavaConfig", "validate_target_num", "validate_enabled", "DEFAULT_TARGET_NUM", "FIELD_VALIDATORS"]

@@ -24,9 +24,30 @@ one at a time if you need per-image schedules.
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+
+
+@contextmanager
+def record_module_outputs(*modules: nn.Module):
+    """Records the outputs of ``modules`` during the block, per instance, and removes the hooks afterwards."""
+    captured: list[torch.Tensor | None] = [None] * len(modules)
+
+    def make_hook(position: int):
+        def hook(_module, _inputs, output):
+            captured[position] = output
+
+        return hook
+
+    handles = [module.register_forward_hook(make_hook(i)) for i, module in enumerate(modules)]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 @dataclass
@@ -50,6 +71,8 @@ def compute_layer_signals(
     values: torch.Tensor,
     scaling: float,
     num_prefix_tokens: int = 1,
+    value_global: torch.Tensor | None = None,
+    semantic_scaling: float = 1.0,
 ) -> LayerSignals:
     """Computes FlowCut's per-layer signals from one attention layer's projections, in O(N).
 
@@ -61,15 +84,21 @@ def compute_layer_signals(
         values: ``[batch, seq, heads, head_dim]``.
         scaling: the attention scale (``head_dim ** -0.5`` for CLIP).
         num_prefix_tokens: how many leading tokens are not patches (1 for the CLS token).
+        value_global: the global token's value ``[batch, heads, head_dim]``; by default the first token's (CLS).
+            The LLM stage passes the text query token's value, which is not among ``values``.
+        semantic_scaling: scale of the value-value product; 1 in the CLIP stage (the reference has no 1/sqrt(d)
+            there), the attention scale in the LLM stage.
     """
     query_global = query_global.float()
     keys = keys.float()
     values = values.float()
+    value_global = values[:, 0] if value_global is None else value_global.float()
     # The reference scales q before the product (transformers 4.37 CLIP); doing the same keeps float32 rounding equal.
     cls_logits = torch.einsum("bshd,bhd->bhs", keys, query_global * scaling)
     cls_attention = cls_logits.softmax(dim=-1).mean(dim=1)
-    # Unscaled on purpose: the reference CLIP path has no 1/sqrt(d) here.
-    semantic_logits = torch.einsum("bshd,bhd->bhs", values, values[:, 0])
+    semantic_logits = torch.einsum("bshd,bhd->bhs", values, value_global)
+    if semantic_scaling != 1.0:
+        semantic_logits = semantic_logits * semantic_scaling
     semantic_attention = semantic_logits.softmax(dim=-1).mean(dim=1)
     value_l1 = values.mean(dim=2).abs().sum(dim=-1)
     return LayerSignals(
@@ -84,6 +113,11 @@ def fused_score(signals: LayerSignals) -> torch.Tensor:
     attention = signals.cls_attention / signals.cls_attention.sum(dim=-1, keepdim=True)
     semantic = signals.semantic_attention / signals.semantic_attention.sum(dim=-1, keepdim=True)
     return (attention + semantic) * signals.value_l1
+
+
+def top_k_in_order(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores along the last dimension, ascending (so the survivors keep their order)."""
+    return score.topk(k, dim=-1).indices.sort(dim=-1).values
 
 
 def attention_entropy_ratio(cls_attention: torch.Tensor) -> torch.Tensor:
@@ -180,7 +214,7 @@ class FlowCutSelector:
             return hidden_states
 
         # Sorting keeps the survivors in raster order, which is all the position information LLaVA's LLM gets.
-        kept = self.cumulative_score.topk(keep_patches, dim=1).indices.sort(dim=1).values
+        kept = top_k_in_order(self.cumulative_score, keep_patches)
         self.cumulative_score = self.cumulative_score.gather(1, kept)
         self.keep_indices = self.keep_indices.gather(1, kept.to(self.keep_indices.device))
         prefix = hidden_states[:, : self.num_prefix_tokens]

@@ -9,37 +9,31 @@ search) is stock transformers.
 
 from __future__ import annotations
 
-import shutil
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaModel
 from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
-from transformers.conversion_mapping import (
-    get_checkpoint_conversion_mapping,
-    register_checkpoint_conversion_mapping,
-)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .configuration_flowcut_llava import DEFAULT_TARGET_NUM, FlowCutLlavaConfig, validate_enabled, validate_target_num
-from .flowcut_core import FlowCutSelector, compute_layer_signals
+from .configuration_flowcut_llava import FlowCutLlavaConfig
+from .flowcut_clip import encode_clip_with_flowcut, feature_layer_index, num_image_patches
+from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
+from .flowcut_settings import FIELD_VALIDATORS, FlowCutSettings, configure_flowcut_fields, validate_target_num
 
 AUTO_MAP = {
     "AutoConfig": "configuration_flowcut_llava.FlowCutLlavaConfig",
     "AutoModel": "modeling_flowcut_llava.FlowCutLlavaModel",
     "AutoModelForImageTextToText": "modeling_flowcut_llava.FlowCutLlavaForConditionalGeneration",
 }
+# The processor is not imported by the model, but a saved folder needs it.
+REMOTE_CODE_ENTRY_FILES = ("modeling_flowcut_llava.py", "processing_flowcut_llava.py")
 
-# transformers 5 skips its llava checkpoint-key conversion for custom classes unless they are registered by name;
-# without this, llava-hf checkpoints load with a silently random language model.
-register_checkpoint_conversion_mapping(
-    "FlowCutLlavaForConditionalGeneration", get_checkpoint_conversion_mapping("llava"), overwrite=True
+register_stock_checkpoint_conversion(
+    {"FlowCutLlavaForConditionalGeneration": "llava", "FlowCutLlavaModel": "LlavaModel"}
 )
-register_checkpoint_conversion_mapping("FlowCutLlavaModel", get_checkpoint_conversion_mapping("LlavaModel"), overwrite=True)
 
 
 @dataclass
@@ -59,44 +53,6 @@ class FlowCutImageFeaturesOutput(BaseModelOutputWithPooling):
     token_schedule: list[int] | None = None
 
 
-@dataclass(frozen=True)
-class FlowCutSettings:
-    enabled: bool
-    target_num: int
-    prune_interval: int
-    history_weight: float
-
-    @classmethod
-    def from_config(cls, config) -> "FlowCutSettings":
-        # Read fields, not types: a config loaded as remote code may come from another module copy of the class.
-        return cls(
-            enabled=bool(getattr(config, "flowcut_enabled", True)),
-            target_num=getattr(config, "flowcut_target_num", DEFAULT_TARGET_NUM),
-            prune_interval=getattr(config, "flowcut_prune_interval", 2),
-            history_weight=getattr(config, "flowcut_history_weight", 0.5),
-        )
-
-
-def num_image_patches(vision_config) -> int:
-    return (vision_config.image_size // vision_config.patch_size) ** 2
-
-
-def feature_layer_index(vision_feature_layer: int, num_layers: int) -> int:
-    """Index of the encoder layer whose output LLaVA reads (``hidden_states[k]`` is the output of layer ``k - 1``)."""
-    if isinstance(vision_feature_layer, bool) or not isinstance(vision_feature_layer, int):
-        raise ValueError(
-            f"FlowCut supports a single vision_feature_layer (an int such as -2), got {vision_feature_layer!r}. "
-            "Set flowcut_enabled=False to use multi-layer features unpruned."
-        )
-    layer = vision_feature_layer - 1 if vision_feature_layer >= 0 else num_layers + vision_feature_layer
-    if not 1 <= layer < num_layers:
-        raise ValueError(
-            f"vision_feature_layer={vision_feature_layer} selects encoder layer {layer}; FlowCut needs at least two "
-            f"encoder layers before the feature layer (the encoder has {num_layers})."
-        )
-    return layer
-
-
 def retained_tokens_per_image(config) -> int:
     """How many ``<image>`` tokens one image becomes in the language model under this config."""
     settings = FlowCutSettings.from_config(config)
@@ -106,83 +62,6 @@ def retained_tokens_per_image(config) -> int:
     if not settings.enabled:
         return full_count
     return min(settings.target_num, full_count)
-
-
-@contextmanager
-def record_module_outputs(*modules: nn.Module):
-    """Records the outputs of ``modules`` during the block, per instance, and removes the hooks afterwards."""
-    captured: list[torch.Tensor | None] = [None] * len(modules)
-
-    def make_hook(position: int):
-        def hook(_module, _inputs, output):
-            captured[position] = output
-
-        return hook
-
-    handles = [module.register_forward_hook(make_hook(i)) for i, module in enumerate(modules)]
-    try:
-        yield captured
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def clip_layer_with_signals(layer: nn.Module, hidden_states: torch.Tensor):
-    """Runs one stock CLIP encoder layer and returns its output with FlowCut's O(N) signals.
-
-    The layer itself runs unchanged, through whichever attention backend it is configured with; its q/k/v
-    projections are read with forward hooks, so no attention matrix is ever requested.
-    """
-    attention = layer.self_attn
-    with record_module_outputs(attention.q_proj, attention.k_proj, attention.v_proj) as captured:
-        output = layer(hidden_states, None)
-    queries, keys, values = captured
-    batch, length, _ = keys.shape
-    heads, head_dim = attention.num_heads, attention.head_dim
-    with torch.no_grad():
-        signals = compute_layer_signals(
-            queries[:, 0].reshape(batch, heads, head_dim),
-            keys.view(batch, length, heads, head_dim),
-            values.view(batch, length, heads, head_dim),
-            scaling=attention.scale,
-        )
-    return output, signals
-
-
-def encode_clip_with_flowcut(
-    vision_tower: nn.Module,
-    pixel_values: torch.Tensor,
-    feature_layer: int,
-    target_length: int,
-    settings: FlowCutSettings,
-) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """Runs a CLIP vision tower up to ``feature_layer`` with progressive FlowCut pruning.
-
-    Returns the feature layer's hidden states (CLS first, ``target_length`` tokens), the kept patch indices
-    ``[batch, target_length - 1]`` and the per-layer sequence lengths.
-    """
-    vision_model = getattr(vision_tower, "vision_model", vision_tower)
-    hidden_states = vision_model.embeddings(pixel_values)
-    hidden_states = vision_model.pre_layrnorm(hidden_states)
-    batch_size, sequence_length, _ = hidden_states.shape
-    selector = FlowCutSelector(
-        target_length=target_length,
-        last_layer=feature_layer,
-        batch_size=batch_size,
-        num_patches=sequence_length - 1,
-        device=hidden_states.device,
-        prune_interval=settings.prune_interval,
-        history_weight=settings.history_weight,
-    )
-    # Layers after the feature layer would be thrown away by LLaVA, so they never run.
-    for layer_idx, layer in enumerate(vision_model.encoder.layers[: feature_layer + 1]):
-        selector.record_layer(hidden_states.shape[1])
-        if selector.active:
-            hidden_states, signals = clip_layer_with_signals(layer, hidden_states)
-            hidden_states = selector.after_layer(layer_idx, hidden_states, signals)
-        else:
-            hidden_states = layer(hidden_states, None)
-    return hidden_states, selector.keep_indices, selector.sequence_lengths
 
 
 class FlowCutLlavaModel(LlavaModel):
@@ -274,22 +153,16 @@ class FlowCutLlavaModel(LlavaModel):
 
     def configure_flowcut(self, target_num: int | None = None, enabled: bool | None = None) -> None:
         """Changes the retained count and/or switches pruning on or off, on this loaded model."""
-        # Validate both before changing either, so a bad call leaves the model as it was.
-        if target_num is not None:
-            validate_target_num(target_num)
-        if enabled is not None:
-            validate_enabled(enabled)
-        if target_num is not None:
-            self.config.flowcut_target_num = target_num
-        if enabled is not None:
-            self.config.flowcut_enabled = enabled
+        configure_flowcut_fields(self.config, FIELD_VALIDATORS, target_num=target_num, enabled=enabled)
 
 
-class FlowCutLlavaForConditionalGeneration(LlavaForConditionalGeneration):
+class FlowCutLlavaForConditionalGeneration(RemoteCodeSavingMixin, LlavaForConditionalGeneration):
     """[`LlavaForConditionalGeneration`] that prunes visual tokens with FlowCut (see [`FlowCutLlavaModel`])."""
 
     config_class = FlowCutLlavaConfig
     _auto_class = "AutoModelForImageTextToText"
+    flowcut_auto_map = AUTO_MAP
+    flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
 
     def __init__(self, config: FlowCutLlavaConfig):
         # Not super().__init__: it would build (and initialise) a stock LlavaModel only to throw it away.
@@ -309,24 +182,6 @@ class FlowCutLlavaForConditionalGeneration(LlavaForConditionalGeneration):
     def flowcut_tokens_per_image(self) -> int:
         """Visual tokens each image becomes under the current settings."""
         return retained_tokens_per_image(self.config)
-
-    def save_pretrained(self, save_directory, *args, **kwargs):
-        self.config.auto_map = dict(AUTO_MAP)
-        super().save_pretrained(save_directory, *args, **kwargs)
-        copy_remote_code_files(save_directory)
-
-
-def remote_code_files() -> list[Path]:
-    """The remote-code files that sit beside this one (processor included); ``__init__.py`` is not one of them."""
-    return sorted(p for p in Path(__file__).resolve().parent.glob("*.py") if p.name != "__init__.py")
-
-
-def copy_remote_code_files(save_directory) -> None:
-    """Copies the remote-code files, byte for byte, into ``save_directory``."""
-    for source in remote_code_files():
-        destination = Path(save_directory) / source.name
-        if destination.resolve() != source:
-            shutil.copyfile(source, destination)
 
 
 __all__ = [

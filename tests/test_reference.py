@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from flowcut_hf.modeling.modeling_flowcut_llava import FlowCutSettings, encode_clip_with_flowcut, feature_layer_index
+from flowcut_hf.modeling.flowcut_clip import encode_clip_with_flowcut, feature_layer_index
+from flowcut_hf.modeling.flowcut_settings import FlowCutSettings
 
 REFERENCE_DIR = Path(os.environ.get("FLOWCUT_REFERENCE_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"))
 

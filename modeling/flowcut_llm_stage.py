@@ -1,0 +1,439 @@
+"""Pruning inside the language model: the decoder runs as layer groups, each with its own token layout.
+
+FlowCut on LLaVA-NeXT (and later Qwen2-VL, and VFlowOpt's staged drops) shortens the sequence twice:
+
+1. before the LLM, where each image's stock placeholder span is replaced by its (fewer) visual features
+   (:func:`splice_image_features`);
+2. between two decoder layers, where a :class:`TokenDropper` decides which tokens the later layers still see
+   (:class:`FlowCutLLMPruner` is FlowCut's: the last prompt token scores each image's visual tokens).
+
+Layers before a drop keep the longer sequence in their KV cache, later layers the shorter one, so per-layer KV
+lengths differ while transformers builds one causal mask from layer 0. :func:`run_layer_groups` therefore runs the
+decoder layers itself, group by group, with one padding mask, one set of positions and one causal mask per group.
+Every group's batch is left-aligned (each row's tokens are its last columns), as generation appends on the right.
+Positions are compacted within each group (a token's position is the number of real tokens before it in its
+group), as the authors' code does.
+
+What a later call (a decoding step) needs is :class:`LayerGroupsState`: each group's padding mask over what its
+layers have cached, and the prompt length of the prefill. Models return it in their output and take it back as
+``flowcut_state``; ``generate()`` carries it between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+from transformers.cache_utils import get_layer_types_and_kwargs
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+
+from .flowcut_core import compute_layer_signals, fused_score, record_module_outputs, top_k_in_order
+
+MASK_FACTORIES: dict[str, Callable] = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+}
+
+# Keys of the per-token metadata that travels with the hidden states through every compaction.
+INPUT_POSITION = "input_position"  # column of the forward's input the token came from, -1 for padding
+IMAGE_INDEX = "image_index"  # index of the image a prunable visual token belongs to, -1 otherwise
+IS_ANCHOR = "is_anchor"  # the text token whose query and value score the visual tokens (last prompt token)
+
+
+@dataclass
+class LayerGroupsState:
+    """What a decoder run in layer groups must remember between forward calls.
+
+    Attributes:
+        group_starts: the first decoder layer of each group; group ``g`` runs layers
+            ``group_starts[g] .. group_starts[g + 1] - 1``.
+        padding_masks: per group, ``[batch, tokens cached by the group's layers]``, True for real tokens.
+        prompt_length: input columns of the prefill call. A later call without a cache re-reads the whole
+            sequence; it scores with the same (last prompt) token as the prefill did, so cached and uncached decoding
+            agree.
+    """
+
+    group_starts: tuple[int, ...]
+    padding_masks: tuple[torch.Tensor, ...]
+    prompt_length: int
+
+
+@dataclass
+class TokenLayout:
+    """A left-aligned batch of token sequences and the metadata that follows each token."""
+
+    hidden_states: torch.Tensor
+    """``[batch, length, hidden]``."""
+    mask: torch.Tensor
+    """``[batch, length]`` bool, True for real tokens; row ``b``'s tokens are its last ``mask[b].sum()`` columns."""
+    info: dict[str, torch.Tensor]
+    """Per-token metadata, each ``[batch, length]``."""
+
+    def select(self, keep: torch.Tensor) -> "TokenLayout":
+        """Keeps the tokens where ``keep`` is True, left-aligned again."""
+        index, mask = left_aligned_index(keep & self.mask)
+        hidden_index = index.to(self.hidden_states.device).unsqueeze(-1).expand(-1, -1, self.hidden_states.shape[-1])
+        info = {}
+        for name, values in self.info.items():
+            gathered = values.gather(1, index.to(values.device))
+            info[name] = gathered.masked_fill(~mask.to(values.device), PAD_VALUES[name])
+        return TokenLayout(self.hidden_states.gather(1, hidden_index), mask, info)
+
+
+PAD_VALUES = {INPUT_POSITION: -1, IMAGE_INDEX: -1, IS_ANCHOR: False}
+
+
+def left_aligned_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather indices that move each row's kept columns to the right end, in order, with padding on the left.
+
+    Returns ``(index, mask)``, both ``[batch, width]`` where ``width`` is the longest row; padding columns point at
+    column 0 and are False in ``mask``.
+    """
+    width = int(keep.sum(dim=-1).max()) if keep.numel() else 0
+    # A stable sort on the keep flag puts the dropped columns first and the kept ones last, each in their order.
+    order = torch.sort(keep.to(torch.int8), dim=-1, stable=True).indices
+    index = order[:, order.shape[1] - width :]
+    mask = keep.gather(1, index)
+    return index.masked_fill(~mask, 0), mask
+
+
+def splice_image_features(
+    inputs_embeds: torch.Tensor,
+    placeholder_mask: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    image_features: Sequence[torch.Tensor],
+    placeholder_counts: Sequence[int],
+    prunable: Sequence[bool],
+    prompt_length: int | None = None,
+) -> TokenLayout:
+    """Replaces each image's placeholder span by its visual features, dropping the placeholders left over.
+
+    The ``i``-th image owns the ``i``-th run of ``placeholder_counts[i]`` placeholders, counted in row-major order
+    over the batch, as stock LLaVA assigns features; its first ``len(image_features[i])`` placeholders become its
+    features and the rest of its span is dropped. Padding (``attention_mask`` 0) is dropped too, and every row is
+    left-aligned again.
+
+    Args:
+        inputs_embeds: ``[batch, length, hidden]``, the embedded input with placeholders.
+        placeholder_mask: ``[batch, length]`` bool.
+        attention_mask: ``[batch, length]`` or None (no padding).
+        image_features: per image, ``[tokens, hidden]``, at most its placeholder count.
+        placeholder_counts: per image, how many placeholders the processor emitted for it.
+        prunable: per image, whether its visual tokens may be dropped later (by a :class:`TokenDropper`).
+        prompt_length: only columns before it may be the anchor (the last prompt token); all columns by default.
+    """
+    batch, length = placeholder_mask.shape
+    device = placeholder_mask.device
+    counts = torch.tensor(list(placeholder_counts), device=device, dtype=torch.long)
+    kept_counts = torch.tensor([len(f) for f in image_features], device=device, dtype=torch.long)
+    if bool((kept_counts > counts).any()):
+        raise ValueError("an image has more visual features than placeholders; this is a bug in the model adapter")
+    span_ends = counts.cumsum(0)
+    span_starts = span_ends - counts
+
+    flat_positions = placeholder_mask.flatten().nonzero().squeeze(-1)
+    if flat_positions.numel() != int(counts.sum()):
+        raise ValueError(
+            f"the input holds {flat_positions.numel()} image placeholders, but the images need "
+            f"{int(counts.sum())} ({list(placeholder_counts)} per image)"
+        )
+    if len(counts):
+        rows = flat_positions // length
+        if bool((rows[span_starts] != rows[span_ends - 1]).any()):
+            raise ValueError("an image's placeholders continue into the next prompt of the batch")
+
+    rank = placeholder_mask.flatten().long().cumsum(0).view(batch, length) - 1
+    owner = torch.searchsorted(span_ends, rank.clamp(min=0), right=True).clamp(max=max(len(counts) - 1, 0))
+    if len(counts):
+        offset = rank - span_starts[owner]
+        kept_placeholder = placeholder_mask & (offset < kept_counts[owner])
+    else:
+        kept_placeholder = torch.zeros_like(placeholder_mask)
+    real = attention_mask.bool().to(device) if attention_mask is not None else torch.ones_like(placeholder_mask)
+    keep = real & (~placeholder_mask | kept_placeholder)
+
+    if len(image_features):
+        features = torch.cat(list(image_features)).to(inputs_embeds.device, inputs_embeds.dtype)
+        inputs_embeds = inputs_embeds.masked_scatter(kept_placeholder.unsqueeze(-1).to(inputs_embeds.device), features)
+
+    columns = torch.arange(length, device=device).expand(batch, -1)
+    prunable_image = torch.tensor(list(prunable) or [False], device=device)
+    image_index = torch.where(kept_placeholder & prunable_image[owner], owner, torch.full_like(owner, -1))
+    limit = length if prompt_length is None else prompt_length
+    anchor_candidates = torch.where(keep & (columns < limit), columns, torch.full_like(columns, -1))
+    anchor_column = anchor_candidates.max(dim=-1, keepdim=True).values
+    is_anchor = (columns == anchor_column) & (anchor_column >= 0)
+
+    layout = TokenLayout(
+        inputs_embeds, torch.ones_like(keep), {INPUT_POSITION: columns, IMAGE_INDEX: image_index, IS_ANCHOR: is_anchor}
+    )
+    return layout.select(keep)
+
+
+def continuation_layout(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> TokenLayout:
+    """The layout of new tokens appended to a cache (a decoding step, or text continuing a conversation)."""
+    batch, length = inputs_embeds.shape[:2]
+    device = inputs_embeds.device
+    mask = (
+        attention_mask[:, -length:].bool().to(device)
+        if attention_mask is not None
+        else torch.ones(batch, length, dtype=torch.bool, device=device)
+    )
+    columns = torch.arange(length, device=device).expand(batch, -1)
+    info = {
+        INPUT_POSITION: columns.masked_fill(~mask, -1),
+        IMAGE_INDEX: torch.full_like(columns, -1),
+        IS_ANCHOR: torch.zeros_like(mask),
+    }
+    return TokenLayout(inputs_embeds, mask, info)
+
+
+class TokenDropper(Protocol):
+    """Decides, between two layer groups, which tokens the later layers still see."""
+
+    def observe(self, layer_idx: int, layer: nn.Module) -> AbstractContextManager:
+        """Wraps the call of decoder layer ``layer_idx``, e.g. to read its projections."""
+
+    def select(self, next_layer: int, layout: TokenLayout, position_embeddings: tuple[torch.Tensor, torch.Tensor]):
+        """Returns ``[batch, length]`` bool: the tokens of ``layout`` that layer ``next_layer`` and later see."""
+
+
+@dataclass
+class LayerGroupsOutput(BaseModelOutputWithPast):
+    r"""
+    Output of [`run_layer_groups`].
+
+    token_mask (`torch.BoolTensor` of shape `(batch_size, sequence_length)`):
+        Real tokens of `last_hidden_state` (False for padding).
+    token_info (`dict[str, torch.Tensor]`):
+        Per-token metadata of `last_hidden_state`, each `(batch_size, sequence_length)`.
+    state ([`LayerGroupsState`]):
+        What the next forward call needs (see [`LayerGroupsState`]).
+    """
+
+    token_mask: torch.Tensor | None = None
+    token_info: dict[str, torch.Tensor] | None = None
+    state: LayerGroupsState | None = None
+
+
+def layer_attention_kinds(text_config) -> list[str]:
+    """Each decoder layer's attention kind ("full_attention", "sliding_attention"), as the cache sees them."""
+    kinds = get_layer_types_and_kwargs(text_config)[0]
+    unsupported = sorted(set(kinds) - set(MASK_FACTORIES))
+    if unsupported:
+        raise ValueError(
+            f"FlowCut's LLM stage supports full and sliding-window attention layers; this language model also has "
+            f"{unsupported}. Set flowcut_enabled=False to run it unpruned."
+        )
+    return kinds
+
+
+def check_supported_cache(past_key_values) -> None:
+    if past_key_values is not None and getattr(past_key_values, "is_compileable", False):
+        raise ValueError(
+            f"{type(past_key_values).__name__} holds one length for every layer, but with pruning inside the LLM the "
+            "layers cache different lengths. Use the default DynamicCache (do not pass cache_implementation='static')."
+        )
+
+
+def run_layer_groups(
+    language_model: nn.Module,
+    layout: TokenLayout,
+    group_starts: Sequence[int],
+    past_state: LayerGroupsState | None,
+    past_key_values=None,
+    use_cache: bool | None = None,
+    dropper: TokenDropper | None = None,
+    prompt_length: int = 0,
+    **layer_kwargs,
+) -> LayerGroupsOutput:
+    """Runs ``language_model``'s decoder layers group by group on ``layout``.
+
+    Before the first layer of each group after the first, ``dropper`` (if any) chooses the tokens that stay; each
+    group then gets its own padding mask (its cached tokens plus the kept ones), compacted positions and causal masks
+    (one per attention kind, sized against the group's own cache). Decoding steps pass the previous call's
+    ``past_state`` and no dropper: their new tokens are appended to every group.
+
+    ``language_model`` is a stock decoder (``embed_tokens``, ``layers``, ``rotary_emb``, ``norm``: Llama, Mistral,
+    Qwen2, ...). ``layer_kwargs`` go to every decoder layer, as the stock model passes its ``**kwargs``.
+    """
+    config = language_model.config
+    layers = language_model.layers[: config.num_hidden_layers]
+    kinds = layer_attention_kinds(config)
+    if list(group_starts[:1]) != [0] or list(group_starts) != sorted(set(group_starts)) or group_starts[-1] >= len(layers):
+        raise ValueError(f"layer groups must start at 0 and increase within the {len(layers)} layers, got {group_starts}")
+    check_supported_cache(past_key_values)
+    if past_state is not None and tuple(past_state.group_starts) != tuple(group_starts):
+        raise ValueError(
+            f"the cached state was built with layer groups starting at {past_state.group_starts}, this call uses "
+            f"{tuple(group_starts)}; do not change flowcut settings in the middle of a generation"
+        )
+    bounds = list(group_starts) + [len(layers)]
+    padding_masks = []
+    position_embeddings = None
+    for group, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        if group > 0 and dropper is not None:
+            layout = layout.select(dropper.select(start, layout, position_embeddings))
+        hidden_states = layout.hidden_states
+        mask = layout.mask.to(hidden_states.device)
+        past_mask = (
+            past_state.padding_masks[group].to(mask.device)
+            if past_state is not None
+            else mask.new_zeros(mask.shape[0], 0)
+        )
+        full_mask = torch.cat([past_mask, mask], dim=1)
+        positions = past_mask.sum(dim=-1, keepdim=True) + mask.long().cumsum(dim=-1) - 1
+        positions = positions.masked_fill(~mask, 0)
+        position_embeddings = language_model.rotary_emb(hidden_states, position_ids=positions)
+        causal_masks: dict[str, object] = {}
+        for layer_idx in range(start, end):
+            kind = kinds[layer_idx]
+            if kind not in causal_masks:
+                causal_masks[kind] = MASK_FACTORIES[kind](
+                    config=config,
+                    inputs_embeds=hidden_states,
+                    attention_mask=full_mask,
+                    past_key_values=past_key_values,
+                    position_ids=positions,
+                    layer_idx=layer_idx,
+                )
+            observer = dropper.observe(layer_idx, layers[layer_idx]) if dropper is not None else nullcontext()
+            with observer:
+                hidden_states = layers[layer_idx](
+                    hidden_states,
+                    attention_mask=causal_masks[kind],
+                    position_embeddings=position_embeddings,
+                    position_ids=positions,
+                    past_key_values=past_key_values,
+                    use_cache=use_cache,
+                    **layer_kwargs,
+                )
+        layout = TokenLayout(hidden_states, layout.mask, layout.info)
+        padding_masks.append(full_mask)
+    state = LayerGroupsState(
+        tuple(group_starts),
+        tuple(padding_masks),
+        past_state.prompt_length if past_state is not None else prompt_length,
+    )
+    return LayerGroupsOutput(
+        last_hidden_state=language_model.norm(layout.hidden_states),
+        past_key_values=past_key_values if use_cache else None,
+        token_mask=layout.mask,
+        token_info=layout.info,
+        state=state,
+    )
+
+
+def rotate_half_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """The standard ("rotate half") rotary embedding, as Llama, Mistral and Qwen2 apply it.
+
+    ``states`` is ``[tokens, heads, head_dim]``; ``cos`` and ``sin`` are ``[tokens, head_dim]``.
+    """
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    first, second = states.chunk(2, dim=-1)
+    return states * cos + torch.cat([-second, first], dim=-1) * sin
+
+
+class FlowCutLLMPruner:
+    """FlowCut's LLM stage: after decoder layer ``score_layer``, keep ``target_num`` visual tokens per image.
+
+    Inside that layer's attention, the last prompt token's query (after RoPE) attends to each image's visual keys
+    and its value to their values; with the L1 norm of their head-mean values this gives FlowCut's fused score, and
+    the top ``target_num`` stay, in order. Images with at most ``target_num`` visual tokens keep them all. The layer
+    itself runs unchanged on every token; its q/k/v projections are read with hooks, so any attention backend works.
+
+    After :meth:`select`, :attr:`keep_indices` maps each image index to its kept positions within its visual span.
+    """
+
+    def __init__(self, score_layer: int, target_num: int, apply_rotary: Callable = rotate_half_rope):
+        self.score_layer = score_layer
+        self.target_num = target_num
+        self.apply_rotary = apply_rotary
+        self.keep_indices: dict[int, torch.Tensor] = {}
+        self._projections: tuple[nn.Module, list] | None = None
+
+    @property
+    def group_starts(self) -> tuple[int, int]:
+        return (0, self.score_layer + 1)
+
+    @contextmanager
+    def observe(self, layer_idx: int, layer: nn.Module):
+        if layer_idx != self.score_layer:
+            yield
+            return
+        attention = layer.self_attn
+        with record_module_outputs(attention.q_proj, attention.k_proj, attention.v_proj) as captured:
+            yield
+        self._projections = (attention, captured)
+
+    def select(self, next_layer: int, layout: TokenLayout, position_embeddings) -> torch.Tensor:
+        if self._projections is None:
+            raise RuntimeError(f"decoder layer {self.score_layer} did not run before the LLM-stage selection")
+        attention, (queries, keys, values) = self._projections
+        self._projections = None
+        head_dim = attention.head_dim
+        batch, length = layout.mask.shape
+        queries = queries.view(batch, length, -1, head_dim).float()
+        keys = keys.view(batch, length, -1, head_dim).float()
+        values = values.view(batch, length, -1, head_dim).float()
+        group_size = queries.shape[2] // keys.shape[2]
+        cos, sin = (table.float().expand(batch, -1, -1) for table in position_embeddings)
+        image_index = layout.info[IMAGE_INDEX].to(keys.device)
+        is_anchor = layout.info[IS_ANCHOR].to(keys.device)
+        keep = layout.mask.clone().to(keys.device)
+        with torch.no_grad():
+            for row in range(batch):
+                images = image_index[row][image_index[row] >= 0].unique().tolist()
+                if not images:
+                    continue
+                anchor = is_anchor[row].nonzero().squeeze(-1)
+                if anchor.numel() != 1:
+                    raise RuntimeError("a prompt with images has no unique last prompt token to score with")
+                query = self.apply_rotary(queries[row, anchor], cos[row, anchor], sin[row, anchor])
+                query_value = values[row, anchor].repeat_interleave(group_size, dim=1)
+                for image in images:
+                    columns = (image_index[row] == image).nonzero().squeeze(-1)
+                    if columns.numel() <= self.target_num:
+                        self.keep_indices[image] = torch.arange(columns.numel(), device=columns.device)
+                        continue
+                    # repeat_kv: every query head reads its key/value group's head, as the attention does.
+                    image_keys = self.apply_rotary(keys[row, columns], cos[row, columns], sin[row, columns])
+                    image_keys = image_keys.repeat_interleave(group_size, dim=1)
+                    image_values = values[row, columns].repeat_interleave(group_size, dim=1)
+                    signals = compute_layer_signals(
+                        query,
+                        image_keys.unsqueeze(0),
+                        image_values.unsqueeze(0),
+                        scaling=attention.scaling,
+                        num_prefix_tokens=0,
+                        value_global=query_value,
+                        semantic_scaling=attention.scaling,
+                    )
+                    kept = top_k_in_order(fused_score(signals)[0], self.target_num)
+                    keep[row, columns] = False
+                    keep[row, columns[kept]] = True
+                    self.keep_indices[image] = kept
+        return keep.to(layout.mask.device)
+
+
+__all__ = [
+    "FlowCutLLMPruner",
+    "IMAGE_INDEX",
+    "INPUT_POSITION",
+    "IS_ANCHOR",
+    "LayerGroupsOutput",
+    "LayerGroupsState",
+    "TokenDropper",
+    "TokenLayout",
+    "check_supported_cache",
+    "continuation_layout",
+    "left_aligned_index",
+    "rotate_half_rope",
+    "run_layer_groups",
+    "splice_image_features",
+]

@@ -1,0 +1,678 @@
+"""LLaVA-NeXT with FlowCut visual-token pruning in two stages, as Hugging Face remote code.
+
+1. **Vision stage** (:meth:`FlowCutLlavaNextModel.get_image_features`): every anyres crop of an image (the base image
+   and each grid crop) goes through CLIP with progressive FlowCut pruning down to ``flowcut_target_num // 2``
+   patches. The crops of one image share the prune count of each layer, as in the authors' code; images never share
+   it, so an image's selection does not depend on its batch-mates. The base crop's kept tokens come first, in raster
+   order; the grid crops' kept tokens are put back on the full grid, the padding rows or columns are dropped with
+   LLaVA's own unpad arithmetic (it truncates, where transformers rounds), and the rest follow in raster order. No
+   ``image_newline`` is added, except to an image made of a single crop, as in the authors' code.
+2. **LLM stage** (:class:`FlowCutLLMPruner`, run by :func:`run_layer_groups`): after decoder layer
+   ``flowcut_llm_prune_layer`` (1 by default) the last prompt token scores each image's visual tokens and
+   ``flowcut_target_num`` of them stay per image. Layers up to that one see (and cache) every token, later layers only
+   the kept ones, with compacted positions.
+
+The stock processor is used unchanged: its placeholder count depends on the image size, so the model replaces each
+image's placeholder span by its (fewer) tokens itself, and ``generate()`` carries the per-layer-group layout between
+steps as ``flowcut_state``. An image whose stock token count is at most ``flowcut_target_num`` is kept whole, exactly
+as the stock model sees it; if every image is, or pruning is off, the forward is the stock one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+
+import torch
+from torch import nn
+from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.llava_next.modeling_llava_next import (
+    LlavaNextCausalLMOutputWithPast,
+    LlavaNextModelOutputWithPast,
+    LlavaNextPreTrainedModel,
+    get_anyres_image_grid_shape,
+    image_size_to_num_patches,
+)
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+
+from .configuration_flowcut_llava_next import DEFAULT_NEXT_TARGET_NUM, NEXT_FIELD_VALIDATORS, FlowCutLlavaNextConfig
+from .flowcut_clip import check_clip_vision_tower, encode_clip_with_flowcut, feature_layer_index, num_image_patches
+from .flowcut_llm_stage import (
+    IMAGE_INDEX,
+    INPUT_POSITION,
+    FlowCutLLMPruner,
+    LayerGroupsState,
+    continuation_layout,
+    run_layer_groups,
+    splice_image_features,
+)
+from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
+from .flowcut_settings import FlowCutSettings, configure_flowcut_fields
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_flowcut_llava_next.FlowCutLlavaNextConfig",
+    "AutoModel": "modeling_flowcut_llava_next.FlowCutLlavaNextModel",
+    "AutoModelForImageTextToText": "modeling_flowcut_llava_next.FlowCutLlavaNextForConditionalGeneration",
+}
+# The stock LlavaNextProcessor is used unchanged, so the model's import closure is the whole remote code.
+REMOTE_CODE_ENTRY_FILES = ("modeling_flowcut_llava_next.py",)
+
+register_stock_checkpoint_conversion(
+    {"FlowCutLlavaNextForConditionalGeneration": "llava_next", "FlowCutLlavaNextModel": "LlavaNextModel"}
+)
+
+NEWLINE_SOURCE = (-1, -1)
+
+
+# ------------------------------------------------------------------------------------------------ anyres geometry
+
+
+def unpadded_window(
+    grid_height: int, grid_width: int, image_height: int, image_width: int, *, round_like_transformers: bool
+) -> tuple[int, int, int, int]:
+    """``(top, bottom, left, right)`` of the part of a ``grid_height x grid_width`` feature grid that shows the image.
+
+    The anyres image was resized to fit the grid and padded on two sides; this drops the padding rows or columns.
+    LLaVA (and the authors' FlowCut code) truncates the resized size, transformers rounds it; they differ on a few
+    image sizes (e.g. 352x748), so the stock token count uses the rounding and FlowCut's layout the truncation.
+    """
+    if image_width / image_height > grid_width / grid_height:
+        exact = image_height * (grid_width / image_width)
+        new_height = int(round(exact, 7)) if round_like_transformers else int(exact)
+        padding = (grid_height - new_height) // 2
+        return padding, grid_height - padding, 0, grid_width
+    exact = image_width * (grid_height / image_height)
+    new_width = int(round(exact, 7)) if round_like_transformers else int(exact)
+    padding = (grid_width - new_width) // 2
+    return 0, grid_height, padding, grid_width - padding
+
+
+@dataclass(frozen=True)
+class AnyresGeometry:
+    """How one image is cut into crops and laid out as tokens."""
+
+    num_crops: int
+    grid_rows: int
+    grid_cols: int
+    side: int  # patches per crop side (24 for CLIP-336/14)
+
+    @classmethod
+    def of(cls, config, image_size_hw) -> "AnyresGeometry":
+        vision = config.vision_config
+        size = [int(v) for v in (image_size_hw.tolist() if hasattr(image_size_hw, "tolist") else image_size_hw)]
+        crops = image_size_to_num_patches(size, config.image_grid_pinpoints, vision.image_size)
+        rows, cols = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, vision.image_size)
+        return cls(crops, rows, cols, vision.image_size // vision.patch_size)
+
+    def grid_coordinates(self, crop: torch.Tensor, patch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row and column on the full grid of patch ``patch`` of grid crop ``crop`` (1-based: 0 is the base)."""
+        crop_row, crop_col = (crop - 1) // self.grid_cols, (crop - 1) % self.grid_cols
+        return crop_row * self.side + patch // self.side, crop_col * self.side + patch % self.side
+
+
+def stock_token_sources(config, image_size_hw) -> torch.Tensor:
+    """``[tokens, 2]``: the (crop, patch) each visual token of the stock layout comes from, (-1, -1) for a newline.
+
+    Its length is the stock placeholder count of the image ('default' strategy): the base crop, the unpadded grid
+    in raster order with one newline ending each row.
+    """
+    geometry = AnyresGeometry.of(config, image_size_hw)
+    side = geometry.side
+    base = torch.stack([torch.zeros(side * side, dtype=torch.long), torch.arange(side * side)], dim=1)
+    newline = torch.tensor([NEWLINE_SOURCE])
+    if geometry.num_crops == 1:
+        return torch.cat([base, newline])
+    height, width = int(image_size_hw[0]), int(image_size_hw[1])
+    top, bottom, left, right = unpadded_window(
+        geometry.grid_rows * side, geometry.grid_cols * side, height, width, round_like_transformers=True
+    )
+    rows = []
+    for row in range(top, bottom):
+        columns = torch.arange(left, right)
+        crop = 1 + (row // side) * geometry.grid_cols + columns // side
+        patch = (row % side) * side + columns % side
+        rows.extend([torch.stack([crop, patch], dim=1), newline])
+    return torch.cat([base, *rows])
+
+
+def stock_token_count(config, image_size_hw) -> int:
+    """The number of ``<image>`` placeholders the stock LLaVA-NeXT processor emits for an image of this size."""
+    return len(stock_token_sources(config, image_size_hw))
+
+
+def assemble_pruned_image(
+    features: torch.Tensor,
+    keep_indices: torch.Tensor,
+    geometry: AnyresGeometry,
+    image_size_hw,
+    image_newline: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lays one image's kept crop tokens out as the authors' FlowCut does; returns ``(tokens, sources)``.
+
+    ``features`` is ``[crops, kept, hidden]`` and ``keep_indices`` ``[crops, kept]`` (ascending patch indices).
+    """
+    device = keep_indices.device
+    base_sources = torch.stack([torch.zeros_like(keep_indices[0]), keep_indices[0]], dim=1)
+    if geometry.num_crops == 1:
+        newline = image_newline[None].to(features.device, features.dtype)
+        return torch.cat([features[0], newline]), torch.cat([base_sources, torch.tensor([NEWLINE_SOURCE], device=device)])
+    crops = torch.arange(1, geometry.num_crops, device=device)[:, None].expand_as(keep_indices[1:]).reshape(-1)
+    patches = keep_indices[1:].reshape(-1)
+    rows, columns = geometry.grid_coordinates(crops, patches)
+    height, width = int(image_size_hw[0]), int(image_size_hw[1])
+    top, bottom, left, right = unpadded_window(
+        geometry.grid_rows * geometry.side, geometry.grid_cols * geometry.side, height, width,
+        round_like_transformers=False,
+    )
+    inside = ((rows >= top) & (rows < bottom) & (columns >= left) & (columns < right)).nonzero().squeeze(-1)
+    raster = rows[inside] * (geometry.grid_cols * geometry.side) + columns[inside]
+    order = inside[raster.argsort()]
+    grid_features = features[1:].reshape(-1, features.shape[-1])
+    tokens = torch.cat([features[0], grid_features[order.to(features.device)]])
+    sources = torch.cat([base_sources, torch.stack([crops[order], patches[order]], dim=1)])
+    return tokens, sources
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+@dataclass
+class FlowCutNextImageFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of `FlowCutLlavaNextModel.get_image_features`. Every field but `last_hidden_state` holds one entry per image.
+
+    pooler_output (`list[torch.FloatTensor]`):
+        The visual tokens that enter the language model, `[tokens, text_hidden_size]`.
+    placeholder_counts (`list[int]`):
+        The `<image>` placeholders the stock processor emits for the image; the model replaces them by the tokens.
+    keep_indices (`list[torch.LongTensor]`):
+        `[crops, kept]`: the patch indices each crop kept in the vision encoder (0-based among a crop's patches, CLS
+        excluded, ascending); crop 0 is the base image, then the grid crops row by row.
+    token_schedule (`list[list[int]]`):
+        The sequence length, CLS included, each vision-encoder layer that ran processed for the image's crops.
+    token_sources (`list[torch.LongTensor]`):
+        `[tokens, 2]`: the (crop, patch) each token of `pooler_output` comes from, `(-1, -1)` for a newline token.
+    prunable (`list[bool]`):
+        False for an image kept whole (its stock count is at most the target): its tokens are the stock ones, and the
+        LLM stage leaves them alone.
+    """
+
+    placeholder_counts: list[int] | None = None
+    keep_indices: list[torch.LongTensor] | None = None
+    token_schedule: list[list[int]] | None = None
+    token_sources: list[torch.LongTensor] | None = None
+    prunable: list[bool] | None = None
+
+
+PER_IMAGE_FIELDS = ("pooler_output", "placeholder_counts", "keep_indices", "token_schedule", "token_sources", "prunable")
+
+
+@dataclass
+class FlowCutLlavaNextModelOutputWithPast(LlavaNextModelOutputWithPast):
+    r"""
+    flowcut_state ([`LayerGroupsState`], *optional*):
+        The per-layer-group token layout a later forward call (a decoding step) needs; pass it back as
+        `flowcut_state=`. `generate()` does so itself. None when nothing was pruned (the forward was the stock one).
+    llm_keep_indices (`list[torch.LongTensor]`, *optional*):
+        Per image of the call, the positions within its visual tokens (`pooler_output` order) that the layers after
+        the LLM stage see, ascending.
+    input_positions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        For each position of `last_hidden_state`, the input column it comes from, -1 for padding. None when the output
+        is aligned with the input (nothing was pruned).
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    llm_keep_indices: list[torch.LongTensor] | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+@dataclass
+class FlowCutLlavaNextCausalLMOutputWithPast(LlavaNextCausalLMOutputWithPast):
+    r"""
+    flowcut_state, llm_keep_indices, input_positions:
+        See [`FlowCutLlavaNextModelOutputWithPast`]. `logits` follow `input_positions` (the pruned sequence), and so
+        does the loss: `labels` are aligned with the input and gathered the same way.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    llm_keep_indices: list[torch.LongTensor] | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+def follow_input_positions(values: torch.Tensor, input_positions: torch.Tensor, fill) -> torch.Tensor:
+    """Gathers per-column ``values`` ``[batch, input_length]`` into the pruned layout; padding gets ``fill``."""
+    positions = input_positions.to(values.device)
+    return values.gather(1, positions.clamp(min=0)).masked_fill(positions < 0, fill)
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+class FlowCutLlavaNextModel(LlavaNextModel):
+    """[`LlavaNextModel`] that prunes visual tokens in the vision encoder and inside the language model."""
+
+    config_class = FlowCutLlavaNextConfig
+
+    def flowcut_settings(self) -> FlowCutSettings:
+        return FlowCutSettings.from_config(self.config, DEFAULT_NEXT_TARGET_NUM)
+
+    def configure_flowcut(
+        self, target_num: int | None = None, enabled: bool | None = None, llm_prune_layer: int | None = None
+    ) -> None:
+        """Changes the retained count, the LLM pruning layer and/or switches pruning on or off, on this model."""
+        configure_flowcut_fields(
+            self.config, NEXT_FIELD_VALIDATORS, target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer
+        )
+
+    def check_flowcut_settings(self, settings: FlowCutSettings, vision_feature_select_strategy) -> None:
+        NEXT_FIELD_VALIDATORS["flowcut_target_num"](settings.target_num)
+        check_clip_vision_tower(self.config.vision_config)
+        if vision_feature_select_strategy != "default":
+            raise ValueError(
+                f"FlowCut on LLaVA-NeXT needs vision_feature_select_strategy='default' (CLS dropped), got "
+                f"{vision_feature_select_strategy!r}; set flowcut_enabled=False to run this model unpruned."
+            )
+        num_layers = self.config.text_config.num_hidden_layers
+        if not settings.llm_prune_layer < num_layers - 1:
+            raise ValueError(
+                f"flowcut_llm_prune_layer={settings.llm_prune_layer} leaves no decoder layer after the LLM stage (the "
+                f"language model has {num_layers}); choose 0 to {num_layers - 2} (the paper uses 1)."
+            )
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> FlowCutNextImageFeaturesOutput:
+        settings = self.flowcut_settings()
+        crops_per_image = [
+            image_size_to_num_patches(size, self.config.image_grid_pinpoints, self.config.vision_config.image_size)
+            for size in image_sizes
+        ]
+        if pixel_values.dim() == 5:
+            pixel_values = torch.cat([pixels[:count] for pixels, count in zip(pixel_values, crops_per_image)])
+        elif pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}, expect 4 or 5 dimensions")
+        crop_pixels = torch.split(pixel_values, crops_per_image)
+        if not settings.enabled:
+            whole = [True] * len(crop_pixels)
+        else:
+            self.check_flowcut_settings(settings, vision_feature_select_strategy)
+            whole = [stock_token_count(self.config, size) <= settings.target_num for size in image_sizes]
+
+        stock_kwargs = dict(
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            return_dict=True,
+            **kwargs,
+        )
+        fields = {name: [] for name in PER_IMAGE_FIELDS}
+        last_hidden_states = []
+        vision_layers = self.config.vision_config.num_hidden_layers
+        for pixels, size, keep_whole in zip(crop_pixels, image_sizes, whole):
+            if keep_whole:
+                stock = LlavaNextModel.get_image_features(self, pixels, size[None], **stock_kwargs)
+                patches = num_image_patches(self.config.vision_config)
+                tokens = stock.pooler_output[0]
+                keep = torch.arange(patches, device=pixels.device).expand(len(pixels), -1)
+                schedule = [patches + 1] * vision_layers
+                sources = stock_token_sources(self.config, size).to(pixels.device)
+                last_hidden_states.append(stock.last_hidden_state)
+            else:
+                feature_layer = feature_layer_index(vision_feature_layer, vision_layers)
+                hidden, keep, schedule = encode_clip_with_flowcut(
+                    self.vision_tower, pixels, feature_layer, settings.target_num // 2 + 1, settings
+                )
+                geometry = AnyresGeometry.of(self.config, size)
+                tokens, sources = assemble_pruned_image(
+                    self.multi_modal_projector(hidden[:, 1:]), keep, geometry, size, self.image_newline
+                )
+                last_hidden_states.append(hidden)
+            fields["pooler_output"].append(tokens)
+            fields["placeholder_counts"].append(stock_token_count(self.config, size))
+            fields["keep_indices"].append(keep)
+            fields["token_schedule"].append(schedule)
+            fields["token_sources"].append(sources)
+            fields["prunable"].append(not keep_whole)
+        # Per image, since crops of different images may have different lengths after pruning.
+        return FlowCutNextImageFeaturesOutput(last_hidden_state=last_hidden_states, **fields)
+
+    def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_embedding = self.get_input_embeddings()(
+            torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        )
+        return (inputs_embeds == image_embedding).all(-1)
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutLlavaNextModelOutputWithPast:
+        r"""
+        flowcut_state ([`LayerGroupsState`], *optional*):
+            The `flowcut_state` of the previous call's output, when continuing from its `past_key_values` (decoding
+            steps; `generate()` passes it). With pruning, `position_ids` are rebuilt from the attention mask: the
+            positions are compacted within each layer group, as in the authors' code.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values is not None and mm_encoder_outputs is not None:
+            raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
+        settings = self.flowcut_settings()
+        stock_kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        if not settings.enabled:
+            if flowcut_state is not None:
+                raise ValueError("flowcut_enabled was switched off in the middle of a generation; start a new one")
+            return LlavaNextModel.forward(
+                self, pixel_values=pixel_values, image_sizes=image_sizes, mm_encoder_outputs=mm_encoder_outputs, **stock_kwargs
+            )
+
+        image_output = (mm_encoder_outputs or {}).get("image")
+        if image_output is None and pixel_values is not None and pixel_values.size(0) > 0:
+            image_output = self.get_image_features(
+                pixel_values,
+                image_sizes,
+                vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+                return_dict=True,
+            )
+        if image_output is not None and getattr(image_output, "placeholder_counts", None) is None:
+            raise ValueError(
+                "These image features do not say how many placeholders each image fills (they were sliced, e.g. by "
+                "chunked prefill, or come from a stock model). FlowCut on LLaVA-NeXT needs the whole prompt in one "
+                "forward call: do not use prefill_chunk_size, and pass pixel_values or this model's own image features."
+            )
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if past_length > 0 and flowcut_state is not None:
+            if image_output is not None:
+                raise ValueError(
+                    "FlowCut on LLaVA-NeXT reads images only in the first forward call of a sequence; put every image "
+                    "in the prompt of the prefill (a cache that continues with new images is not supported)."
+                )
+            return self.continue_pruned_sequence(
+                input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, flowcut_state, settings, kwargs
+            )
+        if image_output is None or not any(image_output.prunable):
+            self.check_stock_continuation(past_key_values, past_length, attention_mask, input_ids, inputs_embeds)
+            stock_images = {"image": image_output} if image_output is not None else None
+            output = LlavaNextModel.forward(self, mm_encoder_outputs=stock_images, **stock_kwargs)
+            if image_output is None:
+                return output
+            return FlowCutLlavaNextModelOutputWithPast(
+                **output, llm_keep_indices=[torch.arange(len(t)) for t in image_output.pooler_output]
+            )
+        return self.prefill_pruned_sequence(
+            input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, settings, kwargs
+        )
+
+    def prefill_pruned_sequence(
+        self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, settings, kwargs
+    ) -> FlowCutLlavaNextModelOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        placeholders = self.placeholder_mask(input_ids, inputs_embeds)
+        self.check_placeholder_counts(placeholders, image_output)
+        prompt_length = flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1]
+        layout = splice_image_features(
+            inputs_embeds,
+            placeholders,
+            attention_mask,
+            image_output.pooler_output,
+            image_output.placeholder_counts,
+            image_output.prunable,
+            prompt_length=prompt_length,
+        )
+        if use_cache is None:
+            use_cache = self.config.text_config.use_cache
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        pruner = FlowCutLLMPruner(settings.llm_prune_layer, settings.target_num)
+        output = run_layer_groups(
+            self.language_model,
+            layout,
+            pruner.group_starts,
+            past_state=None,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            dropper=pruner,
+            prompt_length=prompt_length,
+            **kwargs,
+        )
+        llm_keep_indices = [
+            pruner.keep_indices.get(image, torch.arange(len(tokens), device=tokens.device))
+            for image, tokens in enumerate(image_output.pooler_output)
+        ]
+        return self.pruned_output(output, llm_keep_indices, torch.cat(image_output.pooler_output))
+
+    def continue_pruned_sequence(
+        self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, flowcut_state, settings, kwargs
+    ) -> FlowCutLlavaNextModelOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        output = run_layer_groups(
+            self.language_model,
+            continuation_layout(inputs_embeds, attention_mask),
+            flowcut_state.group_starts,
+            past_state=flowcut_state,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return self.pruned_output(output, None, None)
+
+    @staticmethod
+    def pruned_output(output, llm_keep_indices, image_features) -> FlowCutLlavaNextModelOutputWithPast:
+        return FlowCutLlavaNextModelOutputWithPast(
+            last_hidden_state=output.last_hidden_state,
+            past_key_values=output.past_key_values,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            image_hidden_states=image_features,
+            flowcut_state=output.state,
+            llm_keep_indices=llm_keep_indices,
+            input_positions=output.token_info[INPUT_POSITION],
+        )
+
+    def check_placeholder_counts(self, placeholders: torch.Tensor, image_output) -> None:
+        found = int(placeholders.sum())
+        expected = list(image_output.placeholder_counts)
+        if found != sum(expected):
+            raise ValueError(
+                f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need "
+                f"{sum(expected)} ({expected} per image, the stock LLaVA-NeXT count for their sizes). Build the inputs "
+                "with the stock LlavaNextProcessor of this repo (AutoProcessor.from_pretrained(<repo>)) from the same "
+                "images, with one <image> per image in the prompt."
+            )
+
+    @staticmethod
+    def check_stock_continuation(past_key_values, past_length, attention_mask, input_ids, inputs_embeds) -> None:
+        """A cache whose layers differ in length came from a pruned prefill; continuing it needs its flowcut_state."""
+        if past_length == 0:
+            return
+        lengths = {past_key_values.get_seq_length(layer) for layer in range(len(past_key_values.layers))}
+        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        mismatched_mask = attention_mask is not None and attention_mask.shape[1] != past_length + new_tokens
+        if len(lengths) > 1 or mismatched_mask:
+            raise ValueError(
+                "past_key_values comes from a forward call that pruned visual tokens, so its layers hold a shortened "
+                "sequence: pass that call's output.flowcut_state as flowcut_state= together with its "
+                "past_key_values (generate() does this itself)."
+            )
+
+
+class FlowCutLlavaNextForConditionalGeneration(RemoteCodeSavingMixin, LlavaNextForConditionalGeneration):
+    """[`LlavaNextForConditionalGeneration`] that prunes visual tokens with FlowCut (see [`FlowCutLlavaNextModel`])."""
+
+    config_class = FlowCutLlavaNextConfig
+    _auto_class = "AutoModelForImageTextToText"
+    flowcut_auto_map = AUTO_MAP
+    flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+
+    def __init__(self, config: FlowCutLlavaNextConfig):
+        # Not super().__init__: it would build (and initialise) a stock LlavaNextModel only to throw it away.
+        LlavaNextPreTrainedModel.__init__(self, config)
+        self.model = FlowCutLlavaNextModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def configure_flowcut(
+        self, target_num: int | None = None, enabled: bool | None = None, llm_prune_layer: int | None = None
+    ) -> None:
+        """Changes the retained count, the LLM pruning layer and/or switches pruning on or off, on this model.
+
+        The stock processor needs no change: its placeholder count does not depend on the FlowCut settings.
+        """
+        self.model.configure_flowcut(target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer)
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutLlavaNextCausalLMOutputWithPast:
+        r"""
+        flowcut_state ([`LayerGroupsState`], *optional*):
+            See [`FlowCutLlavaNextModel.forward`].
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Aligned with `input_ids`, as for the stock model; when tokens are pruned they are gathered with the
+            sequence (see `input_positions` in the output), so the loss is that of the pruned sequence.
+        """
+        outputs = self.model(
+            input_ids,
+            pixel_values=pixel_values,
+            image_sizes=image_sizes,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
+            flowcut_state=flowcut_state,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        input_positions = getattr(outputs, "input_positions", None)
+        loss = None
+        if labels is not None:
+            if input_positions is not None:
+                labels = follow_input_positions(labels, input_positions, -100)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return FlowCutLlavaNextCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            flowcut_state=getattr(outputs, "flowcut_state", None),
+            llm_keep_indices=getattr(outputs, "llm_keep_indices", None),
+            input_positions=input_positions,
+        )
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        # The decoding steps continue the pruned per-group layout, not the input's.
+        if getattr(outputs, "flowcut_state", None) is not None:
+            model_kwargs["flowcut_state"] = outputs.flowcut_state
+        return model_kwargs
+
+    def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
+        if generation_config.prefill_chunk_size is not None and self.model.flowcut_settings().enabled:
+            raise ValueError(
+                "FlowCut on LLaVA-NeXT scores visual tokens with the last prompt token, so the prompt must be read in "
+                "one forward call: pass prefill_chunk_size=None."
+            )
+        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=is_first_iteration)
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        image_output = mm_encoder_output.get("image")
+        if getattr(image_output, "placeholder_counts", None) is None:
+            return super()._expand_multimodal_outputs(
+                input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
+            )
+        # The stock helper matches placeholder counts with feature lengths, which differ once tokens are pruned;
+        # the placeholder counts say which images belong to which prompt.
+        if input_ids is None or input_ids.numel() == 0:
+            placeholders = self.model.placeholder_mask(None, inputs_embeds)
+        else:
+            placeholders = self.model.placeholder_mask(input_ids, None)
+        per_prompt = list(accumulate(int(n) for n in placeholders.sum(-1)))
+        per_image = list(accumulate(image_output.placeholder_counts))
+        offsets = [0] + [i + 1 for i, total in enumerate(per_image) if total in per_prompt]
+        for name in PER_IMAGE_FIELDS:
+            values = getattr(image_output, name)
+            setattr(
+                image_output,
+                name,
+                [value for start, end in zip(offsets[:-1], offsets[1:]) for value in list(values[start:end]) * expand_size],
+            )
+        return mm_encoder_output
+
+
+__all__ = [
+    "AUTO_MAP",
+    "FlowCutLlavaNextCausalLMOutputWithPast",
+    "FlowCutLlavaNextForConditionalGeneration",
+    "FlowCutLlavaNextModel",
+    "FlowCutLlavaNextModelOutputWithPast",
+    "FlowCutNextImageFeaturesOutput",
+    "stock_token_count",
+    "stock_token_sources",
+    "unpadded_window",
+]
