@@ -1,79 +1,97 @@
-"""The in-process API: turn an already loaded stock LLaVA model (and its processor) into FlowCut ones."""
+"""The in-process API: turn an already loaded stock model (and its processor) into FlowCut ones."""
 
 from __future__ import annotations
 
-from transformers import LlavaForConditionalGeneration, LlavaProcessor
+from transformers import PreTrainedModel, ProcessorMixin
 
-from .modeling.configuration_flowcut_llava import FlowCutLlavaConfig, validate_target_num
-from .modeling.modeling_flowcut_llava import FlowCutLlavaForConditionalGeneration, FlowCutLlavaModel
-from .modeling.processing_flowcut_llava import FlowCutLlavaProcessor
+from .modeling.flowcut_clip import check_clip_vision_tower
+from .registry import FAMILIES, FlowCutFamily, family_for_model
+
+
+class FamilyDefault:
+    """Marks ``target_num`` as not given: the family's paper default applies (an explicit None is an error)."""
+
+    def __repr__(self) -> str:
+        return "<the family's default>"
+
+
+FAMILY_DEFAULT = FamilyDefault()
 
 
 def flowcut(
-    model: LlavaForConditionalGeneration,
-    target_num: int = 64,
+    model: PreTrainedModel,
+    target_num: int | FamilyDefault = FAMILY_DEFAULT,
     *,
     enabled: bool = True,
     prune_interval: int = 2,
     history_weight: float = 0.5,
-) -> FlowCutLlavaForConditionalGeneration:
-    """Makes a loaded LLaVA model prune its visual tokens with FlowCut, in place, and returns it.
+    llm_prune_layer: int | None = None,
+) -> PreTrainedModel:
+    """Makes a loaded model prune its visual tokens with FlowCut, in place, and returns it.
 
-    Only this instance changes (its class and its config's class are swapped for FlowCut subclasses, ToMe-style);
-    other instances of the same class in the process are unaffected. ``model.save_pretrained(folder)`` then writes
-    a folder that ``AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)`` loads as a pruning
-    model. Pair it with :func:`flowcut_processor`, so that prompts carry ``target_num`` placeholders per image.
+    Only this instance changes (its class and its config's class are swapped for the family's FlowCut subclasses,
+    ToMe-style); other instances of the same class in the process are unaffected. ``model.save_pretrained(folder)``
+    then writes a folder that ``AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True)`` loads as
+    a pruning model.
+
+    Supported: ``LlavaForConditionalGeneration`` (LLaVA-1.5; pair it with :func:`flowcut_processor`, so that prompts
+    carry ``target_num`` placeholders per image) and ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT; its stock
+    processor stays as it is, the model shortens the sequence itself).
 
     Args:
-        model: a ``LlavaForConditionalGeneration`` (LLaVA-1.5 layout: CLIP vision tower, one feature layer).
-        target_num: visual tokens kept per image (LLaVA-1.5 has 576); a value >= 576 keeps all of them.
+        model: a loaded stock (or FlowCut) model of a supported family.
+        target_num: visual tokens kept per image; the family's paper default if not given (64 for LLaVA-1.5, 160 for
+            LLaVA-NeXT). LLaVA-1.5 has 576 per image, a value >= 576 keeps all of them; LLaVA-NeXT keeps
+            ``target_num // 2`` per crop in the vision encoder and ``target_num`` per image after
+            ``llm_prune_layer``.
         enabled: False installs the classes but computes exactly what the stock model computes.
-        prune_interval, history_weight: method settings, see ``FlowCutLlavaConfig``.
+        prune_interval, history_weight: vision-stage settings, see the family's config class.
+        llm_prune_layer: the decoder layer whose attention scores the visual tokens (families that prune inside the
+            LLM only; 1 by default, as in the paper).
     """
-    if not isinstance(model, LlavaForConditionalGeneration):
-        raise TypeError(
-            f"flowcut() takes a LlavaForConditionalGeneration (LLaVA-1.5 layout), got {type(model).__name__}. "
-            "Load the model with AutoModelForImageTextToText or LlavaForConditionalGeneration first."
-        )
-    validate_target_num(target_num)
-    vision_type = getattr(model.config.vision_config, "model_type", None)
-    if vision_type not in ("clip_vision_model", "clip"):
-        raise ValueError(f"FlowCut's LLaVA adapter needs a CLIP vision tower, this model has {vision_type!r}.")
-
-    settings = dict(
-        flowcut_target_num=target_num,
-        flowcut_enabled=enabled,
-        flowcut_prune_interval=prune_interval,
-        flowcut_history_weight=history_weight,
+    family = family_for_model(model)
+    check_clip_vision_tower(model.config.vision_config)
+    if llm_prune_layer is not None and not family.llm_stage:
+        raise ValueError(f"{family.display_name} prunes only in the vision encoder; llm_prune_layer does not apply.")
+    settings = family.flowcut_fields(
+        family.default_target_num if target_num is FAMILY_DEFAULT else target_num,
+        enabled=enabled,
+        prune_interval=prune_interval,
+        history_weight=history_weight,
+        llm_prune_layer=llm_prune_layer,
     )
     # Validate the settings on a throwaway config before touching the live model.
-    FlowCutLlavaConfig(**{**model.config.to_dict(), **settings})
-    config = model.config
-    if not isinstance(config, FlowCutLlavaConfig):
-        config.__class__ = FlowCutLlavaConfig
+    family.config_class(**{**model.config.to_dict(), **settings})
+    install_family_classes(model, family)
     for name, value in settings.items():
-        setattr(config, name, value)
-    if not isinstance(model, FlowCutLlavaForConditionalGeneration):
-        model.__class__ = FlowCutLlavaForConditionalGeneration
-        model.model.__class__ = FlowCutLlavaModel
+        setattr(model.config, name, value)
     return model
 
 
-def flowcut_processor(processor: LlavaProcessor, target_num: int = 64, *, enabled: bool = True) -> FlowCutLlavaProcessor:
-    """Returns a :class:`FlowCutLlavaProcessor` with the same tokenizer, image processor and settings as ``processor``.
+def install_family_classes(model: PreTrainedModel, family: FlowCutFamily) -> None:
+    if not isinstance(model.config, family.config_class):
+        model.config.__class__ = family.config_class
+    if not isinstance(model, family.model_class):
+        model.__class__ = family.model_class
+        model.model.__class__ = family.inner_model_class
 
-    The new processor emits ``target_num`` ``<image>`` placeholders per image, as a FlowCut model expects.
+
+def flowcut_processor(
+    processor: ProcessorMixin, target_num: int | FamilyDefault = FAMILY_DEFAULT, *, enabled: bool = True
+) -> ProcessorMixin:
+    """The processor a FlowCut model of ``processor``'s family needs.
+
+    LLaVA-1.5: a :class:`FlowCutLlavaProcessor` with the same tokenizer, image processor and settings, which emits
+    ``target_num`` ``<image>`` placeholders per image. LLaVA-NeXT: ``processor`` itself, unchanged (the model replaces
+    the stock placeholder spans by its kept tokens).
     """
-    if not isinstance(processor, LlavaProcessor):
-        raise TypeError(f"flowcut_processor() takes a LlavaProcessor, got {type(processor).__name__}.")
-    return FlowCutLlavaProcessor(
-        image_processor=processor.image_processor,
-        tokenizer=processor.tokenizer,
-        patch_size=processor.patch_size,
-        vision_feature_select_strategy=processor.vision_feature_select_strategy,
-        chat_template=processor.chat_template,
-        image_token=processor.image_token,
-        num_additional_image_tokens=processor.num_additional_image_tokens,
-        flowcut_target_num=target_num,
-        flowcut_enabled=enabled,
+    for family in FAMILIES:
+        if isinstance(processor, family.stock_processor_class):
+            count = family.default_target_num if target_num is FAMILY_DEFAULT else target_num
+            family.flowcut_fields(count, enabled=enabled)
+            return family.processor_for(processor, count, enabled)
+    raise TypeError(
+        "flowcut_processor() takes the processor of a supported family ("
+        + ", ".join(f.stock_processor_class.__name__ for f in FAMILIES)
+        + f"), got {type(processor).__name__}."
     )

@@ -1,4 +1,4 @@
-"""Ready-made ``LlavaConfig`` objects with LLaVA-1.5 geometry.
+"""Ready-made ``LlavaConfig`` / ``LlavaNextConfig`` objects with the real LLaVA-1.5 and LLaVA-NeXT geometry.
 
 Two presets, both randomly initialised when a model is built from them (no
 weights are downloaded):
@@ -16,9 +16,12 @@ weights are downloaded):
 
 from __future__ import annotations
 
-from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
-__all__ = ["bench_preset_config", "tiny_llava_config"]
+__all__ = ["bench_preset_config", "bench_preset_next_config", "tiny_llava_config", "tiny_llava_next_config"]
+
+# llava-hf/llava-v1.6-*: (height, width) resolutions an image may be tiled to, in 336 px crops.
+LLAVA_NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
 
 # LLaVA-1.5 (llava-hf/llava-1.5-7b-hf) constants that the presets share.
 _LLAVA15_IMAGE_SIZE = 336
@@ -162,4 +165,53 @@ def tiny_llava_config(
         vision_feature_layer=vision_feature_layer,
         multimodal_projector_bias=True,
         tie_word_embeddings=False,
+    )
+
+
+def bench_preset_next_config() -> LlavaNextConfig:
+    """LLaVA-NeXT-7B (llava-v1.6-vicuna-7b) at 1/4 width, full depth and full token geometry.
+
+    The vision tower and the language model are those of :func:`bench_preset_config`; the anyres grid is NeXT's, so
+    a 672x672 image becomes 5 crops and 2880 visual tokens for the stock model (576 base + 48x48 grid + 48 newlines).
+    """
+    llava = bench_preset_config()
+    return LlavaNextConfig(
+        vision_config=llava.vision_config,
+        text_config=llava.text_config,
+        image_token_index=llava.image_token_id,
+        image_seq_length=_LLAVA15_IMAGE_SEQ_LENGTH,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+        image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
+    )
+
+
+def tiny_llava_next_config(
+    vocab_size: int = 256, image_token_index: int | None = None, *, num_text_layers: int = 4, num_vision_layers: int = 24
+) -> LlavaNextConfig:
+    """A tiny LLaVA-NeXT config for fast CPU tests: :func:`tiny_llava_config`'s widths, NeXT's anyres grid.
+
+    The language model has 4 layers by default, so FlowCut's LLM stage (after layer 1) leaves two layers that see
+    only the kept tokens.
+    """
+    llava = tiny_llava_config(
+        num_vision_layers=num_vision_layers,
+        vocab_size=vocab_size,
+        image_token_index=image_token_index,
+        num_text_layers=num_text_layers,
+    )
+    return LlavaNextConfig(
+        vision_config=llava.vision_config,
+        text_config=llava.text_config,
+        image_token_index=llava.image_token_id,
+        image_seq_length=_LLAVA15_IMAGE_SEQ_LENGTH,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-2,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=False,
+        image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
     )

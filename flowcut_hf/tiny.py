@@ -1,7 +1,7 @@
-"""Tiny, fully offline LLaVA-1.5-shaped models, tokenizers and processors.
+"""Tiny, fully offline LLaVA-1.5- and LLaVA-NeXT-shaped models, tokenizers and processors.
 
-They use the real architectures (CLIP ViT at 336 px with 14 px patches, so 576 patches; a Llama text model) with
-random weights, so the demo, the tests and the benchmark run without downloading anything.
+They use the real architectures (CLIP ViT at 336 px with 14 px patches, so 576 patches per crop; a Llama text model;
+NeXT's anyres grid) with random weights, so the demo, the tests and the benchmark run without downloading anything.
 """
 
 from __future__ import annotations
@@ -10,10 +10,22 @@ import numpy as np
 import torch
 from PIL import Image
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import (
+    CLIPImageProcessorPil,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
+    LlavaNextProcessor,
+    LlavaProcessor,
+)
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-from .presets import tiny_llava_config
+from .presets import tiny_llava_config, tiny_llava_next_config
+
+CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
 
 LLAVA_15_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -64,8 +76,8 @@ def build_tiny_processor(
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
-        image_mean=[0.48145466, 0.4578275, 0.40821073],
-        image_std=[0.26862954, 0.26130258, 0.27577711],
+        image_mean=CLIP_IMAGE_MEAN,
+        image_std=CLIP_IMAGE_STD,
     )
     return LlavaProcessor(
         image_processor=image_processor,
@@ -83,7 +95,7 @@ def build_tiny_processor(
 QK_WEIGHT_SCALE = 16.0
 
 
-def with_tokenizer_ids(config: LlavaConfig, tokenizer: TokenizersBackend) -> LlavaConfig:
+def with_tokenizer_ids(config, tokenizer: TokenizersBackend):
     """Sets ``config``'s image, pad, bos and eos token ids to ``tokenizer``'s, in place, and returns it."""
     config.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     text_config = config.text_config
@@ -91,6 +103,23 @@ def with_tokenizer_ids(config: LlavaConfig, tokenizer: TokenizersBackend) -> Lla
     text_config.bos_token_id = tokenizer.bos_token_id
     text_config.eos_token_id = tokenizer.eos_token_id
     return config
+
+
+def build_random_model(model_class, config, tokenizer: TokenizersBackend, seed: int, qk_weight_scale: float):
+    """A random ``model_class(config)`` in eval mode, with sharpened vision attention and the tokenizer's ids."""
+    if config.text_config.vocab_size < len(tokenizer):
+        raise ValueError(f"the text model's vocabulary ({config.text_config.vocab_size}) is smaller than the tokenizer's")
+    with_tokenizer_ids(config, tokenizer)
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.model.vision_tower.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(qk_weight_scale)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
 
 
 def build_random_llava(
@@ -101,18 +130,7 @@ def build_random_llava(
 ):
     """A random stock ``LlavaForConditionalGeneration`` for ``config`` and a matching stock processor."""
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
-    if config.text_config.vocab_size < len(tokenizer):
-        raise ValueError(f"the text model's vocabulary ({config.text_config.vocab_size}) is smaller than the tokenizer's")
-    with_tokenizer_ids(config, tokenizer)
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.model.vision_tower.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                parameter.mul_(qk_weight_scale)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    model = build_random_model(LlavaForConditionalGeneration, config, tokenizer, seed, qk_weight_scale)
     return model, build_tiny_processor(tokenizer, vision_feature_select_strategy=config.vision_feature_select_strategy)
 
 
@@ -124,6 +142,49 @@ def build_tiny_llava(seed: int = 0, tokenizer: TokenizersBackend | None = None, 
     tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
     config = tiny_llava_config(vocab_size=len(tokenizer), image_token_index=len(tokenizer) - 1, **overrides)
     return build_random_llava(config, tokenizer, seed=seed)
+
+
+def build_tiny_next_processor(tokenizer: TokenizersBackend | None, config: LlavaNextConfig) -> LlavaNextProcessor:
+    """A stock LlavaNextProcessor around :func:`build_tiny_tokenizer`, with LLaVA-NeXT's anyres preprocessing."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    image_size = config.vision_config.image_size
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=config.image_grid_pinpoints,
+        image_mean=CLIP_IMAGE_MEAN,
+        image_std=CLIP_IMAGE_STD,
+    )
+    return LlavaNextProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_15_CHAT_TEMPLATE,
+    )
+
+
+def build_random_llava_next(
+    config: LlavaNextConfig,
+    tokenizer: TokenizersBackend | None = None,
+    seed: int = 0,
+    qk_weight_scale: float = QK_WEIGHT_SCALE,
+):
+    """A random stock ``LlavaNextForConditionalGeneration`` for ``config`` and a matching stock processor."""
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    model = build_random_model(LlavaNextForConditionalGeneration, config, tokenizer, seed, qk_weight_scale)
+    return model, build_tiny_next_processor(tokenizer, config)
+
+
+def build_tiny_llava_next(seed: int = 0, tokenizer: TokenizersBackend | None = None, **overrides):
+    """A random tiny stock ``LlavaNextForConditionalGeneration`` (NeXT geometry) and its stock processor.
+
+    ``overrides`` go to :func:`flowcut_hf.presets.tiny_llava_next_config`.
+    """
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    config = tiny_llava_next_config(vocab_size=len(tokenizer), image_token_index=len(tokenizer) - 1, **overrides)
+    return build_random_llava_next(config, tokenizer, seed=seed)
 
 
 def synthetic_image(seed: int = 0, size: tuple[int, int] = (336, 336)) -> Image.Image:

@@ -1,0 +1,196 @@
+"""The one map from stock model classes to their FlowCut classes.
+
+``flowcut()``, the exporter, bench and visualize look a model up here, so adding a family is one modeling file in
+``modeling/`` plus one :class:`FlowCutFamily` entry in :data:`FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from transformers import (
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaModel,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextModel,
+    LlavaNextProcessor,
+    LlavaProcessor,
+    PretrainedConfig,
+    ProcessorMixin,
+)
+
+from .modeling import configuration_flowcut_llava as llava_config
+from .modeling import configuration_flowcut_llava_next as next_config
+from .modeling import modeling_flowcut_llava as llava_modeling
+from .modeling import modeling_flowcut_llava_next as next_modeling
+from .modeling.flowcut_remote_code import remote_code_files
+from .modeling.processing_flowcut_llava import FlowCutLlavaProcessor
+
+
+def fixed_count_llava_processor(processor: ProcessorMixin, target_num: int, enabled: bool = True) -> ProcessorMixin:
+    """LLaVA-1.5: a processor that emits ``target_num`` placeholders per image, since the model keeps that many."""
+    if not isinstance(processor, LlavaProcessor):
+        raise TypeError(f"a FlowCut LLaVA model takes a LlavaProcessor, got {type(processor).__name__}.")
+    return FlowCutLlavaProcessor(
+        image_processor=processor.image_processor,
+        tokenizer=processor.tokenizer,
+        patch_size=processor.patch_size,
+        vision_feature_select_strategy=processor.vision_feature_select_strategy,
+        chat_template=processor.chat_template,
+        image_token=processor.image_token,
+        num_additional_image_tokens=processor.num_additional_image_tokens,
+        flowcut_target_num=target_num,
+        flowcut_enabled=enabled,
+    )
+
+
+def unchanged_stock_processor(stock_class: type) -> Callable[..., ProcessorMixin]:
+    """Families whose model shortens the sequence itself keep the stock processor as it is."""
+
+    def keep(processor: ProcessorMixin, target_num: int, enabled: bool = True) -> ProcessorMixin:
+        if not isinstance(processor, stock_class):
+            raise TypeError(f"this FlowCut model takes a {stock_class.__name__}, got {type(processor).__name__}.")
+        return processor
+
+    return keep
+
+
+@dataclass(frozen=True)
+class FlowCutFamily:
+    """One model family: its stock classes, its FlowCut classes and how its processor follows the settings.
+
+    Attributes:
+        name: short id used on the command line and in cards (``llava``, ``llava_next``).
+        display_name: how cards and tables name it.
+        model_type: the stock ``model_type``, which FlowCut configs keep so that loading without
+            ``trust_remote_code`` falls back to the stock model.
+        stock_model_class / stock_inner_class / stock_config_class / stock_processor_class: the stock classes.
+        model_class / inner_model_class / config_class: the FlowCut subclasses.
+        auto_map: the ``auto_map`` of a saved config.
+        remote_code_entry_files: the modeling files a saved folder needs (their imports come along).
+        processor_for: ``(stock processor, target_num, enabled) -> processor`` for this model.
+        field_validators: every ``flowcut_*`` config field of the family and its validator.
+        default_target_num: the paper's default for the family.
+        llm_stage: whether the family prunes inside the language model too (``flowcut_llm_prune_layer``).
+        image_token_summary: a phrase for cards: how many visual tokens an image has, stock.
+    """
+
+    name: str
+    display_name: str
+    model_type: str
+    stock_model_class: type
+    stock_inner_class: type
+    stock_config_class: type
+    stock_processor_class: type
+    model_class: type
+    inner_model_class: type
+    config_class: type
+    auto_map: Mapping[str, str]
+    remote_code_entry_files: tuple[str, ...]
+    processor_for: Callable[..., ProcessorMixin]
+    field_validators: Mapping[str, Callable[[object], object]]
+    default_target_num: int
+    llm_stage: bool
+    image_token_summary: str
+    tags: tuple[str, ...] = field(default=())
+
+    def remote_code_files(self):
+        """The remote-code files a saved folder of this family holds."""
+        return remote_code_files(self.remote_code_entry_files)
+
+    def flowcut_fields(self, target_num: int, **settings: Any) -> dict[str, Any]:
+        """Validated ``flowcut_*`` config fields for ``target_num`` and the given settings (short names)."""
+        fields = {"flowcut_target_num": target_num, **{f"flowcut_{k}": v for k, v in settings.items() if v is not None}}
+        for name, value in fields.items():
+            validator = self.field_validators.get(name)
+            if validator is None:
+                known = sorted(k.removeprefix("flowcut_") for k in self.field_validators)
+                raise ValueError(f"{name.removeprefix('flowcut_')} is not a FlowCut setting of {self.display_name}; known: {known}.")
+            validator(value)
+        return fields
+
+
+FAMILIES: tuple[FlowCutFamily, ...] = (
+    FlowCutFamily(
+        name="llava",
+        display_name="LLaVA-1.5",
+        model_type="llava",
+        stock_model_class=LlavaForConditionalGeneration,
+        stock_inner_class=LlavaModel,
+        stock_config_class=LlavaConfig,
+        stock_processor_class=LlavaProcessor,
+        model_class=llava_modeling.FlowCutLlavaForConditionalGeneration,
+        inner_model_class=llava_modeling.FlowCutLlavaModel,
+        config_class=llava_config.FlowCutLlavaConfig,
+        auto_map=llava_modeling.AUTO_MAP,
+        remote_code_entry_files=llava_modeling.REMOTE_CODE_ENTRY_FILES,
+        processor_for=fixed_count_llava_processor,
+        field_validators={k: v for k, v in llava_config.FIELD_VALIDATORS.items() if k != "flowcut_llm_prune_layer"},
+        default_target_num=llava_config.DEFAULT_TARGET_NUM,
+        llm_stage=False,
+        image_token_summary="576 per image",
+        tags=("llava",),
+    ),
+    FlowCutFamily(
+        name="llava_next",
+        display_name="LLaVA-NeXT",
+        model_type="llava_next",
+        stock_model_class=LlavaNextForConditionalGeneration,
+        stock_inner_class=LlavaNextModel,
+        stock_config_class=LlavaNextConfig,
+        stock_processor_class=LlavaNextProcessor,
+        model_class=next_modeling.FlowCutLlavaNextForConditionalGeneration,
+        inner_model_class=next_modeling.FlowCutLlavaNextModel,
+        config_class=next_config.FlowCutLlavaNextConfig,
+        auto_map=next_modeling.AUTO_MAP,
+        remote_code_entry_files=next_modeling.REMOTE_CODE_ENTRY_FILES,
+        processor_for=unchanged_stock_processor(LlavaNextProcessor),
+        field_validators=next_config.NEXT_FIELD_VALIDATORS,
+        default_target_num=next_config.DEFAULT_NEXT_TARGET_NUM,
+        llm_stage=True,
+        image_token_summary="up to 2880 per image (576 base + the unpadded anyres grid + one newline per grid row)",
+        tags=("llava_next", "llava"),
+    ),
+)
+
+
+def supported_names() -> str:
+    return ", ".join(f"{f.stock_model_class.__name__} ({f.display_name})" for f in FAMILIES)
+
+
+def family_for_model(model: object) -> FlowCutFamily:
+    """The family of a loaded model, stock or already FlowCut. Raises TypeError naming the supported classes."""
+    for family in FAMILIES:
+        if isinstance(model, family.stock_model_class):
+            return family
+    raise TypeError(
+        f"FlowCut supports {supported_names()}; got {type(model).__name__}. Load the model with "
+        "AutoModelForImageTextToText first."
+    )
+
+
+def family_for_config(config: Mapping[str, Any] | PretrainedConfig) -> FlowCutFamily:
+    """The family of an HF-format checkpoint's config (a ``config.json`` dict or a config object)."""
+    data = config.to_dict() if isinstance(config, PretrainedConfig) else dict(config)
+    model_type = data.get("model_type")
+    for family in FAMILIES:
+        if model_type == family.model_type:
+            return family
+    raise ValueError(
+        f"model_type {model_type!r} is not a FlowCut family; supported: "
+        + ", ".join(f"{f.model_type!r} ({f.display_name})" for f in FAMILIES)
+    )
+
+
+def family_named(name: str) -> FlowCutFamily:
+    for family in FAMILIES:
+        if family.name == name:
+            return family
+    raise ValueError(f"unknown FlowCut family {name!r}; known: {', '.join(f.name for f in FAMILIES)}")
+
+
+__all__ = ["FAMILIES", "FlowCutFamily", "family_for_config", "family_for_model", "family_named"]
