@@ -369,7 +369,9 @@ def scoring_timer(model: nn.Module, synchronize: Callable[[], None] = lambda: No
     the remote-code copy the model was loaded from) for the duration of the block only; the yielded dict accumulates
     ``signals_s``, ``selection_s`` and the call counts. ``synchronize`` is called around each wrapped call (CUDA).
     """
-    module = sys.modules.get(type(model.model).__module__)
+    modeling_module = sys.modules.get(type(model.model).__module__)
+    encoder = getattr(modeling_module, "encode_clip_with_flowcut", None)
+    module = sys.modules.get(encoder.__module__) if encoder is not None else None
     if module is None or not hasattr(module, "compute_layer_signals") or not hasattr(module, "FlowCutSelector"):
         raise RuntimeError(f"{type(model.model).__name__} has no FlowCut scoring functions to time")
     totals = {"signals_s": 0.0, "selection_s": 0.0, "signals_calls": 0, "selection_calls": 0}

@@ -10,16 +10,18 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from huggingface_hub import ModelCard
 
 from conftest import PROMPT, run_clean_python
 from flowcut_hf.export import pipeline
 from flowcut_hf.export.pipeline import ExportOptions, VerificationError, export
+from flowcut_hf.modeling.flowcut_remote_code import remote_code_files
+from flowcut_hf.registry import family_named
 from flowcut_hf.tiny import build_tiny_llava
 from hub_server import local_hub  # noqa: F401  (pytest fixture)
 
 BASE_ID = "llava-hf/llava-1.5-7b-hf"
-MODELING_DIR = Path(pipeline.__file__).resolve().parents[1] / "modeling"
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +54,11 @@ def test_each_variant_is_a_complete_folder(exported, hf_base):
         folder = exported / f"llava-tiny-hf-flowcut{target}"
         # Weights byte-identical, remote code verbatim.
         assert filecmp.cmp(folder / "model.safetensors", hf_base / "model.safetensors", shallow=False)
-        for code_file in MODELING_DIR.glob("*.py"):
-            if code_file.name != "__init__.py":
-                assert (folder / code_file.name).read_bytes() == code_file.read_bytes()
+        # Remote code verbatim: exactly the files the LLaVA-1.5 classes import, no other family's.
+        code_files = remote_code_files(family_named("llava").remote_code_entry_files)
+        assert {p.name for p in folder.glob("*.py")} == {p.name for p in code_files}
+        for code_file in code_files:
+            assert (folder / code_file.name).read_bytes() == code_file.read_bytes()
         config = json.loads((folder / "config.json").read_text())
         assert config["model_type"] == "llava" and config["flowcut_target_num"] == target
         assert config["auto_map"]["AutoModelForImageTextToText"].endswith("FlowCutLlavaForConditionalGeneration")
