@@ -31,6 +31,7 @@ from torch import nn
 from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.utils.output_capturing import capture_outputs
 
 from .flowcut_core import compute_layer_signals, fused_score, record_module_outputs, top_k_in_order
 
@@ -241,6 +242,7 @@ def check_supported_cache(past_key_values) -> None:
         )
 
 
+@capture_outputs
 def run_layer_groups(
     language_model: nn.Module,
     layout: TokenLayout,
@@ -260,7 +262,9 @@ def run_layer_groups(
     ``past_state`` and no dropper: their new tokens are appended to every group.
 
     ``language_model`` is a stock decoder (``embed_tokens``, ``layers``, ``rotary_emb``, ``norm``: Llama, Mistral,
-    Qwen2, ...). ``layer_kwargs`` go to every decoder layer, as the stock model passes its ``**kwargs``.
+    Qwen2, ...). ``layer_kwargs`` go to every decoder layer, as the stock model passes its ``**kwargs``;
+    ``output_hidden_states`` / ``output_attentions`` among them are recorded as the stock model records them (hidden
+    states of layers after a drop are shorter).
     """
     config = language_model.config
     layers = language_model.layers[: config.num_hidden_layers]

@@ -456,8 +456,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             image_output.prunable,
             prompt_length=prompt_length,
         )
-        if use_cache is None:
-            use_cache = self.config.text_config.use_cache
+        use_cache = self.resolved_use_cache(use_cache)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         pruner = FlowCutLLMPruner(settings.llm_prune_layer, settings.target_num)
@@ -489,10 +488,16 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             flowcut_state.group_starts,
             past_state=flowcut_state,
             past_key_values=past_key_values,
-            use_cache=use_cache,
+            use_cache=self.resolved_use_cache(use_cache),
             **kwargs,
         )
         return self.pruned_output(output, None, None)
+
+    def resolved_use_cache(self, use_cache: bool | None) -> bool:
+        """``use_cache`` as the stock language model would resolve it (its config, off under gradient checkpointing)."""
+        if use_cache is None:
+            use_cache = bool(getattr(self.config.text_config, "use_cache", True))
+        return use_cache and not (self.training and getattr(self.language_model, "gradient_checkpointing", False))
 
     @staticmethod
     def pruned_output(output, llm_keep_indices, image_features) -> FlowCutLlavaNextModelOutputWithPast:

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from flowcut_hf import flowcut, flowcut_processor
-from flowcut_hf.tiny import build_tiny_llava, synthetic_image
+from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
 
 TARGET_NUM = 64
 PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
@@ -69,6 +69,41 @@ def image_files(tmp_path_factory):
 def saved_flowcut_folder(tiny_flowcut, tmp_path_factory):
     model, processor = tiny_flowcut
     folder = tmp_path_factory.mktemp("flowcut64")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+NEXT_TARGET_NUM = 32
+# (height, width): a 2x2 grid with padding rows, a 3x1 grid, and a portrait 1x2 grid.
+NEXT_IMAGE_SIZES = [(600, 800), (330, 1000), (500, 300)]
+
+
+def next_images() -> list:
+    return [synthetic_image(seed, size=size) for seed, size in enumerate(NEXT_IMAGE_SIZES)]
+
+
+def fresh_flowcut_next_model(target_num: int = NEXT_TARGET_NUM, seed: int = 0, **settings):
+    model, processor = build_tiny_llava_next(seed=seed)
+    return flowcut(model, target_num=target_num, **settings), processor
+
+
+@pytest.fixture(scope="session")
+def tiny_next_stock():
+    """(stock LLaVA-NeXT model, stock processor); treat as read-only."""
+    return build_tiny_llava_next(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_next_flowcut():
+    """(FlowCut LLaVA-NeXT model at NEXT_TARGET_NUM, the stock processor); same weights as tiny_next_stock."""
+    return fresh_flowcut_next_model()
+
+
+@pytest.fixture(scope="session")
+def saved_next_folder(tiny_next_flowcut, tmp_path_factory):
+    model, processor = tiny_next_flowcut
+    folder = tmp_path_factory.mktemp("flowcut_next32")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
