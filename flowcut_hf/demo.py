@@ -1,8 +1,9 @@
-"""``flowcut-hf demo``: FlowCut end to end on a small built-in LLaVA-1.5-shaped model, with no download.
+"""``flowcut-hf demo``: FlowCut end to end on small built-in models, with no download.
 
-It builds a random LLaVA-1.5-geometry model (CLIP 336 px / 14 px patches, so 576 visual tokens per image; a small
-Llama), applies :func:`flowcut_hf.flowcut`, generates for a two-image prompt, and prints how many tokens each image
-kept and the prefill time against the unpruned model, measured side by side in this run.
+For each family it builds a random model with the real geometry (LLaVA-1.5: CLIP 336 px / 14 px patches, so 576
+visual tokens per image; LLaVA-NeXT: the same CLIP on every anyres crop, up to ~2900 visual tokens per image; a
+small Llama), applies :func:`flowcut_hf.flowcut`, generates for a two-image prompt, and prints how many tokens each
+image kept and the prefill time against the unpruned model, measured side by side in this run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ import time
 import torch
 
 from .api import flowcut, flowcut_processor
-from .tiny import build_tiny_llava, synthetic_image
+from .modeling.modeling_flowcut_llava_next import stock_token_count
+from .tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
 
 PROMPT = "USER: <image>\n<image>\nWhat is different between these two pictures? ASSISTANT:"
 
@@ -29,8 +31,20 @@ def time_prefill(model, inputs, repeats: int) -> list[float]:
     return timings
 
 
+def interleaved_prefill_medians(model, stock_inputs, inputs, repeats: int) -> tuple[float, float]:
+    """Median prefill seconds with pruning off and on; the two alternate so that machine-load drift hits both."""
+    time_prefill(model, inputs, 1)
+    unpruned_times, pruned_times = [], []
+    for _ in range(repeats):
+        model.configure_flowcut(enabled=False)
+        unpruned_times += time_prefill(model, stock_inputs, 1)
+        model.configure_flowcut(enabled=True)
+        pruned_times += time_prefill(model, inputs, 1)
+    return statistics.median(unpruned_times), statistics.median(pruned_times)
+
+
 def run_demo(target_num: int = 64, repeats: int = 5, max_new_tokens: int = 12, seed: int = 0) -> dict:
-    """Runs the demo and returns its figures (also printed)."""
+    """Runs the LLaVA-1.5 demo and returns its figures (also printed)."""
     torch.manual_seed(seed)
     model, stock_processor = build_tiny_llava(seed=seed)
     images = [synthetic_image(1), synthetic_image(2)]
@@ -47,15 +61,7 @@ def run_demo(target_num: int = 64, repeats: int = 5, max_new_tokens: int = 12, s
         )
     answer = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
-    # Interleave the two configurations so that drift in machine load hits both alike.
-    time_prefill(model, inputs, 1)
-    unpruned_times, pruned_times = [], []
-    for _ in range(repeats):
-        model.configure_flowcut(enabled=False)
-        unpruned_times += time_prefill(model, stock_inputs, 1)
-        model.configure_flowcut(enabled=True)
-        pruned_times += time_prefill(model, inputs, 1)
-    unpruned, pruned = statistics.median(unpruned_times), statistics.median(pruned_times)
+    unpruned, pruned = interleaved_prefill_medians(model, stock_inputs, inputs, repeats)
 
     kept = [int(k.numel()) for k in features.keep_indices]
     print(f"FlowCut demo: random LLaVA-1.5-shaped model, {len(images)} images, target_num={target_num}")
@@ -78,14 +84,85 @@ def run_demo(target_num: int = 64, repeats: int = 5, max_new_tokens: int = 12, s
     }
 
 
+NEXT_IMAGE_SIZES = [(600, 800), (500, 300)]  # (height, width): a 2x2 anyres grid and a 2x1 one
+
+
+def run_next_demo(target_num: int = 160, repeats: int = 5, max_new_tokens: int = 12, seed: int = 0) -> dict:
+    """Runs the LLaVA-NeXT demo (stock processor, pruning in the vision encoder and in the LLM); returns its figures."""
+    torch.manual_seed(seed)
+    model, processor = build_tiny_llava_next(seed=seed)
+    images = [synthetic_image(index + 1, size=size) for index, size in enumerate(NEXT_IMAGE_SIZES)]
+    inputs = processor(images=images, text=PROMPT, return_tensors="pt")
+    flowcut(model, target_num=target_num)
+
+    with torch.inference_mode():
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        output = model(**inputs)
+        generated = model.generate(
+            **inputs, max_new_tokens=max_new_tokens, do_sample=False, suppress_tokens=[model.config.image_token_id]
+        )
+    answer = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    unpruned, pruned = interleaved_prefill_medians(model, inputs, inputs, repeats)
+
+    stock_counts = [stock_token_count(model.config, size) for size in NEXT_IMAGE_SIZES]
+    into_llm = [len(tokens) for tokens in features.pooler_output]
+    after_llm = [int(k.numel()) for k in output.llm_keep_indices]
+    print(f"FlowCut demo: random LLaVA-NeXT-shaped model, {len(images)} images, target_num={target_num}")
+    for index, size in enumerate(NEXT_IMAGE_SIZES):
+        crops, kept = features.keep_indices[index].shape
+        print(
+            f"  image {index} ({size[1]}x{size[0]}, {crops} crops): {stock_counts[index]} stock visual tokens -> "
+            f"{kept} per crop in the vision encoder -> {into_llm[index]} into the LLM -> {after_llm[index]} after LLM "
+            f"layer {model.config.flowcut_llm_prune_layer}"
+        )
+    lengths = [layer.keys.shape[2] for layer in output.past_key_values.layers]
+    print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
+    print(f"  generated (random weights, so gibberish): {answer!r}")
+    print(
+        f"  prefill median over {repeats} runs: unpruned {unpruned * 1e3:.1f} ms, FlowCut {pruned * 1e3:.1f} ms "
+        f"-> ratio {pruned / unpruned:.2f} ({unpruned / pruned:.2f}x faster)"
+    )
+    return {
+        "stock_tokens_per_image": stock_counts,
+        "tokens_into_llm_per_image": into_llm,
+        "tokens_after_llm_stage_per_image": after_llm,
+        "kv_cache_lengths": lengths,
+        "prefill_seconds_unpruned": unpruned,
+        "prefill_seconds_flowcut": pruned,
+        "prefill_ratio": pruned / unpruned,
+        "generated_text": answer,
+    }
+
+
+DEMOS = {"llava": run_demo, "llava_next": run_next_demo}
+
+
+def run_cli(args) -> int:
+    families = list(DEMOS) if args.family == "all" else [args.family]
+    for number, family in enumerate(families):
+        if number:
+            print()
+        settings = {"repeats": args.repeats, "max_new_tokens": args.max_new_tokens}
+        if args.target_num is not None:
+            settings["target_num"] = args.target_num
+        DEMOS[family](**settings)
+    return 0
+
+
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run FlowCut on a small built-in LLaVA-1.5-shaped model (no download)",
+        help="run FlowCut on small built-in LLaVA-1.5 and LLaVA-NeXT models (no download)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--target-num", type=int, default=64, help="visual tokens kept per image (default 64)")
+    parser.add_argument(
+        "--family", choices=["all", *DEMOS], default="all", help="which model family to run (default: all)"
+    )
+    parser.add_argument(
+        "--target-num", type=int, default=None,
+        help="visual tokens kept per image (default: the paper's, 64 for LLaVA-1.5 and 160 for LLaVA-NeXT)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed prefill runs per configuration (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=12)
-    parser.set_defaults(func=lambda args: run_demo(args.target_num, args.repeats, args.max_new_tokens) and 0)
+    parser.set_defaults(func=run_cli)
