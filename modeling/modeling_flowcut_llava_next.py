@@ -182,8 +182,11 @@ def assemble_pruned_image(
 @dataclass
 class FlowCutNextImageFeaturesOutput(BaseModelOutputWithPooling):
     r"""
-    Output of `FlowCutLlavaNextModel.get_image_features`. Every field but `last_hidden_state` holds one entry per image.
+    Output of `FlowCutLlavaNextModel.get_image_features`. Every field holds one entry per image.
 
+    last_hidden_state (`list[torch.FloatTensor]`):
+        The vision tower's feature-layer output for the image's crops, `[crops, tokens, vision_hidden_size]` (CLS
+        first; tokens differ between pruned and whole images, hence a list).
     pooler_output (`list[torch.FloatTensor]`):
         The visual tokens that enter the language model, `[tokens, text_hidden_size]`.
     placeholder_counts (`list[int]`):
@@ -207,7 +210,15 @@ class FlowCutNextImageFeaturesOutput(BaseModelOutputWithPooling):
     prunable: list[bool] | None = None
 
 
-PER_IMAGE_FIELDS = ("pooler_output", "placeholder_counts", "keep_indices", "token_schedule", "token_sources", "prunable")
+PER_IMAGE_FIELDS = (
+    "last_hidden_state",
+    "pooler_output",
+    "placeholder_counts",
+    "keep_indices",
+    "token_schedule",
+    "token_sources",
+    "prunable",
+)
 
 
 @dataclass
@@ -315,7 +326,6 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             **kwargs,
         )
         fields = {name: [] for name in PER_IMAGE_FIELDS}
-        last_hidden_states = []
         vision_layers = self.config.vision_config.num_hidden_layers
         for pixels, size, keep_whole in zip(crop_pixels, image_sizes, whole):
             if keep_whole:
@@ -325,7 +335,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 keep = torch.arange(patches, device=pixels.device).expand(len(pixels), -1)
                 schedule = [patches + 1] * vision_layers
                 sources = stock_token_sources(self.config, size).to(pixels.device)
-                last_hidden_states.append(stock.last_hidden_state)
+                hidden = stock.last_hidden_state
             else:
                 feature_layer = feature_layer_index(vision_feature_layer, vision_layers)
                 hidden, keep, schedule = encode_clip_with_flowcut(
@@ -335,15 +345,14 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 tokens, sources = assemble_pruned_image(
                     self.multi_modal_projector(hidden[:, 1:]), keep, geometry, size, self.image_newline
                 )
-                last_hidden_states.append(hidden)
+            fields["last_hidden_state"].append(hidden)
             fields["pooler_output"].append(tokens)
             fields["placeholder_counts"].append(stock_token_count(self.config, size))
             fields["keep_indices"].append(keep)
             fields["token_schedule"].append(schedule)
             fields["token_sources"].append(sources)
             fields["prunable"].append(not keep_whole)
-        # Per image, since crops of different images may have different lengths after pruning.
-        return FlowCutNextImageFeaturesOutput(last_hidden_state=last_hidden_states, **fields)
+        return FlowCutNextImageFeaturesOutput(**fields)
 
     def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
         if input_ids is not None:

@@ -74,6 +74,14 @@ def test_llm_stage_keeps_target_tokens_per_image_and_later_layers_cache_fewer(ti
     assert torch.equal(inputs["input_ids"][0, positions[-5:]], inputs["input_ids"][0, -5:])
 
 
+def test_inputs_embeds_give_what_input_ids_give(tiny_next_flowcut):
+    model, processor = tiny_next_flowcut
+    inputs = processor(images=next_images()[0], text=PROMPT, return_tensors="pt")
+    embeds = model.get_input_embeddings()(inputs["input_ids"])
+    by_embeds = {**{k: v for k, v in inputs.items() if k != "input_ids"}, "inputs_embeds": embeds}
+    torch.testing.assert_close(logits(model, by_embeds), logits(model, inputs), rtol=0, atol=0)
+
+
 def test_mixed_batch_keeps_a_small_image_whole_and_prunes_a_large_one():
     model, processor = fresh_flowcut_next_model(target_num=1000)
     small, large = synthetic_image(7, size=(336, 100)), synthetic_image(8, size=(600, 800))
