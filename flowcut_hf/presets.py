@@ -168,25 +168,30 @@ def tiny_llava_config(
     )
 
 
-def bench_preset_next_config() -> LlavaNextConfig:
-    """LLaVA-NeXT-7B (llava-v1.6-vicuna-7b) at 1/4 width, full depth and full token geometry.
-
-    The vision tower and the language model are those of :func:`bench_preset_config`; the anyres grid is NeXT's, so
-    a 672x672 image becomes 5 crops and 2880 visual tokens for the stock model (576 base + 48x48 grid + 48 newlines).
-    """
-    llava = bench_preset_config()
+def next_config_like(llava: LlavaConfig) -> LlavaNextConfig:
+    """The LLaVA-NeXT config with ``llava``'s vision tower, projector and language model, and NeXT's anyres grid."""
     return LlavaNextConfig(
         vision_config=llava.vision_config,
         text_config=llava.text_config,
         image_token_index=llava.image_token_id,
         image_seq_length=_LLAVA15_IMAGE_SEQ_LENGTH,
-        projector_hidden_act="gelu",
+        projector_hidden_act=llava.projector_hidden_act,
         vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        multimodal_projector_bias=True,
+        vision_feature_layer=llava.vision_feature_layer,
+        multimodal_projector_bias=llava.multimodal_projector_bias,
         tie_word_embeddings=False,
         image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
     )
+
+
+def bench_preset_next_config() -> LlavaNextConfig:
+    """LLaVA-NeXT-7B (llava-v1.6-vicuna-7b) at 1/4 width, full depth and full token geometry.
+
+    The vision tower and the language model are those of :func:`bench_preset_config`; the anyres grid is NeXT's, so
+    a 672x672 image becomes 5 crops, 2880 patches (the paper's "2880 tokens"), and 2928 visual tokens for the stock
+    model (576 base + 48x48 grid + 48 newlines).
+    """
+    return next_config_like(bench_preset_config())
 
 
 def tiny_llava_next_config(
@@ -197,21 +202,11 @@ def tiny_llava_next_config(
     The language model has 4 layers by default, so FlowCut's LLM stage (after layer 1) leaves two layers that see
     only the kept tokens.
     """
-    llava = tiny_llava_config(
-        num_vision_layers=num_vision_layers,
-        vocab_size=vocab_size,
-        image_token_index=image_token_index,
-        num_text_layers=num_text_layers,
-    )
-    return LlavaNextConfig(
-        vision_config=llava.vision_config,
-        text_config=llava.text_config,
-        image_token_index=llava.image_token_id,
-        image_seq_length=_LLAVA15_IMAGE_SEQ_LENGTH,
-        projector_hidden_act="gelu",
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        multimodal_projector_bias=True,
-        tie_word_embeddings=False,
-        image_grid_pinpoints=LLAVA_NEXT_GRID_PINPOINTS,
+    return next_config_like(
+        tiny_llava_config(
+            num_vision_layers=num_vision_layers,
+            vocab_size=vocab_size,
+            image_token_index=image_token_index,
+            num_text_layers=num_text_layers,
+        )
     )

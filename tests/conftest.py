@@ -109,6 +109,26 @@ def saved_next_folder(tiny_next_flowcut, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def weightless_attention():
+    """Registers an attention backend that, like flash attention, never returns attention weights.
+
+    Yields ``(name, query_lengths)``: the name to set as ``_attn_implementation`` and the query length of every call.
+    """
+    from transformers import AttentionInterface
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    query_lengths: list[int] = []
+
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        query_lengths.append(query.shape[2])
+        output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+        return output, None
+
+    AttentionInterface.register("flowcut_test_weightless", attention)
+    return "flowcut_test_weightless", query_lengths
+
+
 def run_clean_python(code: str, tmp_path: Path, extra_env: dict | None = None, timeout: int = 300) -> dict:
     """Runs ``code`` with ``python -P`` from an unrelated folder, an empty module cache and flowcut_hf blocked.
 

@@ -202,21 +202,12 @@ def test_training_forward_backward_and_trainer_step(tmp_path):
     assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, before)
 
 
-def test_vision_tower_on_a_backend_without_attention_weights_selects_like_eager():
+def test_vision_tower_on_a_backend_without_attention_weights_selects_like_eager(weightless_attention):
     """Flash attention never returns the attention matrix; FlowCut must not need it (checked with a stand-in)."""
-    from transformers import AttentionInterface
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    calls = []
-
-    def weightless_attention(module, query, key, value, attention_mask, **kwargs):
-        calls.append(query.shape[2])
-        output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
-        return output, None
-
-    AttentionInterface.register("flowcut_test_weightless", weightless_attention)
+    weightless, calls = weightless_attention
+    calls.clear()
     results = {}
-    for implementation in ("eager", "flowcut_test_weightless"):
+    for implementation in ("eager", weightless):
         model, processor = build_tiny_llava(seed=3)
         model.model.vision_tower.config._attn_implementation = implementation
         flowcut(model, target_num=48)
@@ -224,8 +215,8 @@ def test_vision_tower_on_a_backend_without_attention_weights_selects_like_eager(
         with torch.no_grad():
             results[implementation] = model.model.get_image_features(pixel_values=pixel_values).keep_indices
     assert calls and calls[0] == 577 and calls[-1] == 49, "the weightless backend must have run every encoder layer"
-    for eager, weightless in zip(results["eager"], results["flowcut_test_weightless"]):
-        assert torch.equal(eager, weightless)
+    for eager_keep, weightless_keep in zip(results["eager"], results[weightless]):
+        assert torch.equal(eager_keep, weightless_keep)
 
 
 @pytest.mark.parametrize(

@@ -236,21 +236,12 @@ def test_training_step_with_pruning_in_the_loop(tmp_path):
     assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, before)
 
 
-def test_attention_backends_select_the_same_tokens_and_half_precision_stays_finite():
+def test_attention_backends_select_the_same_tokens_and_half_precision_stays_finite(weightless_attention):
     """Flash attention never returns attention weights; FlowCut must not need them (checked with a stand-in)."""
-    from transformers import AttentionInterface
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-
-    query_lengths = []
-
-    def weightless_attention(module, query, key, value, attention_mask, **kwargs):
-        query_lengths.append(query.shape[2])
-        output, _ = ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
-        return output, None
-
-    AttentionInterface.register("flowcut_test_weightless", weightless_attention)
+    weightless, query_lengths = weightless_attention
+    query_lengths.clear()
     selections = {}
-    for implementation in ("eager", "sdpa", "flowcut_test_weightless"):
+    for implementation in ("eager", "sdpa", weightless):
         model, processor = fresh_flowcut_next_model(seed=3)
         model.config.vision_config._attn_implementation = implementation
         model.config.text_config._attn_implementation = implementation
@@ -261,7 +252,7 @@ def test_attention_backends_select_the_same_tokens_and_half_precision_stays_fini
         selections[implementation] = (features.keep_indices[0], output.llm_keep_indices[0])
     assert 577 in query_lengths and NEXT_TARGET_NUM // 2 + 1 in query_lengths, "the stand-in must run the vision tower"
     assert output.logits.shape[1] in query_lengths, "the stand-in must run the layers after the LLM stage"
-    for implementation in ("sdpa", "flowcut_test_weightless"):
+    for implementation in ("sdpa", weightless):
         for expected, actual in zip(selections["eager"], selections[implementation]):
             assert torch.equal(expected, actual), implementation
 

@@ -14,17 +14,17 @@ import importlib, json
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
-folder, image_path, trust = FOLDER, IMAGE, TRUST
 try:
     importlib.import_module("flowcut_hf")
     importable = True
 except ModuleNotFoundError:
     importable = False
-model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=trust, output_loading_info=True)
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust)
-inputs = processor(images=Image.open(image_path), text=PROMPT, return_tensors="pt")
+model, info = AutoModelForImageTextToText.from_pretrained(FOLDER, trust_remote_code=TRUST, output_loading_info=True)
+processor = AutoProcessor.from_pretrained(FOLDER, trust_remote_code=TRUST)
+inputs = processor(images=Image.open(IMAGE), text=PROMPT, return_tensors="pt")
 with torch.no_grad():
     out = model.generate(**inputs, max_new_tokens=6, do_sample=False, suppress_tokens=[model.config.image_token_id])
+    kept = getattr(model(**inputs), "llm_keep_indices", None)
 print(json.dumps({
     "flowcut_hf_importable": importable,
     "model_class": type(model).__name__,
@@ -32,6 +32,7 @@ print(json.dumps({
     "missing": sorted(info["missing_keys"]),
     "unexpected": sorted(info["unexpected_keys"]),
     "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+    "llm_kept": [len(k) for k in kept] if kept is not None else None,
     "tokens": out[0, inputs["input_ids"].shape[1]:].tolist(),
 }))
 """
@@ -71,40 +72,6 @@ def test_without_trust_remote_code_the_folder_is_stock_unpruned_llava(saved_flow
     assert result["tokens"] == expected
 
 
-NEXT_LOAD_AND_GENERATE = """
-import importlib, json
-import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-try:
-    importlib.import_module("flowcut_hf")
-    importable = True
-except ModuleNotFoundError:
-    importable = False
-model, info = AutoModelForImageTextToText.from_pretrained(FOLDER, trust_remote_code=TRUST, output_loading_info=True)
-processor = AutoProcessor.from_pretrained(FOLDER, trust_remote_code=TRUST)
-inputs = processor(images=Image.open(IMAGE), text=PROMPT, return_tensors="pt")
-with torch.no_grad():
-    out = model.generate(**inputs, max_new_tokens=6, do_sample=False, suppress_tokens=[model.config.image_token_id])
-    kept = getattr(model(**inputs), "llm_keep_indices", None)
-print(json.dumps({
-    "flowcut_hf_importable": importable,
-    "model_class": type(model).__name__,
-    "processor_class": type(processor).__name__,
-    "missing": sorted(info["missing_keys"]),
-    "unexpected": sorted(info["unexpected_keys"]),
-    "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
-    "llm_kept": [len(k) for k in kept] if kept is not None else None,
-    "tokens": out[0, inputs["input_ids"].shape[1]:].tolist(),
-}))
-"""
-
-
-def next_snippet(folder, image, trust: bool) -> str:
-    header = f"FOLDER = {str(folder)!r}\nIMAGE = {str(image)!r}\nTRUST = {trust!r}\nPROMPT = {PROMPT!r}\n"
-    return header + NEXT_LOAD_AND_GENERATE
-
-
 @pytest.fixture(scope="module")
 def next_image_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("next_image") / "wide.png"
@@ -119,7 +86,7 @@ def test_saved_next_folder_holds_only_its_files_and_loads_as_remote_code(
     assert code_files == {p.name for p in family_named("llava_next").remote_code_files()}
     assert "modeling_flowcut_llava.py" not in code_files and "processing_flowcut_llava.py" not in code_files
 
-    result = run_clean_python(next_snippet(saved_next_folder, next_image_file, True), tmp_path)
+    result = run_clean_python(snippet(saved_next_folder, next_image_file, True), tmp_path)
     assert result["flowcut_hf_importable"] is False
     assert result["model_class"] == "FlowCutLlavaNextForConditionalGeneration"
     assert result["processor_class"] == "LlavaNextProcessor"
@@ -135,7 +102,7 @@ def test_saved_next_folder_holds_only_its_files_and_loads_as_remote_code(
 def test_without_trust_remote_code_the_next_folder_is_stock_unpruned_llava_next(
     saved_next_folder, next_image_file, tiny_next_stock, tmp_path
 ):
-    result = run_clean_python(next_snippet(saved_next_folder, next_image_file, False), tmp_path)
+    result = run_clean_python(snippet(saved_next_folder, next_image_file, False), tmp_path)
     assert result["model_class"] == "LlavaNextForConditionalGeneration"
     assert result["processor_class"] == "LlavaNextProcessor"
     assert result["missing"] == [] and result["unexpected"] == [] and result["llm_kept"] is None
