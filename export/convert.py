@@ -340,7 +340,7 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
 # --------------------------------------------------------------------------------------------- weight files
 
 
-def _weight_files(folder: Path, *, allow_pickle: bool, what: str) -> tuple[list[Path], bool]:
+def weight_files(folder: Path, *, allow_pickle: bool, what: str) -> tuple[list[Path], bool]:
     """The weight files of ``folder`` in load order, and whether they are pickles. Refuses pickles unless allowed."""
     st_index = folder / "model.safetensors.index.json"
     if st_index.is_file():
@@ -376,7 +376,7 @@ def _files_from_index(folder: Path, index_path: Path) -> list[Path]:
     return [folder / name for name in names]
 
 
-def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
+def load_pickle_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         # mmap keeps a multi-GB .bin out of RAM; tensors are paged in only as they are written out.
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -392,7 +392,7 @@ def _load_pickle(path: Path) -> dict[str, torch.Tensor]:
 def _list_tensors(path: Path, pickled: bool) -> dict[str, tuple[tuple[int, ...], torch.dtype | None]]:
     """Names, shapes and dtypes without reading the tensor data (safetensors) or only through mmap (pickles)."""
     if pickled:
-        state = _load_pickle(path)
+        state = load_pickle_state(path)
         listing = {key: (tuple(t.shape), t.dtype) for key, t in state.items()}
         del state
         return listing
@@ -406,7 +406,7 @@ def _list_tensors(path: Path, pickled: bool) -> dict[str, tuple[tuple[int, ...],
 
 def _iter_tensors(path: Path, pickled: bool, keys: Sequence[str]) -> Iterator[tuple[str, torch.Tensor]]:
     if pickled:
-        state = _load_pickle(path)
+        state = load_pickle_state(path)
         try:
             for key in keys:
                 # clone: mmap-backed tensors may share storage, which safetensors refuses to save.
@@ -836,7 +836,7 @@ def convert_original_llava(
     settings = _check_original_config(original, source)
 
     # Everything that can be rejected is checked before anything is downloaded or written.
-    llava_files, llava_pickled = _weight_files(source, allow_pickle=allow_pickle, what="checkpoint")
+    llava_files, llava_pickled = weight_files(source, allow_pickle=allow_pickle, what="checkpoint")
     plan = _Plan()
     ckpt_has_vision = _plan_llava(llava_files, llava_pickled, plan)
     if not plan.shapes.keys() >= _RESIZED:
@@ -848,7 +848,7 @@ def convert_original_llava(
     if ckpt_has_vision:
         vision_label = "checkpoint"
     else:
-        clip_files, clip_pickled = _weight_files(clip_dir, allow_pickle=allow_pickle, what="vision tower")
+        clip_files, clip_pickled = weight_files(clip_dir, allow_pickle=allow_pickle, what="vision tower")
         _plan_clip(clip_files, clip_pickled, plan)
 
     vision_config = CLIPVisionConfig.from_pretrained(str(clip_dir))

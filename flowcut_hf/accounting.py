@@ -55,7 +55,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 __all__ = [
+    "AnyresImageTokens",
     "PrefillAccount",
+    "decoder_layer_flops",
+    "next_prefill_account",
     "dtype_nbytes",
     "full_num_image_tokens",
     "full_schedule",
@@ -293,9 +296,27 @@ def projector_flops(config: Any, num_image_tokens: int, batch_size: int = 1) -> 
 # --------------------------------------------------------------------------- #
 
 
+def decoder_layer_flops(text_config: Any, seq_len: int, *, causal: bool = False) -> int:
+    """FLOPs of one Llama decoder layer over ``seq_len`` tokens (batch 1); see :func:`llm_prefill_flops`."""
+    cfg = _text_cfg(text_config)
+    n = _check_count("seq_len", seq_len)
+    d = int(cfg.hidden_size)
+    m = int(cfg.intermediate_size)
+    heads = int(cfg.num_attention_heads)
+    kv_heads = _text_kv_heads(cfg)
+    h = _text_head_dim(cfg)
+    pairs = n * (n + 1) // 2 if causal else n * n
+
+    q_o = 2 * (2 * n * d * heads * h)
+    k_v = 2 * (2 * n * d * kv_heads * h)
+    attention = 2 * (2 * heads * pairs * h)
+    mlp = 3 * (2 * n * d * m)
+    return q_o + k_v + attention + mlp
+
+
 def llm_prefill_flops(
     text_config: Any,
-    seq_len: int,
+    seq_len: int | Sequence[int],
     batch_size: int = 1,
     *,
     lm_head_tokens: int | None = 1,
@@ -313,52 +334,46 @@ def llm_prefill_flops(
     * gated MLP (gate, up, down): ``3 * (2*n*d*m)``.
 
     Plus the LM head ``2*d*vocab`` for each of ``lm_head_tokens`` positions
-    per sequence (``None`` = every position).
+    per sequence (``None`` = every position of the last layer).
+
+    ``seq_len`` may also be one length per decoder layer, for a model that
+    drops tokens between layers (FlowCut's LLM stage on LLaVA-NeXT).
     """
     cfg = _text_cfg(text_config)
-    n = _check_count("seq_len", seq_len)
     batch_size = _check_count("batch_size", batch_size)
-    d = int(cfg.hidden_size)
-    m = int(cfg.intermediate_size)
-    heads = int(cfg.num_attention_heads)
-    kv_heads = _text_kv_heads(cfg)
-    h = _text_head_dim(cfg)
-    pairs = n * (n + 1) // 2 if causal else n * n
-
-    q_o = 2 * (2 * n * d * heads * h)
-    k_v = 2 * (2 * n * d * kv_heads * h)
-    attention = 2 * (2 * heads * pairs * h)
-    mlp = 3 * (2 * n * d * m)
-    per_layer = q_o + k_v + attention + mlp
-
+    lengths = _layer_lengths(cfg, seq_len)
+    n = lengths[-1]
     if lm_head_tokens is None:
         head_positions = n
     else:
         head_positions = min(_check_count("lm_head_tokens", lm_head_tokens), n)
-    lm_head = 2 * head_positions * d * int(cfg.vocab_size)
+    lm_head = 2 * head_positions * int(cfg.hidden_size) * int(cfg.vocab_size)
+    return batch_size * (sum(decoder_layer_flops(cfg, length, causal=causal) for length in lengths) + lm_head)
 
-    return batch_size * (int(cfg.num_hidden_layers) * per_layer + lm_head)
+
+def _layer_lengths(cfg: Any, seq_len: int | Sequence[int]) -> list[int]:
+    layers = int(cfg.num_hidden_layers)
+    if isinstance(seq_len, int) and not isinstance(seq_len, bool):
+        return [_check_count("seq_len", seq_len)] * layers
+    lengths = [_check_count("seq_len", n) for n in seq_len]
+    if len(lengths) != layers:
+        raise ValueError(f"got {len(lengths)} per-layer sequence lengths for a {layers}-layer language model")
+    return lengths
 
 
-def kv_cache_bytes(text_config: Any, seq_len: int, batch_size: int = 1, dtype: Any = "float16") -> int:
+def kv_cache_bytes(text_config: Any, seq_len: int | Sequence[int], batch_size: int = 1, dtype: Any = "float16") -> int:
     """Bytes of the KV cache after a prefill of ``seq_len`` tokens.
 
     ``2 (K and V) x layers x kv_heads x head_dim x seq_len x batch x bytes``.
-    This matches the ``nbytes`` of the tensors a ``DynamicCache`` holds; it
-    excludes allocator slack and any pre-allocated static-cache headroom.
+    ``seq_len`` may be one length per decoder layer (layers that cache
+    different lengths, as after FlowCut's LLM stage). This matches the
+    ``nbytes`` of the tensors a ``DynamicCache`` holds; it excludes allocator
+    slack and any pre-allocated static-cache headroom.
     """
     cfg = _text_cfg(text_config)
-    seq_len = _check_count("seq_len", seq_len)
     batch_size = _check_count("batch_size", batch_size)
-    return (
-        2
-        * int(cfg.num_hidden_layers)
-        * _text_kv_heads(cfg)
-        * _text_head_dim(cfg)
-        * seq_len
-        * batch_size
-        * dtype_nbytes(dtype)
-    )
+    per_token = 2 * _text_kv_heads(cfg) * _text_head_dim(cfg) * batch_size * dtype_nbytes(dtype)
+    return per_token * sum(_layer_lengths(cfg, seq_len))
 
 
 # --------------------------------------------------------------------------- #
@@ -384,6 +399,8 @@ class PrefillAccount:
     num_image_tokens: int = 0
     llm_seq_len: int = 0
     kv_dtype: str = "float16"
+    llm_layer_seq_lens: tuple[int, ...] = field(default_factory=tuple)
+    """Per decoder layer, the sequence length it processed (and caches); empty when every layer has ``llm_seq_len``."""
 
     @property
     def total_flops(self) -> int:
@@ -393,6 +410,7 @@ class PrefillAccount:
         """JSON-ready dict (plain ints / strs / lists), ``total_flops`` included."""
         out = asdict(self)
         out["token_schedule"] = list(self.token_schedule)
+        out["llm_layer_seq_lens"] = list(self.llm_layer_seq_lens)
         out["total_flops"] = self.total_flops
         return out
 
@@ -477,4 +495,86 @@ def prefill_account(
         num_image_tokens=num_image_tokens,
         llm_seq_len=llm_seq_len,
         kv_dtype=_dtype_name(kv_dtype),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# LLaVA-NeXT (anyres crops, and FlowCut's LLM stage)
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class AnyresImageTokens:
+    """How the tokens of one LLaVA-NeXT image flow through a prefill.
+
+    Attributes:
+        crops: anyres crops of the image (the base image and the grid crops).
+        vision_schedule: the sequence length (CLS included) each vision-encoder layer that ran processed, the same
+            for every crop of the image; its last entry minus CLS is what each crop hands the projector.
+        tokens_into_llm: the image's visual tokens entering the language model.
+        tokens_after_llm_stage: those the layers after FlowCut's LLM stage see (``tokens_into_llm`` without one).
+    """
+
+    crops: int
+    vision_schedule: tuple[int, ...]
+    tokens_into_llm: int
+    tokens_after_llm_stage: int
+
+    @classmethod
+    def stock(cls, config: Any, image_size_hw: Sequence[int]) -> "AnyresImageTokens":
+        """The stock model: every crop through all encoder layers unpruned, the stock token count into the LLM."""
+        from .modeling.modeling_flowcut_llava_next import AnyresGeometry, stock_token_count
+
+        vision = _vision_cfg(config)
+        count = stock_token_count(config, image_size_hw)
+        schedule = (num_patches(vision) + 1,) * int(vision.num_hidden_layers)
+        return cls(AnyresGeometry.of(config, image_size_hw).num_crops, schedule, count, count)
+
+
+def next_prefill_account(
+    config: Any,
+    num_text_tokens: int,
+    images: Sequence[AnyresImageTokens],
+    llm_prune_layer: int | None = None,
+    *,
+    kv_dtype: Any = "float16",
+    lm_head_tokens: int | None = 1,
+    causal: bool = False,
+) -> PrefillAccount:
+    """Account for one LLaVA-NeXT prefill of a prompt with ``images``.
+
+    Vision: every crop of every image with its image's schedule. Projector: each crop's output tokens. LLM: layers up
+    to ``llm_prune_layer`` over ``num_text_tokens`` plus every image's ``tokens_into_llm``, later layers over the text
+    plus every image's ``tokens_after_llm_stage`` (``None``: no LLM stage, every layer over the first). The KV cache
+    holds each layer's own length.
+    """
+    num_text_tokens = _check_count("num_text_tokens", num_text_tokens)
+    text = _text_cfg(config)
+    vision = _vision_cfg(config)
+    vision_flops = projector = 0
+    for image in images:
+        schedule = _check_schedule(vision, image.vision_schedule)
+        vision_flops += vision_encoder_flops(config, schedule, image.crops)
+        projector += projector_flops(config, schedule[-1] - 1, image.crops)
+    full = num_text_tokens + sum(image.tokens_into_llm for image in images)
+    kept = num_text_tokens + sum(image.tokens_after_llm_stage for image in images)
+    layers = int(text.num_hidden_layers)
+    if llm_prune_layer is None:
+        lengths = [full] * layers
+    else:
+        if not 0 <= llm_prune_layer < layers - 1:
+            raise ValueError(f"llm_prune_layer {llm_prune_layer} must leave a layer after it (0..{layers - 2})")
+        lengths = [full] * (llm_prune_layer + 1) + [kept] * (layers - llm_prune_layer - 1)
+    return PrefillAccount(
+        vision_flops=vision_flops,
+        projector_flops=projector,
+        llm_flops=llm_prefill_flops(config, lengths, lm_head_tokens=lm_head_tokens, causal=causal),
+        kv_cache_bytes=kv_cache_bytes(config, lengths, dtype=kv_dtype),
+        batch_size=1,
+        num_images=len(images),
+        token_schedule=tuple(images[0].vision_schedule) if images else (),
+        num_image_tokens=sum(image.tokens_after_llm_stage for image in images),
+        llm_seq_len=lengths[-1],
+        kv_dtype=_dtype_name(kv_dtype),
+        llm_layer_seq_lens=tuple(lengths),
     )

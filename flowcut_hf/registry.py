@@ -48,6 +48,19 @@ def fixed_count_llava_processor(processor: ProcessorMixin, target_num: int, enab
     )
 
 
+def llava_unpruned_image_tokens(config: PretrainedConfig) -> int:
+    """LLaVA-1.5: every image gives the encoder's patch count (576 at 336 px / 14 px), plus CLS with "full"."""
+    vision = config.vision_config
+    patches = (vision.image_size // vision.patch_size) ** 2
+    return patches + (getattr(config, "vision_feature_select_strategy", "default") == "full")
+
+
+def next_unpruned_image_tokens(config: PretrainedConfig) -> int:
+    """LLaVA-NeXT: the largest stock count any image can have, reached by an image that fills a grid pinpoint
+    exactly (2928 for the standard pinpoints: 576 base + 48x48 grid + 48 newlines)."""
+    return max(next_modeling.stock_token_count(config, pinpoint) for pinpoint in config.image_grid_pinpoints)
+
+
 def unchanged_stock_processor(stock_class: type) -> Callable[..., ProcessorMixin]:
     """Families whose model shortens the sequence itself keep the stock processor as it is."""
 
@@ -73,6 +86,9 @@ class FlowCutFamily:
         auto_map: the ``auto_map`` of a saved config.
         remote_code_entry_files: the modeling files a saved folder needs (their imports come along).
         processor_for: ``(stock processor, target_num, enabled) -> processor`` for this model.
+        processor_class_name: the class of the processor a saved folder loads as, with ``trust_remote_code``.
+        unpruned_image_tokens: ``config -> int``, the visual tokens of an image without pruning (the most an image
+            can have, for families whose count depends on the image size).
         field_validators: every ``flowcut_*`` config field of the family and its validator.
         default_target_num: the paper's default for the family.
         llm_stage: whether the family prunes inside the language model too (``flowcut_llm_prune_layer``).
@@ -92,11 +108,17 @@ class FlowCutFamily:
     auto_map: Mapping[str, str]
     remote_code_entry_files: tuple[str, ...]
     processor_for: Callable[..., ProcessorMixin]
+    processor_class_name: str
+    unpruned_image_tokens: Callable[[PretrainedConfig], int]
     field_validators: Mapping[str, Callable[[object], object]]
     default_target_num: int
     llm_stage: bool
     image_token_summary: str
     tags: tuple[str, ...] = field(default=())
+
+    def config_from_dict(self, data: Mapping[str, Any]) -> PretrainedConfig:
+        """The stock config of a ``config.json`` dict (FlowCut fields and ``auto_map`` are kept as extra attributes)."""
+        return self.stock_config_class.from_dict({k: v for k, v in data.items() if k != "auto_map"})
 
     def remote_code_files(self):
         """The remote-code files a saved folder of this family holds."""
@@ -129,6 +151,8 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         auto_map=llava_modeling.AUTO_MAP,
         remote_code_entry_files=llava_modeling.REMOTE_CODE_ENTRY_FILES,
         processor_for=fixed_count_llava_processor,
+        processor_class_name="FlowCutLlavaProcessor",
+        unpruned_image_tokens=llava_unpruned_image_tokens,
         field_validators={k: v for k, v in llava_config.FIELD_VALIDATORS.items() if k != "flowcut_llm_prune_layer"},
         default_target_num=llava_config.DEFAULT_TARGET_NUM,
         llm_stage=False,
@@ -149,10 +173,12 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         auto_map=next_modeling.AUTO_MAP,
         remote_code_entry_files=next_modeling.REMOTE_CODE_ENTRY_FILES,
         processor_for=unchanged_stock_processor(LlavaNextProcessor),
+        processor_class_name="LlavaNextProcessor",
+        unpruned_image_tokens=next_unpruned_image_tokens,
         field_validators=next_config.NEXT_FIELD_VALIDATORS,
         default_target_num=next_config.DEFAULT_NEXT_TARGET_NUM,
         llm_stage=True,
-        image_token_summary="up to 2880 per image (576 base + the unpadded anyres grid + one newline per grid row)",
+        image_token_summary="up to 2928 per image (576 base + the unpadded anyres grid + one newline per grid row)",
         tags=("llava_next", "llava"),
     ),
 )

@@ -403,3 +403,60 @@ def test_tiny_llava_forward_on_cpu():
 def test_tiny_llava_rejects_image_token_outside_vocab():
     with pytest.raises(ValueError):
         tiny_llava_config(vocab_size=128, image_token_index=128)
+
+
+# ----------------------------------------------------------------------------- LLaVA-NeXT
+
+
+def test_next_account_counts_layers_before_and_after_the_llm_stage_by_hand():
+    from flowcut_hf.accounting import AnyresImageTokens, decoder_layer_flops, next_prefill_account
+    from flowcut_hf.presets import bench_preset_next_config
+
+    config = bench_preset_next_config()
+    stock_image = AnyresImageTokens.stock(config, (672, 672))
+    assert (stock_image.crops, stock_image.tokens_into_llm) == (5, 2928)
+    stock = next_prefill_account(config, 40, [stock_image])
+    assert stock.llm_layer_seq_lens == (2968,) * 32
+
+    pruned_image = AnyresImageTokens(crops=5, vision_schedule=(577, 400, 300, 81), tokens_into_llm=300, tokens_after_llm_stage=160)
+    pruned = next_prefill_account(config, 40, [pruned_image, pruned_image], llm_prune_layer=1)
+    text = config.text_config
+    long, short = 40 + 600, 40 + 320
+    expected_llm = 2 * decoder_layer_flops(text, long) + 30 * decoder_layer_flops(text, short) + 2 * text.hidden_size * text.vocab_size
+    assert pruned.llm_flops == expected_llm
+    assert pruned.llm_layer_seq_lens == (long,) * 2 + (short,) * 30 and pruned.llm_seq_len == short
+    kv_per_token = 2 * text.num_key_value_heads * (text.hidden_size // text.num_attention_heads) * 2  # float16
+    assert pruned.kv_cache_bytes == kv_per_token * (2 * long + 30 * short)
+    # Each crop hands the projector its last layer's tokens without CLS: 80 per crop here, 10 crops.
+    d_in, d_out = config.vision_config.hidden_size, text.hidden_size
+    assert pruned.projector_flops == 2 * 10 * 80 * (d_in * d_out + d_out * d_out)
+    assert pruned.vision_flops == 2 * acc.vision_encoder_flops(config, [577, 400, 300, 81], 5)
+    assert pruned.total_flops < stock.total_flops
+
+
+def test_next_account_equals_the_cache_a_real_prefill_leaves():
+    from flowcut_hf import flowcut
+    from flowcut_hf.accounting import AnyresImageTokens, next_prefill_account
+    from flowcut_hf.tiny import build_tiny_llava_next, synthetic_image
+
+    model, processor = build_tiny_llava_next(seed=0)
+    flowcut(model, target_num=32)
+    image_size = (600, 800)
+    inputs = processor(images=synthetic_image(0, size=image_size), text="USER: <image>\nWhat? ASSISTANT:", return_tensors="pt")
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        output = model(**inputs, use_cache=True)
+    stock_count = features.placeholder_counts[0]
+    text_tokens = inputs["input_ids"].shape[1] - stock_count
+    image = AnyresImageTokens(
+        crops=features.keep_indices[0].shape[0],
+        vision_schedule=tuple(features.token_schedule[0]),
+        tokens_into_llm=len(features.pooler_output[0]),
+        tokens_after_llm_stage=len(output.llm_keep_indices[0]),
+    )
+    account = next_prefill_account(model.config, text_tokens, [image], llm_prune_layer=1, kv_dtype=torch.float32)
+    layers = output.past_key_values.layers
+    assert list(account.llm_layer_seq_lens) == [layer.keys.shape[2] for layer in layers]
+    assert account.kv_cache_bytes == sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
+    stock = next_prefill_account(model.config, text_tokens, [AnyresImageTokens.stock(model.config, image_size)])
+    assert stock.llm_seq_len == inputs["input_ids"].shape[1]
