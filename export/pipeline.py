@@ -33,7 +33,7 @@ from typing import Any
 
 from ..modeling.flowcut_remote_code import copy_remote_code_files, remote_code_files
 from ..modeling.modeling_flowcut_llava import REMOTE_CODE_ENTRY_FILES
-from .convert import _load_pickle, _weight_files, convert_original_llava, is_hf_llava, is_original_llava
+from .convert import load_pickle_state, weight_files, convert_original_llava, is_hf_llava, is_original_llava
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
     if is_hf_llava(config):
         kind = "hf"
         if not metadata_only:
-            _weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are no weights at all
+            weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are no weights at all
     elif is_original_llava(config):
         kind = "original"
     else:
@@ -281,7 +281,7 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
 
 
 def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> None:
-    files, pickled = _weight_files(source, allow_pickle=allow_pickle, what="checkpoint")
+    files, pickled = weight_files(source, allow_pickle=allow_pickle, what="checkpoint")
     if not pickled:
         for shard in files:
             link_or_copy(shard, destination / shard.name)
@@ -294,7 +294,7 @@ def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> No
     index_map = {}
     for number, pickle_file in enumerate(files, start=1):
         name = f"model-{number:05d}-of-{len(files):05d}.safetensors" if len(files) > 1 else "model.safetensors"
-        state = _load_pickle(pickle_file)
+        state = load_pickle_state(pickle_file)
         # clone: mmap-backed tensors may share storage, which safetensors refuses to save.
         save_file({k: v.contiguous().clone() for k, v in state.items()}, destination / name, metadata={"format": "pt"})
         index_map.update({key: name for key in state})
