@@ -1,8 +1,12 @@
-"""The exporter: a base LLaVA checkpoint in, FlowCut variants out (to folders, and optionally to the Hub).
+"""The exporter: a base checkpoint in, FlowCut variants out (to folders, and optionally to the Hub).
+
+Sources are HF-format checkpoints of a FlowCut family (LLaVA-1.5, LLaVA-NeXT; see :mod:`flowcut_hf.registry`, which
+carries everything that differs between families) or original-LLaVA-1.5 checkpoints, converted on the way.
 
 The pipeline is a sequence of named stages, each a plain function:
 
-1. :func:`resolve` finds the source (local folder or Hub repo id) and classifies it (HF-format or original LLaVA).
+1. :func:`resolve` finds the source (local folder or Hub repo id) and classifies it (its family; HF-format or
+   original LLaVA).
 2. :func:`convert` turns an original-LLaVA checkpoint into the HF layout (streamed, shard by shard).
 3. :func:`write_variant` writes one variant folder: weights copied or hard-linked byte-identical, ``config.json``
    with the FlowCut fields and ``auto_map``, the remote-code files verbatim, processor, tokenizer, generation config.
@@ -27,13 +31,13 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..modeling.flowcut_remote_code import copy_remote_code_files, remote_code_files
-from ..modeling.modeling_flowcut_llava import REMOTE_CODE_ENTRY_FILES
-from .convert import load_pickle_state, weight_files, convert_original_llava, is_hf_llava, is_original_llava
+from ..modeling.flowcut_remote_code import copy_remote_code_files
+from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named
+from .convert import convert_original_llava, is_original_llava, load_pickle_state, weight_files
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +59,19 @@ class ResolvedSource:
     license: str | None = None
     license_name: str | None = None
     license_link: str | None = None
+    family_name: str = "llava"
+
+    @property
+    def family(self) -> FlowCutFamily:
+        return family_named(self.family_name)
+
+    @property
+    def hf_config(self) -> dict[str, Any]:
+        """The source's config in the HF layout. An original-LLaVA source is only converted later; its tower is the
+        CLIP-L/336 of every LLaVA-1.5, which the stock config's defaults describe."""
+        if self.kind == "hf":
+            return self.config
+        return {"model_type": self.family.model_type, "vision_feature_select_strategy": "default"}
 
     @property
     def base_model(self) -> str | None:
@@ -77,7 +94,9 @@ class VariantPlan:
 class VariantResult:
     plan: VariantPlan
     files: list[str] = field(default_factory=list)
-    token_schedule: list[int] | None = None
+    token_schedule: list[int] | list[list[int]] | None = None
+    verification: dict[str, Any] | None = None
+    """What verification measured on its check image (see :func:`verification_summary`); None if it did not run."""
     pushed_commit: str | None = None
     pushed_url: str | None = None
     reused: bool = False
@@ -129,20 +148,28 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
     if not config_path.is_file():
         raise FileNotFoundError(f"{source} has no config.json; is it a model checkpoint?")
     config = json.loads(config_path.read_text())
-    if is_hf_llava(config):
+    if is_original_llava(config):
+        kind, family = "original", family_named("llava")
+        if config.get("image_aspect_ratio") == "anyres" or str(config.get("mm_patch_merge_type", "")).startswith("spatial"):
+            raise ValueError(
+                f"{source} is an original-format LLaVA-NeXT (anyres) checkpoint, which the exporter does not convert; "
+                "export its HF-format copy instead (llava-hf publishes them, e.g. llava-hf/llava-v1.6-vicuna-7b-hf)."
+            )
+    else:
+        try:
+            family = family_for_config(config)
+        except ValueError:
+            raise ValueError(
+                f"{source} is not a checkpoint of a FlowCut family (model_type={config.get('model_type')!r}, "
+                f"architectures={config.get('architectures')}). FlowCut export supports HF-format "
+                + ", ".join(f"{f.display_name} ({f.stock_model_class.__name__})" for f in FAMILIES)
+                + " and original-LLaVA-1.5 (LlavaLlamaForCausalLM) checkpoints."
+            ) from None
         kind = "hf"
         if not metadata_only:
             weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are no weights at all
-    elif is_original_llava(config):
-        kind = "original"
-    else:
-        raise ValueError(
-            f"{source} is not a LLaVA checkpoint (model_type={config.get('model_type')!r}, "
-            f"architectures={config.get('architectures')}). FlowCut export supports HF-format LLaVA "
-            "(LlavaForConditionalGeneration) and original-LLaVA (LlavaLlamaForCausalLM) checkpoints."
-        )
     base_name = (repo_id.split("/")[-1] if repo_id else local_dir.name) or "model"
-    resolved = ResolvedSource(local_dir, kind, config, repo_id, commit, base_name)
+    resolved = ResolvedSource(local_dir, kind, config, repo_id, commit, base_name, family_name=family.name)
     _read_license(resolved)
     return resolved
 
@@ -194,34 +221,30 @@ def convert(resolved: ResolvedSource, work_dir: Path, *, vision_tower: Path | No
         resolved.local_dir, converted_dir, vision_tower_dir=vision_tower, allow_pickle=allow_pickle
     )
     config = json.loads((converted_dir / "config.json").read_text())
-    return ResolvedSource(
-        converted_dir, "hf", config, resolved.repo_id, resolved.commit, resolved.base_name,
-        resolved.license, resolved.license_name, resolved.license_link,
-    )
+    return replace(resolved, local_dir=converted_dir, kind="hf", config=config)
 
 
 # --------------------------------------------------------------------------------------------------- 3. write
 
 
 def image_tokens_per_image(config: dict[str, Any]) -> int:
-    vision = config.get("vision_config") or {}
-    patches = (vision.get("image_size", 336) // vision.get("patch_size", 14)) ** 2
-    return patches + (config.get("vision_feature_select_strategy", "default") == "full")
+    """Visual tokens of an image without pruning (for LLaVA-NeXT, the most an image can have)."""
+    family = family_for_config(config)
+    return family.unpruned_image_tokens(family.config_from_dict(config))
 
 
 def validate_targets(target_nums: Sequence[int], config: dict[str, Any]) -> list[int]:
-    from ..modeling.configuration_flowcut_llava import validate_target_num
-
+    family = family_for_config(config)
     if not target_nums:
         raise ValueError("Give at least one --target-num.")
     full = image_tokens_per_image(config)
     targets = []
     for target in target_nums:
-        validate_target_num(target)
+        family.field_validators["flowcut_target_num"](target)
         if target >= full:
             raise ValueError(
-                f"--target-num {target} prunes nothing: this model gives {full} image tokens per image; "
-                f"choose a value from 1 to {full - 1}."
+                f"--target-num {target} prunes nothing: this {family.display_name} model gives at most {full} visual "
+                f"tokens per image; choose a value below {full}."
             )
         if target in targets:
             raise ValueError(f"--target-num {target} is given twice.")
@@ -230,17 +253,16 @@ def validate_targets(target_nums: Sequence[int], config: dict[str, Any]) -> list
 
 
 def flowcut_config(config: dict[str, Any], target_num: int) -> dict[str, Any]:
-    from ..modeling.modeling_flowcut_llava import AUTO_MAP
-
+    """The variant's ``config.json``: the source's, with the family's FlowCut fields and ``auto_map``."""
+    family = family_for_config(config)
+    settings = {
+        name: config.get(f"flowcut_{name}", default)
+        for name, default in (("prune_interval", 2), ("history_weight", 0.5), ("llm_prune_layer", 1))
+        if f"flowcut_{name}" in family.field_validators
+    }
     updated = dict(config)
-    updated.update(
-        flowcut_target_num=target_num,
-        flowcut_enabled=True,
-        flowcut_prune_interval=config.get("flowcut_prune_interval", 2),
-        flowcut_history_weight=config.get("flowcut_history_weight", 0.5),
-        auto_map=dict(AUTO_MAP),
-    )
-    updated["architectures"] = ["LlavaForConditionalGeneration"]
+    updated.update(family.flowcut_fields(target_num, enabled=True, **settings), auto_map=dict(family.auto_map))
+    updated["architectures"] = [family.stock_model_class.__name__]
     return updated
 
 
@@ -257,8 +279,7 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
     except to convert pickle ``.bin`` shards, one at a time, when ``allow_pickle`` is given."""
     from transformers import AutoProcessor
 
-    from ..api import flowcut_processor
-
+    family = resolved.family
     destination.mkdir(parents=True)
     source = resolved.local_dir
     _write_weights(source, destination, allow_pickle=allow_pickle)
@@ -269,14 +290,13 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
     stock_processor.vision_feature_select_strategy = stock_processor.vision_feature_select_strategy or resolved.config.get(
         "vision_feature_select_strategy", "default"
     )
-    processor = flowcut_processor(stock_processor, target_num=target_num)
-    processor.save_pretrained(destination)
+    family.processor_for(stock_processor, target_num).save_pretrained(destination)
 
     generation_config = source / "generation_config.json"
     if generation_config.is_file():
         shutil.copyfile(generation_config, destination / "generation_config.json")
     (destination / "config.json").write_text(json.dumps(flowcut_config(resolved.config, target_num), indent=2, sort_keys=True) + "\n")
-    copy_remote_code_files(destination, REMOTE_CODE_ENTRY_FILES)
+    copy_remote_code_files(destination, family.remote_code_entry_files)
     return sorted(p.name for p in destination.iterdir())
 
 
@@ -320,21 +340,38 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 folder, image_path, out_path = sys.argv[1:4]
 model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-prompt = f"USER: {processor.image_token}\nDescribe the image. ASSISTANT:"
-inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
-forward_error = None
+question = "Describe the image."
+if getattr(processor, "chat_template", None):
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+else:
+    prompt = f"USER: {processor.image_token}\n{question} ASSISTANT:"
+image = Image.open(image_path)
+inputs = processor(images=image, text=prompt, return_tensors="pt")
+image_inputs = {k: inputs[k] for k in ("pixel_values", "image_sizes") if k in inputs}
+image_inputs["pixel_values"] = image_inputs["pixel_values"].to(model.dtype)
+forward_error, llm_kept = None, None
 with torch.no_grad():
-    features = model.model.get_image_features(pixel_values=inputs["pixel_values"].to(model.dtype))
+    features = model.model.get_image_features(**image_inputs)
     try:
-        torch.save(model(**inputs).logits[0, -1].float(), out_path)
+        output = model(**inputs)
+        torch.save(output.logits[0, -1].float(), out_path)
+        kept = getattr(output, "llm_keep_indices", None)
+        llm_kept = [int(k.numel()) for k in kept] if kept is not None else None
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
+keep = [k.shape for k in features.keep_indices]
 print(json.dumps({
     "forward_error": forward_error,
     "model_class": type(model).__name__, "processor_class": type(processor).__name__,
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+    "prompt": prompt, "image_size": [image.height, image.width],
     "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
-    "kept": [int(f.shape[0]) for f in features.pooler_output], "token_schedule": features.token_schedule,
+    "text_tokens": int((inputs["input_ids"] != model.config.image_token_id).sum()),
+    "kept": [int(f.shape[0]) for f in features.pooler_output],
+    "kept_per_crop": [list(shape) for shape in keep],
+    "llm_kept": llm_kept,
+    "token_schedule": features.token_schedule,
     "input_ids": inputs["input_ids"][0].tolist(),
 }))
 '''
@@ -343,20 +380,22 @@ VERIFY_REFERENCE = r'''
 import json, sys
 import torch
 from PIL import Image
-from transformers import LlavaForConditionalGeneration
+from transformers import AutoModelForImageTextToText, AutoProcessor
 import flowcut_hf
-source, variant, image_path, target_num, input_ids, out_path = sys.argv[1:7]
-model = LlavaForConditionalGeneration.from_pretrained(source)
+source, variant, image_path, target_num, prompt, out_path = sys.argv[1:7]
+model = AutoModelForImageTextToText.from_pretrained(source)
 flowcut_hf.flowcut(model, target_num=int(target_num))
-from transformers import AutoProcessor
 processor = AutoProcessor.from_pretrained(variant, trust_remote_code=True)
-pixel_values = processor.image_processor(images=Image.open(image_path), return_tensors="pt")["pixel_values"]
-ids = torch.tensor([json.loads(input_ids)])
+inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
+inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
 with torch.no_grad():
-    logits = model(input_ids=ids, pixel_values=pixel_values.to(model.dtype)).logits[0, -1].float()
+    logits = model(**inputs).logits[0, -1].float()
 torch.save(logits, out_path)
-print(json.dumps({"ok": True}))
+print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
 '''
+
+# Wide enough that LLaVA-NeXT tiles it into several anyres crops (a 2x2 grid plus the base image).
+VERIFY_IMAGE_SIZE = (600, 800)
 
 
 class VerificationError(RuntimeError):
@@ -385,34 +424,55 @@ def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -
     return json.loads(lines[-1])
 
 
-def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path) -> tuple[list[str], dict]:
+def expected_visual_tokens(family: FlowCutFamily, config: dict[str, Any], target_num: int, image_size) -> dict:
+    """What a correct variant of ``family`` must show on one image of ``image_size`` (height, width)."""
+    if family.llm_stage:
+        from ..modeling.modeling_flowcut_llava_next import AnyresGeometry, stock_token_count
+
+        stock = family.config_from_dict(config)
+        crops = AnyresGeometry.of(stock, image_size).num_crops
+        return {
+            "placeholders": stock_token_count(stock, image_size),
+            "kept_per_crop": [[crops, target_num // 2]],
+            "llm_kept": [target_num],
+        }
+    return {"placeholders": target_num, "kept": [target_num]}
+
+
+def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path, family: FlowCutFamily, config) -> tuple[list[str], dict]:
     import torch
 
     from ..tiny import synthetic_image
 
     image_path = check_dir / "synthetic.png"
-    synthetic_image(0).save(image_path)
+    synthetic_image(0, size=VERIFY_IMAGE_SIZE).save(image_path)
     remote = _run_python(VERIFY_REMOTE_CODE, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True)
     problems = []
-    if remote["model_class"] != "FlowCutLlavaForConditionalGeneration":
-        problems.append(f"loaded as {remote['model_class']}, not FlowCutLlavaForConditionalGeneration")
-    if remote["processor_class"] != "FlowCutLlavaProcessor":
-        problems.append(f"processor loaded as {remote['processor_class']}")
+    if remote["model_class"] != family.model_class.__name__:
+        problems.append(f"loaded as {remote['model_class']}, not {family.model_class.__name__}")
+    if remote["processor_class"] != family.processor_class_name:
+        problems.append(f"processor loaded as {remote['processor_class']}, not {family.processor_class_name}")
     if remote["missing"] or remote["unexpected"]:
         problems.append(f"missing keys {remote['missing'][:5]}, unexpected keys {remote['unexpected'][:5]}")
-    if remote["placeholders"] != target_num:
-        problems.append(f"the processor emitted {remote['placeholders']} image placeholders, expected {target_num}")
-    if remote["kept"] != [target_num]:
-        problems.append(f"the model kept {remote['kept']} tokens, expected [{target_num}]")
+    expected = expected_visual_tokens(family, config, target_num, VERIFY_IMAGE_SIZE)
+    if remote["placeholders"] != expected["placeholders"]:
+        problems.append(
+            f"the processor emitted {remote['placeholders']} image placeholders, expected {expected['placeholders']}"
+        )
+    for key, what in (("kept", "tokens"), ("kept_per_crop", "tokens per crop [crops, kept]"), ("llm_kept", "tokens after the LLM stage")):
+        if key in expected and remote[key] != expected[key]:
+            problems.append(f"the model kept {remote[key]} {what}, expected {expected[key]}")
     if remote["forward_error"]:
         problems.append(f"the forward pass failed: {remote['forward_error']}")
     if not problems:
-        _run_python(
+        reference = _run_python(
             VERIFY_REFERENCE,
-            [str(source_dir), str(folder), str(image_path), str(target_num), json.dumps(remote["input_ids"]), str(check_dir / "reference.pt")],
+            [str(source_dir), str(folder), str(image_path), str(target_num), remote["prompt"], str(check_dir / "reference.pt")],
             check_dir,
             clean=False,
         )
+        if reference["input_ids"] != remote["input_ids"]:
+            problems.append("the variant's processor gives other input ids in a clean process than with flowcut-hf")
         remote_logits = torch.load(check_dir / "remote.pt")
         reference_logits = torch.load(check_dir / "reference.pt")
         scale = float(reference_logits.abs().max()) or 1.0
@@ -425,11 +485,14 @@ def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path
 def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Path) -> dict:
     """Loads ``folder`` as remote code in a clean subprocess and checks it against the library on the source.
 
-    Returns the remote-code run's report (with the vision ``token_schedule``). Raises VerificationError.
+    Returns the remote-code run's report (with the vision ``token_schedule`` and the visual-token counts it saw on
+    the check image). Raises VerificationError.
     """
+    config = json.loads((folder / "config.json").read_text())
+    family = family_for_config(config)
     check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir))
     try:
-        problems, remote = _run_checks(folder, source_dir, target_num, check_dir)
+        problems, remote = _run_checks(folder, source_dir, target_num, check_dir, family, config)
     finally:
         shutil.rmtree(check_dir, ignore_errors=True)
     if problems:
@@ -440,19 +503,70 @@ def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Pa
 # --------------------------------------------------------------------------------------------------- 5. card
 
 
-def write_card(
-    folder: Path, resolved: ResolvedSource, plan: VariantPlan, token_schedule: Sequence[int] | None, options: ExportOptions
-) -> None:
-    from transformers import LlavaConfig
+def verification_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The part of a verification report the model card counts FLOPs from."""
+    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens")
+    return {key: report.get(key) for key in keys}
 
-    from ..accounting import prefill_account
+
+def prefill_accounts(variant_config: dict[str, Any], verification: dict[str, Any] | None, prompt_tokens: int):
+    """Analytic prefill accounts ``(unpruned, pruned, what they count)`` of a variant, for its card.
+
+    With a verification summary the pruned account uses what the variant did on the check image; without one it is
+    an upper bound (the vision encoder counted unpruned).
+    """
+    from ..accounting import AnyresImageTokens, next_prefill_account, prefill_account
+
+    family = family_for_config(variant_config)
+    config = family.config_from_dict(variant_config)
+    target_num = variant_config["flowcut_target_num"]
+    measured = "the vision schedule is the one measured on a synthetic image during export"
+    upper_bound = "the vision encoder is counted unpruned, an upper bound (the export was not verified)"
+    if not family.llm_stage:
+        schedule = verification["token_schedule"] if verification else None
+        unpruned = prefill_account(config, prompt_tokens)
+        pruned = prefill_account(config, prompt_tokens, token_schedule=schedule, num_image_tokens=target_num)
+        what = f"vision encoder, projector and LLM, for one image and a {prompt_tokens}-token text prompt; "
+        return unpruned, pruned, what + (measured if schedule else upper_bound)
+
+    image_size = tuple(verification["image_size"]) if verification else VERIFY_IMAGE_SIZE
+    stock = AnyresImageTokens.stock(config, image_size)
+    if verification:
+        pruned_image = AnyresImageTokens(
+            crops=verification["kept_per_crop"][0][0],
+            vision_schedule=tuple(verification["token_schedule"][0]),
+            tokens_into_llm=verification["kept"][0],
+            tokens_after_llm_stage=verification["llm_kept"][0],
+        )
+    else:
+        pruned_image = replace(stock, tokens_after_llm_stage=target_num)
+    unpruned = next_prefill_account(config, prompt_tokens, [stock])
+    pruned = next_prefill_account(
+        config, prompt_tokens, [pruned_image], llm_prune_layer=variant_config["flowcut_llm_prune_layer"]
+    )
+    what = (
+        f"vision encoder, projector and LLM, for one {image_size[1]}x{image_size[0]} image ({stock.crops} anyres crops, "
+        f"{stock.tokens_into_llm} stock visual tokens) and a {prompt_tokens}-token text prompt; "
+    )
+    return unpruned, pruned, what + (measured if verification else upper_bound)
+
+
+def write_card(
+    folder: Path,
+    resolved: ResolvedSource,
+    plan: VariantPlan,
+    verification: dict[str, Any] | None,
+    options: ExportOptions,
+    variant_folder: Path | None = None,
+) -> None:
+    """Renders README.md into ``folder``, for the variant in ``variant_folder`` (``folder`` itself by default)."""
     from ..hub_cards import VariantCardInfo, render_variant_card
 
-    config = LlavaConfig.from_dict({k: v for k, v in resolved.config.items() if k != "auto_map"})
-    prompt_tokens = 64
-    unpruned = prefill_account(config, prompt_tokens)
-    pruned = prefill_account(config, prompt_tokens, token_schedule=token_schedule, num_image_tokens=plan.target_num)
-    settings = {k: v for k, v in flowcut_config(resolved.config, plan.target_num).items() if k.startswith("flowcut_")}
+    variant_folder = variant_folder or folder
+    # The variant's own config: it is in the HF layout even when the source was an original-LLaVA checkpoint.
+    variant_config = json.loads((variant_folder / "config.json").read_text())
+    unpruned, pruned, what = prefill_accounts(variant_config, verification, prompt_tokens=64)
+    settings = {k: v for k, v in variant_config.items() if k.startswith("flowcut_")}
     info = VariantCardInfo(
         # Unpushed folders get a placeholder namespace; the snippet is only final once the repo id is known.
         repo_id=plan.repo_id or f"your-namespace/{plan.name}",
@@ -461,18 +575,12 @@ def write_card(
         base_license_name=resolved.license_name if resolved.license == "other" else None,
         base_license_link=resolved.license_link if resolved.license == "other" else None,
         target_num=plan.target_num,
-        image_tokens=image_tokens_per_image(resolved.config),
+        image_tokens=image_tokens_per_image(variant_config),
         settings=settings,
+        family=resolved.family.name,
         prefill_flops_unpruned=float(unpruned.total_flops),
         prefill_flops_pruned=float(pruned.total_flops),
-        prefill_flops_note=(
-            f"vision encoder, projector and LLM, for one image and a {prompt_tokens}-token text prompt; "
-            + (
-                "the vision schedule is the one measured on a synthetic image during export"
-                if token_schedule
-                else "the vision encoder is counted unpruned, an upper bound (the export was not verified)"
-            )
-        ),
+        prefill_flops_note=what,
     )
     render_variant_card(info, eval_results_path=options.eval_results).save(folder / "README.md")
 
@@ -507,7 +615,7 @@ def push_variant(
 
 
 def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[VariantPlan]:
-    targets = validate_targets(list(options.target_nums), resolved.config)
+    targets = validate_targets(list(options.target_nums), resolved.hf_config)
     protected = [p.resolve() for p in (resolved.local_dir, options.vision_tower) if p is not None]
     plans = []
     for target in targets:
@@ -556,7 +664,7 @@ def fingerprint(resolved: ResolvedSource, target_num: int) -> str:
     files = sorted(
         (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.local_dir.iterdir() if p.is_file()
     )
-    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in remote_code_files(REMOTE_CODE_ENTRY_FILES)]
+    code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in resolved.family.remote_code_files()]
     payload = json.dumps([str(resolved.local_dir), resolved.commit, files, target_num, __version__, code])
     return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -593,10 +701,11 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
                 log(f"{plan.name}: already exported from this source in {plan.folder}; reusing it")
                 result.reused = True
                 result.token_schedule = previous.get("token_schedule")
+                result.verification = previous.get("verification")
                 # The card depends on the push target and the eval results, which may differ from the first run.
                 staging = work_dir / plan.name
                 staging.mkdir()
-                write_card(staging, resolved, plan, result.token_schedule, options)
+                write_card(staging, resolved, plan, result.verification, options, variant_folder=plan.folder)
                 os.replace(staging / "README.md", plan.folder / "README.md")
             else:
                 if converted is None:
@@ -604,20 +713,22 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
                         log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
                     converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
                 staging = work_dir / plan.name
-                log(f"{plan.name}: write ({plan.target_num} of {image_tokens_per_image(resolved.config)} visual tokens per image)")
+                log(f"{plan.name}: write ({plan.target_num} of {image_tokens_per_image(resolved.hf_config)} visual tokens per image)")
                 write_variant(converted, plan.target_num, staging, allow_pickle=options.allow_pickle)
                 if options.verify:
                     log(f"{plan.name}: verify in a clean subprocess")
                     report = verify_variant(staging, converted.local_dir, plan.target_num, work_dir)
                     result.token_schedule = report["token_schedule"]
+                    result.verification = verification_summary(report)
                 log(f"{plan.name}: card")
-                write_card(staging, resolved, plan, result.token_schedule, options)
+                write_card(staging, resolved, plan, result.verification, options)
                 _move_into_place(staging, plan.folder)
                 manifest["variants"][plan.name] = {
                     "fingerprint": fingerprint(resolved, plan.target_num),
                     "target_num": plan.target_num,
                     "verified": options.verify,
                     "token_schedule": result.token_schedule,
+                    "verification": result.verification,
                 }
                 manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
             result.files = sorted(p.name for p in plan.folder.iterdir())
@@ -654,15 +765,19 @@ def _move_into_place(staging: Path, destination: Path) -> None:
 
 def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: ExportOptions, log: Callable[[str], None]) -> list[VariantResult]:
     source_desc = resolved.repo_id and f"{resolved.repo_id}@{resolved.commit}" or str(resolved.local_dir)
-    log(f"dry run: nothing is written or pushed. Source: {source_desc} ({resolved.kind} format)")
+    log(f"dry run: nothing is written or pushed. Source: {source_desc} ({resolved.family.display_name}, {resolved.kind} format)")
     if resolved.kind == "original":
         log(f"  convert: original-LLaVA -> HF layout, vision tower from {options.vision_tower or resolved.config.get('mm_vision_tower')}")
-    weights = sorted(p.name for p in resolved.local_dir.glob("*.safetensors")) or ["(weights of the converted checkpoint)"]
+    if resolved.kind == "original":
+        weights = ["(weights of the converted checkpoint)"]
+    else:
+        weights = sorted(p.name for p in resolved.local_dir.glob("*.safetensors")) or ["(the source's weight files)"]
+    code_files = ", ".join(p.name for p in resolved.family.remote_code_files())
     results = []
     for plan in plans:
         log(f"  {plan.name}: would write {plan.folder}")
         log(f"    weights (unchanged, byte-identical): {', '.join(weights)}")
-        log(f"    config.json with flowcut_target_num={plan.target_num}, auto_map; remote code: {', '.join(p.name for p in remote_code_files(REMOTE_CODE_ENTRY_FILES))}")
+        log(f"    config.json with flowcut_target_num={plan.target_num}, auto_map; remote code: {code_files}")
         log("    processor_config.json, tokenizer files, chat template, generation_config.json, README.md")
         if plan.folder.exists() and not options.overwrite:
             log(f"    note: {plan.folder} exists; the real run needs --overwrite")

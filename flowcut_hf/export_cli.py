@@ -1,4 +1,4 @@
-"""``flowcut-hf export``: turn a base LLaVA checkpoint into FlowCut variants, in folders and on the Hub."""
+"""``flowcut-hf export``: turn a base LLaVA-1.5 or LLaVA-NeXT checkpoint into FlowCut variants, in folders and on the Hub."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ from pathlib import Path
 from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, PushError, VerificationError, export
 
 DESCRIPTION = """\
-Turn a base LLaVA checkpoint into pruned-by-design FlowCut variants.
+Turn a base LLaVA-1.5 or LLaVA-NeXT checkpoint into pruned-by-design FlowCut variants.
 
-SOURCE is a local folder or a Hub repo id, in the HF layout (LlavaForConditionalGeneration, e.g.
-llava-hf/llava-1.5-7b-hf) or the original-LLaVA layout (LlavaLlamaForCausalLM, e.g. liuhaotian/llava-v1.5-7b or
+SOURCE is a local folder or a Hub repo id: an HF-format LLaVA-1.5 (LlavaForConditionalGeneration, e.g.
+llava-hf/llava-1.5-7b-hf) or LLaVA-NeXT (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf)
+checkpoint, or an original-LLaVA-1.5 one (LlavaLlamaForCausalLM, e.g. liuhaotian/llava-v1.5-7b or
 JosephTong/llava-v1.5-7b-flowcut192), which is converted on the way.
+
+--target-num is the number of visual tokens kept per image: for LLaVA-1.5 out of 576 (e.g. 64), for LLaVA-NeXT out
+of up to 2928, after the LLM stage (e.g. 160; the vision encoder keeps half of it per anyres crop).
 
 Each --target-num makes one variant in its own folder OUT/{base}-flowcut{N}. With --push, each variant goes to
 its own repo: --push ORG gives ORG/{base}-flowcut{N}; --push ORG/NAME names the repo of a single variant;
@@ -22,7 +26,7 @@ its own repo: --push ORG gives ORG/{base}-flowcut{N}; --push ORG/NAME names the 
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export FlowCut variants of a LLaVA checkpoint (and push them to the Hub)",
+        "export", help="export FlowCut variants of a LLaVA-1.5 or LLaVA-NeXT checkpoint (and push them to the Hub)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="local folder or Hub repo id of the base checkpoint")

@@ -23,7 +23,7 @@ PIPELINE_TAG = "image-text-to-text"
 BASE_TAGS = ("flowcut", "visual-token-pruning")
 
 # Families whose FlowCut behaviour the template describes; the prose itself lives in the template.
-FAMILY_DISPLAY_NAMES: Mapping[str, str] = {"llava": "LLaVA"}
+FAMILY_DISPLAY_NAMES: Mapping[str, str] = {"llava": "LLaVA", "llava_next": "LLaVA-NeXT"}
 
 FLOWCUT_BIBTEX = """\
 @inproceedings{tong2025flowcut,
@@ -59,7 +59,8 @@ class VariantCardInfo:
             ``base_license="other"``, as on the Hub. A relative link (``"LICENSE"``) points into the base repo and
             is rewritten to an absolute URL there, because the variant repo need not hold that file.
         target_num: visual tokens the variant keeps per image (K).
-        image_tokens: visual tokens per image without pruning (N, 576 for LLaVA-1.5 at 336 px); ``K < N``.
+        image_tokens: visual tokens per image without pruning (N, 576 for LLaVA-1.5 at 336 px; for LLaVA-NeXT the
+            most an image can have, 2928 with the standard grid); ``K < N``.
         settings: the FlowCut fields of the variant's ``config.json``, name → JSON value. Written as the card's
             ``flowcut:`` block and settings table. ``flowcut_target_num`` is added if absent and must equal
             ``target_num`` if present.
@@ -278,6 +279,8 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         "family_name": FAMILY_DISPLAY_NAMES[info.family],
         "family_id": info.family,
         "kept_tokens": info.target_num,
+        "half_kept_tokens": info.target_num // 2,
+        "llm_prune_layer": info.settings.get("flowcut_llm_prune_layer"),
         "unpruned_tokens": info.image_tokens,
         "token_cut_percent": _percent(1 - info.target_num / info.image_tokens),
         "repo_id_literal": json.dumps(info.repo_id),

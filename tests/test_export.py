@@ -133,9 +133,9 @@ def test_original_llava_source_is_converted_and_verified(tmp_path):
     "source, options, message",
     [
         ("missing-folder/nowhere/really", {}, "neither an existing folder"),
-        ("NOT_LLAVA", {}, "not a LLaVA checkpoint"),
+        ("NOT_LLAVA", {}, r"not a checkpoint of a FlowCut family .* LLaVA-1\.5 .* LLaVA-NeXT"),
         ("BASE", {"target_nums": [0]}, "flowcut_target_num must be >= 1"),
-        ("BASE", {"target_nums": [577]}, "choose a value from 1 to 575"),
+        ("BASE", {"target_nums": [577]}, "choose a value below 576"),
         ("BASE", {"target_nums": [576]}, "prunes nothing"),
         ("BASE", {"name_pattern": "{base}"}, "overlaps"),
         ("BASE", {"name_pattern": "../x{n}"}, "not a plain folder name"),
