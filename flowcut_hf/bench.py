@@ -141,6 +141,14 @@ __all__ = [
     "example_image_path",
     "run_bench",
     "format_table",
+    "BenchRow",
+    "DeviceTimer",
+    "ModelModes",
+    "cache_nbytes",
+    "compact_schedule",
+    "paired_ratio",
+    "record_vision_schedule",
+    "stats_ms",
     "register_cli",
 ]
 
@@ -165,7 +173,7 @@ def example_image_path() -> Path:
     return Path(__file__).resolve().parent / "assets" / "example.png"
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
@@ -179,7 +187,7 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
@@ -218,8 +226,8 @@ def load_model(
     ``trust_remote_code=True``, so both stock LLaVA-1.5 and FlowCut exports work. The model is put in eval mode on
     ``device`` in ``dtype`` (``auto``: float32 on the CPU, bfloat16 on CUDA).
     """
-    device = _resolve_device(device)
-    torch_dtype = _resolve_dtype(dtype, device)
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
     if spec == PRESET:
         model, processor = build_preset(seed)
     elif spec == TINY:
@@ -249,7 +257,7 @@ def load_model(
 
 
 @dataclass
-class _Row:
+class BenchRow:
     name: str
     kind: str  # stock | flowcut | oracle
     target_num: int | None
@@ -266,7 +274,7 @@ def _flowcut_settings_snapshot(config) -> dict:
     return {name: config.__dict__[name] for name in FIELD_VALIDATORS if name in config.__dict__}
 
 
-class _ModelModes:
+class ModelModes:
     """Switches ONE model instance between the stock classes, FlowCut at N and the oracle at N.
 
     The weights are shared by construction; only ``__class__`` of this instance (and of its ``.model``) changes, as
@@ -274,21 +282,22 @@ class _ModelModes:
     """
 
     def __init__(self, model: nn.Module, full_tokens: int):
-        from transformers import LlavaForConditionalGeneration, LlavaModel
+        from .registry import family_for_model
 
+        family = family_for_model(model)
         self.model = model
         self.full_tokens = full_tokens
         self._original = (type(model), type(model.model), type(model.config), _flowcut_settings_snapshot(model.config))
         if not hasattr(model, "configure_flowcut"):
             flowcut(model, target_num=full_tokens)
         self.flowcut_classes = (type(model), type(model.model))
-        self.stock_classes = (LlavaForConditionalGeneration, LlavaModel)
+        self.stock_classes = (family.stock_model_class, family.stock_inner_class)
 
     def _set_classes(self, classes) -> None:
         self.model.__class__, self.model.model.__class__ = classes
 
     @contextmanager
-    def mode(self, row: _Row):
+    def mode(self, row: BenchRow):
         handle = None
         try:
             if row.kind == "flowcut":
@@ -345,7 +354,7 @@ def _vision_layers(model: nn.Module) -> Sequence[nn.Module]:
 
 
 @contextmanager
-def _record_schedule(model: nn.Module):
+def record_vision_schedule(model: nn.Module):
     """Records the sequence length each vision-encoder layer is called with."""
     lengths: list[int] = []
 
@@ -438,7 +447,7 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-class _Device:
+class DeviceTimer:
     def __init__(self, device: torch.device):
         self.device = device
         self.cuda = device.type == "cuda"
@@ -508,7 +517,7 @@ def cache_nbytes(cache) -> tuple[int, int]:
     return total, tokens
 
 
-def _stats_ms(samples_s: Sequence[float]) -> dict:
+def stats_ms(samples_s: Sequence[float]) -> dict:
     samples = [s * 1e3 for s in samples_s]
     if not samples:
         return {k: None for k in ("median", "mean", "stdev", "min", "max", "q1", "q3", "iqr")} | {"samples": []}
@@ -531,7 +540,7 @@ def _stats_ms(samples_s: Sequence[float]) -> dict:
     }
 
 
-def _paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float | None:
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float | None:
     ratios = [a / b for a, b in zip(numerator, denominator) if b > 0]
     return statistics.median(ratios) if ratios else None
 
@@ -557,7 +566,7 @@ def _prompt_ids(tokenizer, prompt: str, image_token_id: int, bos_token_id: int |
     return prefix_ids + [image_token_id] * count + suffix_ids
 
 
-def _model_summary(spec: str, model: nn.Module) -> dict:
+def model_summary(spec: str, model: nn.Module) -> dict:
     config = model.config
     vision, text = config.vision_config, config.text_config
     return {
@@ -585,8 +594,8 @@ def _model_summary(spec: str, model: nn.Module) -> dict:
     }
 
 
-def _build_rows(target_nums: Sequence[int], full_tokens: int, passthrough: bool) -> list[_Row]:
-    rows = [_Row("stock", "stock", None, full_tokens)]
+def _build_rows(target_nums: Sequence[int], full_tokens: int, passthrough: bool) -> list[BenchRow]:
+    rows = [BenchRow("stock", "stock", None, full_tokens)]
     pruned: list[int] = []
     passthrough_target: int | None = None
     for target in target_nums:
@@ -598,10 +607,10 @@ def _build_rows(target_nums: Sequence[int], full_tokens: int, passthrough: bool)
     if passthrough_target is None and passthrough:
         passthrough_target = full_tokens
     for target in sorted(pruned):
-        rows.append(_Row(f"flowcut@{target}", "flowcut", target, target))
-        rows.append(_Row(f"oracle@{target}", "oracle", target, target))
+        rows.append(BenchRow(f"flowcut@{target}", "flowcut", target, target))
+        rows.append(BenchRow(f"oracle@{target}", "oracle", target, target))
     if passthrough_target is not None:
-        rows.append(_Row(f"flowcut@{passthrough_target}", "flowcut", passthrough_target, full_tokens, passthrough=True))
+        rows.append(BenchRow(f"flowcut@{passthrough_target}", "flowcut", passthrough_target, full_tokens, passthrough=True))
     return rows
 
 
@@ -655,7 +664,7 @@ def run_bench(
         raise ValueError("pass the model's processor along with a loaded model")
     spec = spec or type(model).__name__
     parameter = next(model.parameters())
-    dev = _Device(parameter.device)
+    dev = DeviceTimer(parameter.device)
     model.eval()
 
     if image is None:
@@ -682,13 +691,13 @@ def run_bench(
         }
     num_text_tokens = rows[0].inputs["input_ids"].shape[1] - full_tokens
 
-    modes = _ModelModes(model, full_tokens)
+    modes = ModelModes(model, full_tokens)
     scoring_runs = repeats if scoring_runs is None else scoring_runs
     pruning_rows = [r for r in rows if r.kind == "flowcut" and not r.passthrough]
     total = (warmup + repeats) * len(rows) + scoring_runs * len(pruning_rows) + len(rows)
     bar = tqdm(total=total, file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
 
-    def prefill(row: _Row):
+    def prefill(row: BenchRow):
         return model(**row.inputs, use_cache=True, logits_to_keep=1)
 
     try:
@@ -718,7 +727,7 @@ def run_bench(
             for row in rows:
                 bar.set_postfix_str(f"{row.name} memory", refresh=False)
                 with modes.mode(row):
-                    with _record_schedule(model) as lengths:
+                    with record_vision_schedule(model) as lengths:
                         memory, output = dev.peak_memory(lambda: prefill(row))
                     kv_bytes, cached = cache_nbytes(output.past_key_values)
                     del output
@@ -769,7 +778,7 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
     num_text_tokens = settings["num_text_tokens"]
     by_name = {row.name: row for row in rows}
     stock = by_name["stock"]
-    stock_stats = _stats_ms(stock.samples)
+    stock_stats = stats_ms(stock.samples)
     dtype_name = str(dtype).removeprefix("torch.")
 
     accounts = {
@@ -786,7 +795,7 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
     stock_account = accounts["stock"]
     configs = []
     for row in rows:
-        stats = _stats_ms(row.samples)
+        stats = stats_ms(row.samples)
         account = accounts[row.name]
         oracle = by_name.get(f"oracle@{row.target_num}") if row.kind == "flowcut" else None
         scoring = None
@@ -815,9 +824,9 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
                 "llm_seq_len": int(row.inputs["input_ids"].shape[1]),
                 "prefill_ms": stats,
                 "speedup_vs_stock": _ratio(stock_stats["median"], stats["median"]),
-                "paired_speedup_vs_stock": _paired_ratio(stock.samples, row.samples),
-                "flowcut_over_oracle": _ratio(stats["median"], _stats_ms(oracle.samples)["median"]) if oracle else None,
-                "paired_flowcut_over_oracle": _paired_ratio(row.samples, oracle.samples) if oracle else None,
+                "paired_speedup_vs_stock": paired_ratio(stock.samples, row.samples),
+                "flowcut_over_oracle": _ratio(stats["median"], stats_ms(oracle.samples)["median"]) if oracle else None,
+                "paired_flowcut_over_oracle": paired_ratio(row.samples, oracle.samples) if oracle else None,
                 "token_schedule": row.measured["schedule"],
                 "reported_token_schedule": row.measured.get("reported_schedule"),
                 "kept_per_image": row.measured.get("kept"),
@@ -847,7 +856,7 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
     overhead = None if through is None else through["prefill_ms"]["median"] / stock_stats["median"] - 1
     paired_overhead = None
     if through is not None:
-        paired = _paired_ratio(by_name[through["name"]].samples, stock.samples)
+        paired = paired_ratio(by_name[through["name"]].samples, stock.samples)
         paired_overhead = None if paired is None else paired - 1
     targets = {
         "flowcut_over_oracle_at_64": target(
@@ -867,7 +876,7 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
         "schema_version": SCHEMA_VERSION,
         "tool": "flowcut-hf bench",
         "versions": versions,
-        "model": _model_summary(spec, model),
+        "model": model_summary(spec, model),
         "device": {"type": dev.device.type, "name": device_name, "torch_threads": torch.get_num_threads()},
         "dtype": dtype_name,
         "settings": settings,
@@ -881,7 +890,7 @@ def _report(*, spec, model, rows, dev, dtype, settings, versions) -> dict:
 # --------------------------------------------------------------------------- #
 
 
-def _compact_schedule(schedule: Sequence[int]) -> str:
+def compact_schedule(schedule: Sequence[int]) -> str:
     parts, previous, count = [], None, 0
     for n in list(schedule) + [None]:
         if n == previous:
@@ -954,7 +963,7 @@ def format_table(report: dict) -> str:
         "vision-encoder tokens per layer that ran (CLS included):",
     ]
     for c in report["configs"]:
-        out.append(f"  {c['name']:<{widths[0]}}  {_compact_schedule(c['token_schedule'])}")
+        out.append(f"  {c['name']:<{widths[0]}}  {compact_schedule(c['token_schedule'])}")
     kv_ok = all(c["kv_cache"]["match"] for c in report["configs"])
     out.append(
         f"KV cache: measured from the returned cache, {'equal to' if kv_ok else 'DIFFERENT from'} the analytic count "
@@ -990,12 +999,56 @@ def format_table(report: dict) -> str:
 # --------------------------------------------------------------------------- #
 
 
+def load_next_model(spec: str, device: torch.device, dtype: torch.dtype):
+    """``(model, processor)`` of a LLaVA-NeXT spec: the NeXT preset, the tiny NeXT model, a folder or a repo id."""
+    if spec == PRESET:
+        from .bench_next import build_next_preset
+
+        model, processor = build_next_preset()
+    elif spec == TINY:
+        from .tiny import build_tiny_llava_next
+
+        model, processor = build_tiny_llava_next()
+    else:
+        return load_model(spec, device=device, dtype=dtype)
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
 def _cli(args: argparse.Namespace) -> int:
+    from .registry import family_for_model
+
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.json is not None and args.json.parent and not args.json.parent.exists():
         raise FileNotFoundError(f"the folder of --json {args.json} does not exist")
-    report = run_bench(
+    model = processor = None
+    if args.preset == "llava-next" or args.model not in (PRESET, TINY):
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device)
+        if args.preset == "llava-next":
+            model, processor = load_next_model(args.model, device, dtype)
+        else:
+            model, processor = load_model(args.model, device=device, dtype=dtype, attn_implementation=args.attn_implementation)
+    if model is not None and family_for_model(model).llm_stage:
+        from .bench_next import DEFAULT_TARGETS, format_next_table, run_next_bench
+
+        report = run_next_bench(
+            model, processor, target_nums=args.target_num or DEFAULT_TARGETS, repeats=args.repeats,
+            warmup=args.warmup, progress=not args.no_progress,
+            spec=f"{args.model} (llava-next)" if args.model in (PRESET, TINY) else args.model,
+        )
+        print(format_next_table(report))
+    else:
+        report = _run_llava_cli(args, model, processor)
+        print(format_table(report))
+    if args.json is not None:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nwrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _run_llava_cli(args: argparse.Namespace, model, processor) -> dict:
+    return run_bench(
         args.model,
         target_nums=args.target_num or [TARGET_N],
         repeats=args.repeats,
@@ -1009,12 +1062,8 @@ def _cli(args: argparse.Namespace) -> int:
         scoring_runs=args.scoring_runs,
         attn_implementation=args.attn_implementation,
         progress=not args.no_progress,
+        spec=args.model,
     )
-    print(format_table(report))
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-        print(f"\nwrote {args.json}", file=sys.stderr)
-    return 0
 
 
 def register_cli(subparsers) -> None:
@@ -1026,11 +1075,18 @@ def register_cli(subparsers) -> None:
     )
     parser.add_argument(
         "model", nargs="?", default=PRESET,
-        help="'preset' (default: LLaVA-1.5-7B geometry at 1/4 width, random weights), 'tiny', a folder or a repo id",
+        help="'preset' (default: the --preset family's 7B geometry at 1/4 width, random weights), 'tiny', a folder or "
+        "a repo id (LLaVA-1.5 or LLaVA-NeXT, told apart by its config)",
+    )
+    parser.add_argument(
+        "--preset", choices=("llava", "llava-next"), default="llava",
+        help="family of 'preset' and 'tiny': LLaVA-1.5 (default) or LLaVA-NeXT (a 672x672 image, 5 crops, 2928 "
+        "stock visual tokens; stock vs FlowCut vs oracle at 160, 320 and 640)",
     )
     parser.add_argument(
         "--target-num", type=int, action="append", metavar="N",
-        help="visual tokens kept per image; repeat for several (default 64). N >= 576 is the passthrough row",
+        help="visual tokens kept per image; repeat for several (default 64; LLaVA-NeXT 160, 320, 640). For LLaVA-1.5 "
+        "N >= 576 is the passthrough row",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up rounds (default 1)")

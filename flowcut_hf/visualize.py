@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import _ModelModes, _Row, example_image_path, load_model
+from .bench import ModelModes, BenchRow, example_image_path, load_model
 
 __all__ = [
     "FigureLayout",
@@ -132,9 +132,9 @@ def kept_tokens(model, processor, image: Image.Image, target_num: int | None = N
     parameter = next(model.parameters())
     pixel_values = pixel_values.to(parameter.device, parameter.dtype)
     full = grid * grid
-    modes = _ModelModes(model, full)
+    modes = ModelModes(model, full)
     try:
-        with torch.inference_mode(), modes.mode(_Row("flowcut", "flowcut", target_num, min(target_num, full))):
+        with torch.inference_mode(), modes.mode(BenchRow("flowcut", "flowcut", target_num, min(target_num, full))):
             features = model.model.get_image_features(pixel_values=pixel_values)
     finally:
         modes.restore()

@@ -217,7 +217,7 @@ def test_helpers():
     assert index.tolist() == sorted(set(index.tolist())) and len(index) == 64
     assert index[0] == 0 and index[-1] == 575
     assert bench.uniform_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
-    assert bench._compact_schedule([577, 577, 500, 65]) == "577x2 500 65"
-    stats = bench._stats_ms([0.001, 0.003, 0.002])
+    assert bench.compact_schedule([577, 577, 500, 65]) == "577x2 500 65"
+    stats = bench.stats_ms([0.001, 0.003, 0.002])
     assert stats["median"] == pytest.approx(2.0) and stats["min"] == pytest.approx(1.0)
     assert not math.isnan(stats["iqr"])
