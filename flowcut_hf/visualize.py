@@ -4,10 +4,13 @@ Usage::
 
     flowcut-hf visualize MODEL IMAGE --target-num 64 --out kept.png
 
-``MODEL`` is ``preset`` (random weights, no download), ``tiny``, a local folder or a Hub repo id (stock LLaVA-1.5 or a
-FlowCut export). The PNG shows, on the left, the image exactly as the processor hands it to the model (resized and
-centre-cropped to 336 px, de-normalised), with the kept patches left clear and the pruned ones dimmed and hatched; on
-the right, the number of tokens (CLS included) each vision-encoder layer processed, against the unpruned encoder.
+``MODEL`` is ``preset`` (random weights, no download), ``tiny``, a local folder or a Hub repo id (a stock model or a
+FlowCut export; ``--preset llava-next`` picks the LLaVA-NeXT ``preset``/``tiny``). For LLaVA-1.5 the PNG shows, on the
+left, the image exactly as the processor hands it to the model (resized and centre-cropped to 336 px, de-normalised),
+with the kept patches left clear and the pruned ones dimmed and hatched; on the right, the number of tokens (CLS
+included) each vision-encoder layer processed, against the unpruned encoder. For LLaVA-NeXT it shows the base crop
+and the whole high-resolution anyres grid (padding removed), once with the tokens kept by the vision stage and once
+with those that survive the LLM stage.
 
 From Python::
 
@@ -103,11 +106,9 @@ class KeptTokens:
     feature_layer_runs: int
 
 
-def processor_view(processor, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
-    """The image as the model sees it (after the processor's resize / crop, de-normalised) and its pixel values."""
-    image_processor = getattr(processor, "image_processor", processor)
-    pixel_values = image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
-    array = pixel_values[0].float()
+def denormalised(pixels: torch.Tensor, image_processor) -> Image.Image:
+    """One processed image ``[3, H, W]`` back to RGB, undoing the processor's normalisation and rescaling."""
+    array = pixels.float()
     if getattr(image_processor, "do_normalize", True):
         mean = torch.tensor(image_processor.image_mean).view(-1, 1, 1)
         std = torch.tensor(image_processor.image_std).view(-1, 1, 1)
@@ -115,7 +116,14 @@ def processor_view(processor, image: Image.Image) -> tuple[Image.Image, torch.Te
     if getattr(image_processor, "do_rescale", True):
         array = array / float(getattr(image_processor, "rescale_factor", 1 / 255)) / 255.0
     array = (array.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(array, "RGB"), pixel_values
+    return Image.fromarray(array, "RGB")
+
+
+def processor_view(processor, image: Image.Image) -> tuple[Image.Image, torch.Tensor]:
+    """The image as the model sees it (after the processor's resize / crop, de-normalised) and its pixel values."""
+    image_processor = getattr(processor, "image_processor", processor)
+    pixel_values = image_processor(images=image.convert("RGB"), return_tensors="pt")["pixel_values"]
+    return denormalised(pixel_values[0], image_processor), pixel_values
 
 
 def kept_tokens(model, processor, image: Image.Image, target_num: int | None = None) -> KeptTokens:
@@ -152,14 +160,15 @@ def kept_tokens(model, processor, image: Image.Image, target_num: int | None = N
     )
 
 
-def _font(size: int):
+def label_font(size: int):
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
 
 
-def _dim_and_hatch(cell: Image.Image) -> Image.Image:
+def dim_and_hatch(cell: Image.Image) -> Image.Image:
+    """How a pruned patch is drawn: its colours dimmed, with a light diagonal hatch."""
     array = np.asarray(cell, dtype=np.float32)
     dimmed = array * DIM_KEEP + np.asarray(DIM_TO, dtype=np.float32) * (1 - DIM_KEEP)
     height, width = dimmed.shape[:2]
@@ -177,7 +186,7 @@ def _tick_step(y_max: int) -> int:
 
 def _draw_plot(draw: ImageDraw.ImageDraw, box, info: KeptTokens) -> None:
     left, top, right, bottom = box
-    small, normal = _font(12), _font(14)
+    small, normal = label_font(12), label_font(14)
     # Axes area inside the panel.
     ax_left, ax_top, ax_right, ax_bottom = left + 56, top + 34, right - 12, bottom - 52
     full = info.grid * info.grid + 1
@@ -250,35 +259,47 @@ def render_kept_tokens(info: KeptTokens, *, scale: int = DEFAULT_SCALE, title: s
             continue
         row, column = divmod(index, info.grid)
         box = (column * cell, row * cell, (column + 1) * cell, (row + 1) * cell)
-        view.paste(_dim_and_hatch(view.crop(box)), box[:2])
+        view.paste(dim_and_hatch(view.crop(box)), box[:2])
     canvas.paste(view, layout.image_box[:2])
 
     draw = ImageDraw.Draw(canvas)
     full = info.grid * info.grid
     title = title or f"FlowCut keeps {len(kept)} of {full} patches"
-    draw.text((MARGIN, MARGIN), title, fill=INK, font=_font(20))
+    draw.text((MARGIN, MARGIN), title, fill=INK, font=label_font(20))
     left, _, right, bottom = layout.image_box
     draw.rectangle([left - 1, layout.image_box[1] - 1, right, bottom], outline=INK)
     caption = (
         f"clear: kept ({len(kept)}), dimmed + hatched: pruned ({full - len(kept)}); "
         f"image as the processor sees it ({side} px)"
     )
-    draw.text((left, bottom + 8), caption, fill=MUTED, font=_font(13))
+    draw.text((left, bottom + 8), caption, fill=MUTED, font=label_font(13))
     _draw_plot(draw, layout.plot_box, info)
     schedule_note = f"{len(info.token_schedule)} of {info.num_layers} layers ran; LLM gets {len(kept)} image tokens"
-    draw.text((layout.plot_box[0] + 56, bottom + 8), schedule_note, fill=MUTED, font=_font(13))
+    draw.text((layout.plot_box[0] + 56, bottom + 8), schedule_note, fill=MUTED, font=label_font(13))
     return canvas
 
 
 def visualize_kept_tokens(
-    model, processor, image: Image.Image | str | Path, target_num: int | None = None, *, scale: int = DEFAULT_SCALE,
+    model, processor, image: Image.Image | str | Path, target_num: int | None = None, *, scale: int | None = None,
     title: str | None = None,
 ) -> Image.Image:
-    """The kept-token picture for ``image`` as a PIL image (``model`` is left as it was)."""
+    """The kept-token picture for ``image`` as a PIL image (``model`` is left as it was).
+
+    LLaVA-1.5: the processor's 336 px view with the kept patches, beside the tokens per encoder layer. LLaVA-NeXT:
+    the kept tokens over the whole high-resolution image (the base crop and the unpadded anyres grid), after the
+    vision stage and after the LLM stage (see :mod:`flowcut_hf.visualize_next`).
+    """
+    from .registry import family_for_model
+
     if isinstance(image, (str, Path)):
         image = Image.open(image)
+    if family_for_model(model).llm_stage:
+        from .visualize_next import kept_tokens_next, render_kept_tokens_next
+
+        info = kept_tokens_next(model, processor, image, target_num)
+        return render_kept_tokens_next(info, scale=1 if scale is None else scale, title=title)
     info = kept_tokens(model, processor, image, target_num)
-    return render_kept_tokens(info, scale=scale, title=title)
+    return render_kept_tokens(info, scale=DEFAULT_SCALE if scale is None else scale, title=title)
 
 
 def make_example_image(size: tuple[int, int] = (448, 336)) -> Image.Image:
@@ -318,7 +339,13 @@ def _cli(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"image {args.image} does not exist")
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
-    model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    if args.preset == "llava-next":
+        from .bench import load_next_model, resolve_device, resolve_dtype
+
+        device = resolve_device(args.device)
+        model, processor = load_next_model(args.model, device, resolve_dtype(args.dtype, device))
+    else:
+        model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     picture = visualize_kept_tokens(model, processor, args.image, args.target_num, scale=args.scale)
     picture.save(args.out, format="PNG", optimize=True)
     print(f"wrote {args.out} ({picture.width}x{picture.height})")
@@ -332,14 +359,21 @@ def register_cli(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="'preset', 'tiny', a folder or a repo id")
+    parser.add_argument("model", help="'preset', 'tiny', a folder or a repo id (LLaVA-1.5 or LLaVA-NeXT)")
+    parser.add_argument(
+        "--preset", choices=("llava", "llava-next"), default="llava", help="family of 'preset' and 'tiny' (default llava)"
+    )
     parser.add_argument(
         "image", type=Path, nargs="?", default=example_image_path(),
         help="image file (default: the packaged example image)",
     )
-    parser.add_argument("--target-num", type=int, default=None, help="visual tokens kept (default: model's, or 64)")
+    parser.add_argument(
+        "--target-num", type=int, default=None, help="visual tokens kept (default: the model's, or the family's paper default)"
+    )
     parser.add_argument("--out", type=Path, default=Path("kept.png"), help="output PNG (default kept.png)")
-    parser.add_argument("--scale", type=int, default=DEFAULT_SCALE, help="pixels per input pixel (default 2)")
+    parser.add_argument(
+        "--scale", type=int, default=None, help="pixels per input pixel (default 2 for LLaVA-1.5, 1 for LLaVA-NeXT)"
+    )
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
     parser.set_defaults(func=_cli)

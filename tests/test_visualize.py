@@ -101,3 +101,77 @@ def test_flowcut_model_default_target_and_nothing_pruned(example):
     assert len(info.keep_indices) == 32 and model.config.flowcut_target_num == 32
     picture = visualize_kept_tokens(model, processor, example, target_num=576, scale=1)
     assert len(clear_patches(picture, reference_view(processor, example), scale=1)) == GRID * GRID
+
+
+# ----------------------------------------------------------------------------- LLaVA-NeXT
+
+
+def next_reference_views(processor, image: Image.Image, geometry) -> tuple[np.ndarray, np.ndarray]:
+    """The base crop and the tiled anyres grid as uint8 arrays, de-normalised here independently of the module."""
+    image_processor = processor.image_processor
+    pixels = processor(images=image, text="<image>", return_tensors="pt")["pixel_values"][0]
+    mean = torch.tensor(image_processor.image_mean).view(3, 1, 1)
+    std = torch.tensor(image_processor.image_std).view(3, 1, 1)
+    crops = [((c * std + mean) * 255).round().clamp(0, 255).byte().permute(1, 2, 0).numpy() for c in pixels]
+    rows = [np.concatenate(crops[1 + r * geometry.grid_cols : 1 + (r + 1) * geometry.grid_cols], axis=1) for r in range(geometry.grid_rows)]
+    return crops[0], np.concatenate(rows, axis=0)
+
+
+def clear_cells(picture: Image.Image, box, expected: np.ndarray, cell: int) -> set[tuple[int, int]]:
+    left, top, right, bottom = box
+    panel = np.asarray(picture.convert("RGB"), dtype=np.int16)[top:bottom, left:right]
+    assert panel.shape == expected.shape
+    clear = set()
+    for row in range(panel.shape[0] // cell):
+        for column in range(panel.shape[1] // cell):
+            window = np.s_[row * cell : (row + 1) * cell, column * cell : (column + 1) * cell]
+            if np.abs(panel[window] - expected[window].astype(np.int16)).mean() < 2.0:
+                clear.add((row, column))
+    return clear
+
+
+def test_next_picture_shows_the_tokens_each_stage_keeps_over_the_whole_image(tmp_path):
+    from flowcut_hf.modeling.modeling_flowcut_llava_next import AnyresGeometry, unpadded_window
+    from flowcut_hf.tiny import build_tiny_llava_next
+    from flowcut_hf.visualize_next import kept_tokens_next, next_figure_layout
+
+    wide = Image.open(example_image_path()).convert("RGB").resize((800, 450))
+    image_path = tmp_path / "wide.png"
+    wide.save(image_path)
+    out = tmp_path / "next.png"
+    assert cli.main(["visualize", "tiny", str(image_path), "--preset", "llava-next", "--target-num", "40", "--out", str(out)]) == 0
+    picture = Image.open(out)
+    picture.verify()
+    picture = Image.open(out)
+
+    # The same model the CLI built, run directly: which (crop, patch) tokens entered the LLM and which survived it.
+    model, processor = build_tiny_llava_next(seed=0)
+    flowcut(model, target_num=40)
+    inputs = processor(images=wide, text="USER: <image>\nWhat is shown in this image? ASSISTANT:", return_tensors="pt")
+    with torch.inference_mode():
+        sources = model.model.get_image_features(pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]).token_sources[0]
+        survivors = sources[model(**inputs).llm_keep_indices[0]]
+    geometry = AnyresGeometry.of(model.config, (450, 800))
+    top, bottom, left, right = unpadded_window(geometry.grid_rows * 24, geometry.grid_cols * 24, 450, 800, round_like_transformers=False)
+    assert bottom - top < geometry.grid_rows * 24, "the wide image must leave padding rows to remove"
+
+    def expected_cells(tokens):
+        base = {divmod(int(p), 24) for c, p in tokens.tolist() if c == 0}
+        grid = set()
+        for c, p in tokens.tolist():
+            if c > 0:
+                row, column = geometry.grid_coordinates(torch.tensor(c), torch.tensor(p))
+                grid.add((int(row) - top, int(column) - left))
+        return base, grid
+
+    base_view, grid_view = next_reference_views(processor, wide, geometry)
+    grid_view = grid_view[top * 14 : bottom * 14, left * 14 : right * 14]
+    layout = next_figure_layout(kept_tokens_next(model, processor, wide, 40), scale=1)
+    assert picture.size == (layout.width, layout.height)
+    for row, tokens in enumerate((sources, survivors)):
+        base, grid = expected_cells(tokens)
+        assert clear_cells(picture, layout.base_boxes[row], base_view, 14) == base
+        assert clear_cells(picture, layout.grid_boxes[row], grid_view, 14) == grid
+    assert len(expected_cells(survivors)[0]) + len(expected_cells(survivors)[1]) == 40
+    assert type(model).__name__ == "FlowCutLlavaNextForConditionalGeneration" and model.config.flowcut_target_num == 40
+
