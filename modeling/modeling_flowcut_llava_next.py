@@ -313,12 +313,9 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         elif pixel_values.dim() != 4:
             raise ValueError(f"pixel_values of shape {tuple(pixel_values.shape)}, expect 4 or 5 dimensions")
         crop_pixels = torch.split(pixel_values, crops_per_image)
-        if not settings.enabled:
-            whole = [True] * len(crop_pixels)
-        else:
+        stock_counts = [stock_token_count(self.config, size) for size in image_sizes]
+        if settings.enabled:
             self.check_flowcut_settings(settings, vision_feature_select_strategy)
-            whole = [stock_token_count(self.config, size) <= settings.target_num for size in image_sizes]
-
         stock_kwargs = dict(
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
@@ -326,33 +323,45 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             **kwargs,
         )
         fields = {name: [] for name in PER_IMAGE_FIELDS}
-        vision_layers = self.config.vision_config.num_hidden_layers
-        for pixels, size, keep_whole in zip(crop_pixels, image_sizes, whole):
+        for pixels, size, count in zip(crop_pixels, image_sizes, stock_counts):
+            keep_whole = not settings.enabled or count <= settings.target_num
             if keep_whole:
-                stock = LlavaNextModel.get_image_features(self, pixels, size[None], **stock_kwargs)
-                patches = num_image_patches(self.config.vision_config)
-                tokens = stock.pooler_output[0]
-                keep = torch.arange(patches, device=pixels.device).expand(len(pixels), -1)
-                schedule = [patches + 1] * vision_layers
-                sources = stock_token_sources(self.config, size).to(pixels.device)
-                hidden = stock.last_hidden_state
+                entry = self.whole_image_features(pixels, size, stock_kwargs)
             else:
-                feature_layer = feature_layer_index(vision_feature_layer, vision_layers)
-                hidden, keep, schedule = encode_clip_with_flowcut(
-                    self.vision_tower, pixels, feature_layer, settings.target_num // 2 + 1, settings
-                )
-                geometry = AnyresGeometry.of(self.config, size)
-                tokens, sources = assemble_pruned_image(
-                    self.multi_modal_projector(hidden[:, 1:]), keep, geometry, size, self.image_newline
-                )
-            fields["last_hidden_state"].append(hidden)
-            fields["pooler_output"].append(tokens)
-            fields["placeholder_counts"].append(stock_token_count(self.config, size))
-            fields["keep_indices"].append(keep)
-            fields["token_schedule"].append(schedule)
-            fields["token_sources"].append(sources)
-            fields["prunable"].append(not keep_whole)
+                entry = self.pruned_image_features(pixels, size, vision_feature_layer, settings)
+            entry.update(placeholder_counts=count, prunable=not keep_whole)
+            for name, value in entry.items():
+                fields[name].append(value)
         return FlowCutNextImageFeaturesOutput(**fields)
+
+    def whole_image_features(self, pixels: torch.Tensor, size, stock_kwargs: dict) -> dict:
+        """One image's stock features (every patch of every crop, newlines included), in the per-image fields."""
+        stock = LlavaNextModel.get_image_features(self, pixels, size[None], **stock_kwargs)
+        patches = num_image_patches(self.config.vision_config)
+        return {
+            "last_hidden_state": stock.last_hidden_state,
+            "pooler_output": stock.pooler_output[0],
+            "keep_indices": torch.arange(patches, device=pixels.device).expand(len(pixels), -1),
+            "token_schedule": [patches + 1] * self.config.vision_config.num_hidden_layers,
+            "token_sources": stock_token_sources(self.config, size).to(pixels.device),
+        }
+
+    def pruned_image_features(self, pixels: torch.Tensor, size, vision_feature_layer, settings: FlowCutSettings) -> dict:
+        """One image's crops through FlowCut's vision stage, laid out as the authors' code lays them out."""
+        feature_layer = feature_layer_index(vision_feature_layer, self.config.vision_config.num_hidden_layers)
+        hidden, keep, schedule = encode_clip_with_flowcut(
+            self.vision_tower, pixels, feature_layer, settings.target_num // 2 + 1, settings
+        )
+        tokens, sources = assemble_pruned_image(
+            self.multi_modal_projector(hidden[:, 1:]), keep, AnyresGeometry.of(self.config, size), size, self.image_newline
+        )
+        return {
+            "last_hidden_state": hidden,
+            "pooler_output": tokens,
+            "keep_indices": keep,
+            "token_schedule": schedule,
+            "token_sources": sources,
+        }
 
     def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
         if input_ids is not None:
