@@ -149,6 +149,7 @@ __all__ = [
     "paired_ratio",
     "record_vision_schedule",
     "stats_ms",
+    "time_interleaved",
     "register_cli",
 ]
 
@@ -556,6 +557,24 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # --------------------------------------------------------------------------- #
 
 
+def time_interleaved(rows, mode, timer: DeviceTimer, prefill, warmup: int, repeats: int, bar) -> None:
+    """Times ``prefill(row)`` for every row, round after round, appending seconds to ``row.samples``.
+
+    The order rotates by one row every round, so drift in machine load hits every row alike; the first ``warmup``
+    rounds are not recorded. ``mode(row)`` is the context that puts the model in the row's configuration.
+    """
+    for round_index in range(warmup + repeats):
+        shift = round_index % len(rows)
+        for row in rows[shift:] + rows[:shift]:
+            bar.set_postfix_str(row.name, refresh=False)
+            with mode(row):
+                seconds, output = timer.time_call(lambda: prefill(row))
+            del output
+            if round_index >= warmup:
+                row.samples.append(seconds)
+            bar.update()
+
+
 def _prompt_ids(tokenizer, prompt: str, image_token_id: int, bos_token_id: int | None, count: int) -> list[int]:
     text = f"USER: <image>\n{prompt} ASSISTANT:"
     prefix, suffix = text.split("<image>")
@@ -702,17 +721,7 @@ def run_bench(
 
     try:
         with torch.inference_mode():
-            # Warm-up and timed rounds, interleaved; the order rotates by one every round.
-            for round_index in range(warmup + repeats):
-                shift = round_index % len(rows)
-                for row in rows[shift:] + rows[:shift]:
-                    bar.set_postfix_str(row.name, refresh=False)
-                    with modes.mode(row):
-                        seconds, output = dev.time_call(lambda: prefill(row))
-                    del output
-                    if round_index >= warmup:
-                        row.samples.append(seconds)
-                    bar.update()
+            time_interleaved(rows, modes.mode, dev, prefill, warmup, repeats, bar)
             # Scoring and selection, instrumented, kept out of the timed rounds.
             for _ in range(scoring_runs):
                 for row in pruning_rows:

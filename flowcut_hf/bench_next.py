@@ -67,6 +67,7 @@ from .bench import (
     paired_ratio,
     record_vision_schedule,
     stats_ms,
+    time_interleaved,
     uniform_indices,
 )
 from .modeling.modeling_flowcut_llava_next import stock_token_count
@@ -242,16 +243,7 @@ def run_next_bench(
 
     try:
         with torch.inference_mode():
-            for round_index in range(warmup + repeats):
-                shift = round_index % len(rows)
-                for row in rows[shift:] + rows[:shift]:
-                    bar.set_postfix_str(row.name, refresh=False)
-                    with modes.mode(row):
-                        seconds, output = timer.time_call(lambda: prefill(row))
-                    del output
-                    if round_index >= warmup:
-                        row.samples.append(seconds)
-                    bar.update()
+            time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
             for row in rows:
                 bar.set_postfix_str(f"{row.name} memory", refresh=False)
                 with modes.mode(row):

@@ -129,6 +129,28 @@ def weightless_attention():
     return "flowcut_test_weightless", query_lengths
 
 
+def assert_one_trainer_step_changes_the_projector(model, example: dict, tmp_path) -> None:
+    """One ``Trainer`` step on a batch of two copies of ``example`` (unbatched tensors, labels included) runs, gives a
+    finite loss and moves the projector's weights."""
+    from torch.utils.data import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    class TwoExamples(Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return example
+
+    projector = model.model.multi_modal_projector.linear_1.weight
+    before = projector.detach().clone()
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
+                             report_to=[], save_strategy="no", use_cpu=True, remove_unused_columns=False)
+    result = Trainer(model=model, args=args, train_dataset=TwoExamples()).train()
+    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
+    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, before)
+
+
 def run_clean_python(code: str, tmp_path: Path, extra_env: dict | None = None, timeout: int = 300) -> dict:
     """Runs ``code`` with ``python -P`` from an unrelated folder, an empty module cache and flowcut_hf blocked.
 

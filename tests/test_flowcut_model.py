@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, LlavaForConditionalGeneration, pipeline
 
-from conftest import PROMPT, TARGET_NUM, fresh_flowcut_model, greedy
+from conftest import PROMPT, TARGET_NUM, assert_one_trainer_step_changes_the_projector, fresh_flowcut_model, greedy
 from flowcut_hf import FlowCutLlavaForConditionalGeneration, flowcut, flowcut_processor
 from flowcut_hf.tiny import build_tiny_llava, synthetic_image
 
@@ -171,9 +171,6 @@ def test_loads_with_device_map_auto_and_prunes(saved_flowcut_folder, tiny_flowcu
 
 
 def test_training_forward_backward_and_trainer_step(tmp_path):
-    from torch.utils.data import Dataset
-    from transformers import Trainer, TrainingArguments
-
     model, processor = fresh_flowcut_model(target_num=32, seed=4)
     model.train()
     inputs = processor(images=synthetic_image(0), text=PROMPT + " a cat", return_tensors="pt")
@@ -186,20 +183,9 @@ def test_training_forward_backward_and_trainer_step(tmp_path):
     assert projector_grad is not None and torch.isfinite(projector_grad).all() and projector_grad.abs().sum() > 0
     model.zero_grad()
 
-    class OneExample(Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, index):
-            return {"input_ids": inputs["input_ids"][0], "attention_mask": inputs["attention_mask"][0],
-                    "pixel_values": inputs["pixel_values"][0], "labels": labels[0]}
-
-    before = model.model.multi_modal_projector.linear_1.weight.detach().clone()
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", use_cpu=True, remove_unused_columns=False)
-    result = Trainer(model=model, args=args, train_dataset=OneExample()).train()
-    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
-    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, before)
+    example = {"input_ids": inputs["input_ids"][0], "attention_mask": inputs["attention_mask"][0],
+               "pixel_values": inputs["pixel_values"][0], "labels": labels[0]}
+    assert_one_trainer_step_changes_the_projector(model, example, tmp_path)
 
 
 def test_vision_tower_on_a_backend_without_attention_weights_selects_like_eager(weightless_attention):

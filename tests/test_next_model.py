@@ -6,7 +6,15 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, LlavaNextForConditionalGeneration, pipeline
 
-from conftest import NEXT_IMAGE_SIZES, NEXT_TARGET_NUM, PROMPT, fresh_flowcut_next_model, greedy, next_images
+from conftest import (
+    NEXT_IMAGE_SIZES,
+    NEXT_TARGET_NUM,
+    PROMPT,
+    assert_one_trainer_step_changes_the_projector,
+    fresh_flowcut_next_model,
+    greedy,
+    next_images,
+)
 from flowcut_hf import FlowCutLlavaNextForConditionalGeneration, flowcut, flowcut_processor
 from flowcut_hf.modeling.modeling_flowcut_llava_next import stock_token_count
 from flowcut_hf.tiny import build_tiny_llava_next, synthetic_image
@@ -198,9 +206,6 @@ def test_loads_in_bfloat16_and_with_device_map_auto_and_prunes(saved_next_folder
 
 
 def test_training_step_with_pruning_in_the_loop(tmp_path):
-    from torch.utils.data import Dataset
-    from transformers import Trainer, TrainingArguments
-
     model, processor = fresh_flowcut_next_model(seed=4)
     model.train()
     inputs = processor(images=next_images()[0], text=PROMPT + " a red cat", return_tensors="pt")
@@ -220,20 +225,9 @@ def test_training_step_with_pruning_in_the_loop(tmp_path):
         assert parameter.grad is not None and torch.isfinite(parameter.grad).all() and parameter.grad.abs().sum() > 0
     model.zero_grad()
 
-    class TwoExamples(Dataset):
-        def __len__(self):
-            return 2
-
-        def __getitem__(self, index):
-            return {"input_ids": inputs["input_ids"][0], "attention_mask": inputs["attention_mask"][0],
-                    "pixel_values": inputs["pixel_values"][0], "image_sizes": inputs["image_sizes"][0], "labels": labels[0]}
-
-    before = model.model.multi_modal_projector.linear_1.weight.detach().clone()
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, max_steps=1, learning_rate=1e-2,
-                             report_to=[], save_strategy="no", use_cpu=True, remove_unused_columns=False)
-    result = Trainer(model=model, args=args, train_dataset=TwoExamples()).train()
-    assert result.global_step == 1 and torch.isfinite(torch.tensor(result.training_loss))
-    assert not torch.equal(model.model.multi_modal_projector.linear_1.weight, before)
+    example = {"input_ids": inputs["input_ids"][0], "attention_mask": inputs["attention_mask"][0],
+               "pixel_values": inputs["pixel_values"][0], "image_sizes": inputs["image_sizes"][0], "labels": labels[0]}
+    assert_one_trainer_step_changes_the_projector(model, example, tmp_path)
 
 
 def test_attention_backends_select_the_same_tokens_and_half_precision_stays_finite(weightless_attention):
