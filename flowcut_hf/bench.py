@@ -150,6 +150,8 @@ __all__ = [
     "record_vision_schedule",
     "stats_ms",
     "time_interleaved",
+    "aligned_rows",
+    "report_headline",
     "register_cli",
 ]
 
@@ -921,6 +923,30 @@ def _percent(value, spec: str) -> str:
     return "-" if value is None else format(100 * value, spec) + "%"
 
 
+def aligned_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[list[str], int]:
+    """The header, a rule and the rows as aligned text lines (first column left, the others right), and the width of
+    the first column."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+
+    return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)], widths[0]
+
+
+def report_headline(report: dict) -> str:
+    """The first line of a bench table: the model, its size and geometry, the device and the dtype."""
+    model = report["model"]
+    vision, text = model["vision"], model["text"]
+    params = model["num_parameters"] / 1e6
+    threads = report["device"]["torch_threads"]
+    return (
+        f"flowcut-hf bench: {model['spec']} ({params:.{0 if params >= 10 else 2}f}M params; CLIP {vision['layers']}L "
+        f"d{vision['hidden']}, LLM {text['layers']}L d{text['hidden']}) on {report['device']['type']} "
+        f"({report['device']['name']}, {threads} torch thread{'s' if threads != 1 else ''}), {report['dtype']}"
+    )
+
+
 def format_table(report: dict) -> str:
     """The human-readable table (what the CLI prints) for a report from :func:`run_bench`."""
     settings = report["settings"]
@@ -949,30 +975,19 @@ def format_table(report: dict) -> str:
             _fmt(c["peak_memory"]["bytes"] / mib, ".1f"),
             "-" if scoring is None else f"{scoring['median_ms']:.2f} ({100 * scoring['fraction_of_prefill']:.2f}%)",
         ))
-    widths = [max(len(h), *(len(r[i]) for r in lines_data)) for i, h in enumerate(header)]
-
-    def line(cells):
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
-
-    vision, text = model["vision"], model["text"]
-    params = model["num_parameters"] / 1e6
-    threads = report["device"]["torch_threads"]
+    table, name_width = aligned_rows(header, lines_data)
     out = [
-        f"flowcut-hf bench: {model['spec']} ({params:.{0 if params >= 10 else 2}f}M params; CLIP {vision['layers']}L "
-        f"d{vision['hidden']}, LLM {text['layers']}L d{text['hidden']}) on {report['device']['type']} "
-        f"({report['device']['name']}, {threads} torch thread{'s' if threads != 1 else ''}), {report['dtype']}",
+        report_headline(report),
         f"prefill = image encoding + LLM over the prompt ({settings['num_text_tokens']} text tokens + image tokens), "
         f"use_cache=True, logits_to_keep=1; batch {settings['batch_size']}; {settings['repeats']} timed rounds after "
         f"{settings['warmup']} warm-up, configurations interleaved",
         "",
-        line(header),
-        line(["-" * w for w in widths]),
-        *(line(r) for r in lines_data),
+        *table,
         "",
         "vision-encoder tokens per layer that ran (CLS included):",
     ]
     for c in report["configs"]:
-        out.append(f"  {c['name']:<{widths[0]}}  {compact_schedule(c['token_schedule'])}")
+        out.append(f"  {c['name']:<{name_width}}  {compact_schedule(c['token_schedule'])}")
     kv_ok = all(c["kv_cache"]["match"] for c in report["configs"])
     out.append(
         f"KV cache: measured from the returned cache, {'equal to' if kv_ok else 'DIFFERENT from'} the analytic count "

@@ -60,6 +60,8 @@ from .accounting import AnyresImageTokens
 from .api import flowcut
 from .bench import (
     DEFAULT_PROMPT,
+    aligned_rows,
+    report_headline,
     DeviceTimer,
     cache_nbytes,
     compact_schedule,
@@ -365,7 +367,7 @@ def run_next_bench(
 
 def format_next_table(report: dict) -> str:
     """The human-readable table for a report from :func:`run_next_bench`."""
-    settings, model = report["settings"], report["model"]
+    settings = report["settings"]
     mib = 1024**2
     header = ("config", "tok in LLM", "LLM seq (per layer)", "median ms", "IQR ms", "speed-up", "/oracle",
               "vis GFLOP", "LLM GFLOP", "KV MiB", "peak MiB")
@@ -381,30 +383,20 @@ def format_next_table(report: dict) -> str:
             f"{c['analytic']['vision_flops'] / 1e9:.1f}", f"{c['analytic']['llm_flops'] / 1e9:.1f}",
             f"{c['kv_cache']['measured_bytes'] / mib:.2f}", f"{c['peak_memory']['bytes'] / mib:.1f}",
         ))
-    widths = [max(len(h), *(len(r[i]) for r in data)) for i, h in enumerate(header)]
-
-    def line(cells):
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
-
-    vision, text = model["vision"], model["text"]
-    threads = report["device"]["torch_threads"]
+    table, name_width = aligned_rows(header, data)
     height, width = settings["image_size"]
     out = [
-        f"flowcut-hf bench: {model['spec']} ({model['num_parameters'] / 1e6:.0f}M params; CLIP {vision['layers']}L "
-        f"d{vision['hidden']}, LLM {text['layers']}L d{text['hidden']}) on {report['device']['type']} "
-        f"({report['device']['name']}, {threads} torch thread{'s' if threads != 1 else ''}), {report['dtype']}",
+        report_headline(report),
         f"one {width}x{height} image: {settings['crops']} anyres crops, {settings['stock_image_tokens']} stock visual "
         f"tokens; {settings['num_text_tokens']} text tokens; prefill with use_cache=True, logits_to_keep=1; "
         f"{settings['repeats']} timed rounds after {settings['warmup']} warm-up, configurations interleaved",
         "",
-        line(header),
-        line(["-" * w for w in widths]),
-        *(line(r) for r in data),
+        *table,
         "",
         "vision-encoder tokens per layer that ran, for every crop (CLS included):",
     ]
     for c in report["configs"]:
-        out.append(f"  {c['name']:<{widths[0]}}  {compact_schedule(c['token_schedule'])}")
+        out.append(f"  {c['name']:<{name_width}}  {compact_schedule(c['token_schedule'])}")
     targets = report["targets"]
     kv = targets["kv_cache_matches_analytic"]
     out.append(
