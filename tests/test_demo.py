@@ -10,7 +10,6 @@ def test_llava_demo_keeps_the_target_per_image_and_shortens_the_prompt():
     figures = run_demo(target_num=48, repeats=1, max_new_tokens=2)
     assert figures["kept_tokens_per_image"] == [48, 48]
     assert figures["token_schedule"][0] == 577 and figures["token_schedule"][-1] == 49
-    assert figures["prefill_seconds_flowcut"] > 0 and figures["prefill_seconds_unpruned"] > 0
 
 
 def test_next_demo_prunes_in_the_vision_encoder_then_in_the_llm():
