@@ -488,9 +488,11 @@ def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Pa
     Returns the remote-code run's report (with the vision ``token_schedule`` and the visual-token counts it saw on
     the check image). Raises VerificationError.
     """
+    # The checks run in subprocesses whose working folder is the check folder: relative paths would point elsewhere.
+    folder, source_dir = folder.resolve(), source_dir.resolve()
     config = json.loads((folder / "config.json").read_text())
     family = family_for_config(config)
-    check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir))
+    check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir.resolve()))
     try:
         problems, remote = _run_checks(folder, source_dir, target_num, check_dir, family, config)
     finally:

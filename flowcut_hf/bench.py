@@ -240,6 +240,10 @@ def load_model(
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
+        from .export.pipeline import looks_like_repo_id
+
+        if not Path(spec).exists() and not looks_like_repo_id(spec):
+            raise FileNotFoundError(f"model {spec!r} is neither an existing folder nor a Hub repo id (owner/name)")
         kwargs = {"trust_remote_code": True, "dtype": torch_dtype}
         if attn_implementation is not None:
             kwargs["attn_implementation"] = attn_implementation

@@ -41,3 +41,10 @@ def test_bench_command_runs_the_next_preset_family_and_writes_json(tmp_path, cap
     report = json.loads(out.read_text())
     assert report["family"] == "llava_next" and [c["name"] for c in report["configs"]] == ["stock", "flowcut@40", "oracle@40"]
     assert "FlowCut@160 speed-up vs stock" in capsys.readouterr().out
+
+
+def test_a_model_that_is_neither_a_folder_nor_a_repo_id_is_a_clear_error(tmp_path, capsys):
+    missing = str(tmp_path / "no" / "such" / "model")
+    assert main(["visualize", missing, "--out", str(tmp_path / "kept.png")]) == 2
+    assert main(["bench", missing, "--repeats", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err.count("neither an existing folder nor a Hub repo id") == 2

@@ -154,3 +154,14 @@ def test_original_format_next_checkpoint_is_refused_with_the_hf_copy_named(tmp_p
     }))
     with pytest.raises(ValueError, match="llava-hf/llava-v1.6"):
         export(source, ExportOptions(target_nums=[160], out=tmp_path / "out", base_model=BASE_ID), log=lambda _: None)
+
+
+def test_export_with_relative_paths_from_another_folder(next_base, tmp_path):
+    """Verification runs in subprocesses with their own working folder; relative paths must still reach the variant."""
+    import shutil
+
+    workdir = tmp_path / "user"
+    shutil.copytree(next_base, workdir / "base")
+    result = cli("export", "base", "--target-num", str(TARGET), "--out", "variants", "--base-model", BASE_ID, cwd=workdir)
+    assert result.returncode == 0, result.stderr
+    assert (workdir / "variants" / f"base-flowcut{TARGET}" / "model.safetensors").is_file()
