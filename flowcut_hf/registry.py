@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from transformers import (
@@ -92,7 +92,6 @@ class FlowCutFamily:
         field_validators: every ``flowcut_*`` config field of the family and its validator.
         default_target_num: the paper's default for the family.
         llm_stage: whether the family prunes inside the language model too (``flowcut_llm_prune_layer``).
-        image_token_summary: a phrase for cards: how many visual tokens an image has, stock.
     """
 
     name: str
@@ -113,8 +112,6 @@ class FlowCutFamily:
     field_validators: Mapping[str, Callable[[object], object]]
     default_target_num: int
     llm_stage: bool
-    image_token_summary: str
-    tags: tuple[str, ...] = field(default=())
 
     def config_from_dict(self, data: Mapping[str, Any]) -> PretrainedConfig:
         """The stock config of a ``config.json`` dict (FlowCut fields and ``auto_map`` are kept as extra attributes)."""
@@ -156,8 +153,6 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         field_validators={k: v for k, v in llava_config.FIELD_VALIDATORS.items() if k != "flowcut_llm_prune_layer"},
         default_target_num=llava_config.DEFAULT_TARGET_NUM,
         llm_stage=False,
-        image_token_summary="576 per image",
-        tags=("llava",),
     ),
     FlowCutFamily(
         name="llava_next",
@@ -178,8 +173,6 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         field_validators=next_config.NEXT_FIELD_VALIDATORS,
         default_target_num=next_config.DEFAULT_NEXT_TARGET_NUM,
         llm_stage=True,
-        image_token_summary="up to 2928 per image (576 base + the unpadded anyres grid + one newline per grid row)",
-        tags=("llava_next", "llava"),
     ),
 )
 
