@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel, ProcessorMixin
 
-from .modeling.flowcut_clip import check_clip_vision_tower
 from .registry import FAMILIES, FlowCutFamily, family_for_model
 
 
@@ -22,6 +21,7 @@ def flowcut(
     model: PreTrainedModel,
     target_num: int | FamilyDefault = FAMILY_DEFAULT,
     *,
+    retain_ratio: float | None = None,
     enabled: bool = True,
     prune_interval: int = 2,
     history_weight: float = 0.5,
@@ -35,26 +35,32 @@ def flowcut(
     a pruning model.
 
     Supported: ``LlavaForConditionalGeneration`` (LLaVA-1.5; pair it with :func:`flowcut_processor`, so that prompts
-    carry ``target_num`` placeholders per image) and ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT; its stock
-    processor stays as it is, the model shortens the sequence itself).
+    carry ``target_num`` placeholders per image), ``LlavaNextForConditionalGeneration`` (LLaVA-NeXT) and
+    ``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` (Qwen2-VL, Qwen2.5-VL); the last three
+    keep their stock processors, the model shortens the sequence itself.
 
     Args:
         model: a loaded stock (or FlowCut) model of a supported family.
         target_num: visual tokens kept per image; the family's paper default if not given (64 for LLaVA-1.5, 160 for
             LLaVA-NeXT). LLaVA-1.5 has 576 per image, a value >= 576 keeps all of them; LLaVA-NeXT keeps
             ``target_num // 2`` per crop in the vision encoder and ``target_num`` per image after
-            ``llm_prune_layer``.
+            ``llm_prune_layer``. Qwen2-VL / Qwen2.5-VL: a count per image, instead of ``retain_ratio``.
+        retain_ratio: Qwen2-VL / Qwen2.5-VL only: the share of each image's tokens kept (0.111 by default, as in the
+            paper's most aggressive setting); 1.0 computes exactly what the stock model computes.
         enabled: False installs the classes but computes exactly what the stock model computes.
         prune_interval, history_weight: vision-stage settings, see the family's config class.
         llm_prune_layer: the decoder layer whose attention scores the visual tokens (families that prune inside the
             LLM only; 1 by default, as in the paper).
     """
     family = family_for_model(model)
-    check_clip_vision_tower(model.config.vision_config)
+    family.check_vision_tower(model.config.vision_config)
     if llm_prune_layer is not None and not family.llm_stage:
         raise ValueError(f"{family.display_name} prunes only in the vision encoder; llm_prune_layer does not apply.")
+    if retain_ratio is not None and family.default_retain_ratio is None:
+        raise ValueError(f"{family.display_name} keeps a fixed count per image: pass target_num, not retain_ratio.")
     settings = family.flowcut_fields(
         family.default_target_num if target_num is FAMILY_DEFAULT else target_num,
+        retain_ratio=retain_ratio,
         enabled=enabled,
         prune_interval=prune_interval,
         history_weight=history_weight,

@@ -18,7 +18,13 @@ from __future__ import annotations
 
 from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextConfig
 
-__all__ = ["bench_preset_config", "bench_preset_next_config", "tiny_llava_config", "tiny_llava_next_config"]
+__all__ = [
+    "bench_preset_config",
+    "bench_preset_next_config",
+    "tiny_llava_config",
+    "tiny_llava_next_config",
+    "tiny_qwen_vl_config",
+]
 
 # llava-hf/llava-v1.6-*: (height, width) resolutions an image may be tiled to, in 336 px crops.
 LLAVA_NEXT_GRID_PINPOINTS = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
@@ -210,3 +216,44 @@ def tiny_llava_next_config(
             num_text_layers=num_text_layers,
         )
     )
+
+
+# Qwen2-VL / Qwen2.5-VL: the real token geometry (14 px patches, 2 frames per temporal patch, 2x2 merge units,
+# 32 vision blocks; Qwen2.5-VL's 112 px windows and full-attention blocks 7, 15, 23, 31) at toy widths.
+QWEN_VISION_GEOMETRY = dict(depth=32, patch_size=14, temporal_patch_size=2, spatial_merge_size=2, in_channels=3)
+QWEN2_5_WINDOW_GEOMETRY = dict(window_size=112, fullatt_block_indexes=[7, 15, 23, 31])
+QWEN_TOKEN_IDS = dict(image_token_id=0, video_token_id=0, vision_start_token_id=0, vision_end_token_id=0)
+
+
+def tiny_qwen_vl_config(version: str = "2", vocab_size: int = 300, **token_ids: int):
+    """A tiny ``Qwen2VLConfig`` (``version="2"``) or ``Qwen2_5_VLConfig`` (``"2.5"``) with the real vision geometry.
+
+    ``token_ids`` sets ``image_token_id``, ``video_token_id``, ``vision_start_token_id`` and ``vision_end_token_id``.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
+
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        bos_token_id=None,  # the stock defaults (151643, ...) lie outside a tiny vocabulary
+        eos_token_id=None,
+    )
+    ids = {**QWEN_TOKEN_IDS, **token_ids}
+    if version == "2":
+        vision_config = dict(embed_dim=32, hidden_size=64, mlp_ratio=2, num_heads=2, **QWEN_VISION_GEOMETRY)
+        return Qwen2VLConfig(vision_config=vision_config, text_config=text_config, bos_token_id=None, eos_token_id=None, **ids)
+    if version == "2.5":
+        vision_config = dict(
+            hidden_size=32, intermediate_size=64, out_hidden_size=64, num_heads=2, **QWEN_VISION_GEOMETRY,
+            **QWEN2_5_WINDOW_GEOMETRY,
+        )
+        return Qwen2_5_VLConfig(
+            vision_config=vision_config, text_config=text_config, bos_token_id=None, eos_token_id=None, **ids
+        )
+    raise ValueError(f"Qwen-VL version must be '2' or '2.5', got {version!r}")

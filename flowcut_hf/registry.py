@@ -21,12 +21,23 @@ from transformers import (
     LlavaProcessor,
     PretrainedConfig,
     ProcessorMixin,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2_5_VLProcessor,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLModel,
+    Qwen2VLProcessor,
 )
 
 from .modeling import configuration_flowcut_llava as llava_config
 from .modeling import configuration_flowcut_llava_next as next_config
 from .modeling import modeling_flowcut_llava as llava_modeling
+from .modeling import configuration_flowcut_qwen2_vl as qwen_config
 from .modeling import modeling_flowcut_llava_next as next_modeling
+from .modeling import modeling_flowcut_qwen2_vl as qwen_modeling
+from .modeling.flowcut_clip import check_clip_vision_tower
 from .modeling.flowcut_remote_code import remote_code_files
 from .modeling.processing_flowcut_llava import FlowCutLlavaProcessor
 
@@ -61,6 +72,17 @@ def next_unpruned_image_tokens(config: PretrainedConfig) -> int:
     return max(next_modeling.stock_token_count(config, pinpoint) for pinpoint in config.image_grid_pinpoints)
 
 
+def qwen_unpruned_image_tokens(config: PretrainedConfig) -> int:
+    """Qwen2-VL / Qwen2.5-VL: the most merge units the stock processor gives an image (its default max_pixels,
+    12845056 px, in 28 x 28 px units)."""
+    merge_pixels = (config.vision_config.patch_size * config.vision_config.spatial_merge_size) ** 2
+    return 12845056 // merge_pixels
+
+
+def any_vision_tower(vision_config: PretrainedConfig) -> None:
+    """Families whose adapter is written for their own vision tower need no check."""
+
+
 def unchanged_stock_processor(stock_class: type) -> Callable[..., ProcessorMixin]:
     """Families whose model shortens the sequence itself keep the stock processor as it is."""
 
@@ -90,8 +112,10 @@ class FlowCutFamily:
         unpruned_image_tokens: ``config -> int``, the visual tokens of an image without pruning (the most an image
             can have, for families whose count depends on the image size).
         field_validators: every ``flowcut_*`` config field of the family and its validator.
-        default_target_num: the paper's default for the family.
+        default_target_num: the paper's default for the family; None for families that default to a ratio.
         llm_stage: whether the family prunes inside the language model too (``flowcut_llm_prune_layer``).
+        check_vision_tower: ``vision_config -> None``, raises if the adapter cannot prune this vision tower.
+        default_retain_ratio: families with per-image token counts: the default share kept per image.
     """
 
     name: str
@@ -110,8 +134,10 @@ class FlowCutFamily:
     processor_class_name: str
     unpruned_image_tokens: Callable[[PretrainedConfig], int]
     field_validators: Mapping[str, Callable[[object], object]]
-    default_target_num: int
+    default_target_num: int | None
     llm_stage: bool
+    check_vision_tower: Callable[[PretrainedConfig], None] = check_clip_vision_tower
+    default_retain_ratio: float | None = None
 
     def config_from_dict(self, data: Mapping[str, Any]) -> PretrainedConfig:
         """The stock config of a ``config.json`` dict (FlowCut fields and ``auto_map`` are kept as extra attributes)."""
@@ -121,9 +147,18 @@ class FlowCutFamily:
         """The remote-code files a saved folder of this family holds."""
         return remote_code_files(self.remote_code_entry_files)
 
-    def flowcut_fields(self, target_num: int, **settings: Any) -> dict[str, Any]:
-        """Validated ``flowcut_*`` config fields for ``target_num`` and the given settings (short names)."""
+    def flowcut_fields(self, target_num: int | None, **settings: Any) -> dict[str, Any]:
+        """Validated ``flowcut_*`` config fields for ``target_num`` and the given settings (short names).
+
+        For a family with a retain ratio, a count clears the ratio's effect (the count wins) and a ratio clears the
+        count, so the fields always say one amount.
+        """
         fields = {"flowcut_target_num": target_num, **{f"flowcut_{k}": v for k, v in settings.items() if v is not None}}
+        if "flowcut_retain_ratio" in self.field_validators:
+            if target_num is None:
+                fields.setdefault("flowcut_retain_ratio", self.default_retain_ratio)
+            elif fields.get("flowcut_retain_ratio") is not None:
+                raise ValueError("give target_num or retain_ratio, not both: each sets how many tokens an image keeps")
         for name, value in fields.items():
             validator = self.field_validators.get(name)
             if validator is None:
@@ -173,6 +208,36 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         field_validators=next_config.NEXT_FIELD_VALIDATORS,
         default_target_num=next_config.DEFAULT_NEXT_TARGET_NUM,
         llm_stage=True,
+    ),
+    *(
+        FlowCutFamily(
+            name=name,
+            display_name=display_name,
+            model_type=model_type,
+            stock_model_class=stock_model,
+            stock_inner_class=stock_inner,
+            stock_config_class=stock_config,
+            stock_processor_class=stock_processor,
+            model_class=getattr(qwen_modeling, f"FlowCut{stem}ForConditionalGeneration"),
+            inner_model_class=getattr(qwen_modeling, f"FlowCut{stem}Model"),
+            config_class=getattr(qwen_config, f"FlowCut{stem}Config"),
+            auto_map=auto_map,
+            remote_code_entry_files=qwen_modeling.REMOTE_CODE_ENTRY_FILES,
+            processor_for=unchanged_stock_processor(stock_processor),
+            processor_class_name=stock_processor.__name__,
+            unpruned_image_tokens=qwen_unpruned_image_tokens,
+            field_validators=qwen_config.QWEN_FIELD_VALIDATORS,
+            default_target_num=None,
+            llm_stage=True,
+            check_vision_tower=any_vision_tower,
+            default_retain_ratio=qwen_config.DEFAULT_QWEN_RETAIN_RATIO,
+        )
+        for name, display_name, model_type, stem, stock_model, stock_inner, stock_config, stock_processor, auto_map in (
+            ("qwen2_vl", "Qwen2-VL", "qwen2_vl", "Qwen2VL", Qwen2VLForConditionalGeneration, Qwen2VLModel,
+             Qwen2VLConfig, Qwen2VLProcessor, qwen_modeling.AUTO_MAP_QWEN2_VL),
+            ("qwen2_5_vl", "Qwen2.5-VL", "qwen2_5_vl", "Qwen2_5_VL", Qwen2_5_VLForConditionalGeneration,
+             Qwen2_5_VLModel, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, qwen_modeling.AUTO_MAP_QWEN2_5_VL),
+        )
     ),
 )
 

@@ -22,7 +22,7 @@ from transformers import (
 )
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
-from .presets import tiny_llava_config, tiny_llava_next_config
+from .presets import tiny_llava_config, tiny_llava_next_config, tiny_qwen_vl_config
 
 CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -199,3 +199,100 @@ def synthetic_image(seed: int = 0, size: tuple[int, int] = (336, 336)) -> Image.
         blob = (y - cy) ** 2 + (x - cx) ** 2 < radius**2
         image[blob] = rng.integers(0, 256, size=3)
     return Image.fromarray(image.clip(0, 255).astype(np.uint8))
+
+
+QWEN_SPECIAL_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def build_tiny_qwen_tokenizer() -> TokenizersBackend:
+    """A byte-level tokenizer like :func:`build_tiny_tokenizer`, with Qwen-VL's vision tokens after the bytes."""
+    byte_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + byte_alphabet + QWEN_SPECIAL_TOKENS)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = TokenizersBackend(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
+        padding_side="left",
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
+    return tokenizer
+
+
+def build_tiny_qwen_processor(tokenizer: TokenizersBackend | None = None, version: str = "2"):
+    """The stock Qwen2-VL (or Qwen2.5-VL) processor around :func:`build_tiny_qwen_tokenizer`, with a pixel budget
+    small enough for CPU tests (at most 64 merge units of 28 x 28 px per image).
+
+    It has no video processor (the stock one needs torchvision); :func:`tiny_qwen_video_inputs` builds video inputs.
+    """
+    from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_qwen_tokenizer()
+    pixels = {"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28}
+    stock_class = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
+
+    class ImageOnlyProcessor(stock_class):
+        def check_argument_for_proper_class(self, attribute_name, arg):
+            # Without torchvision transformers cannot even look the video processor class up.
+            if attribute_name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(attribute_name, arg)
+
+    ImageOnlyProcessor.__name__ = stock_class.__name__
+    return ImageOnlyProcessor(
+        image_processor=Qwen2VLImageProcessorPil(size=pixels),
+        tokenizer=tokenizer,
+        video_processor=None,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+
+
+def build_tiny_qwen_vl(version: str = "2", seed: int = 0, qk_weight_scale: float = QK_WEIGHT_SCALE):
+    """A random tiny stock ``Qwen2VLForConditionalGeneration`` (``version="2"``) or
+    ``Qwen2_5_VLForConditionalGeneration`` (``"2.5"``) with the real vision geometry, and its stock processor."""
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
+    tokenizer = build_tiny_qwen_tokenizer()
+    ids = {
+        name: tokenizer.convert_tokens_to_ids(token)
+        for name, token in (
+            ("image_token_id", "<|image_pad|>"),
+            ("video_token_id", "<|video_pad|>"),
+            ("vision_start_token_id", "<|vision_start|>"),
+            ("vision_end_token_id", "<|vision_end|>"),
+        )
+    }
+    config = tiny_qwen_vl_config(version, vocab_size=len(tokenizer), **ids)
+    for holder in (config, config.text_config):
+        holder.pad_token_id = tokenizer.pad_token_id
+        holder.bos_token_id = tokenizer.bos_token_id
+        holder.eos_token_id = tokenizer.eos_token_id
+    model_class = Qwen2VLForConditionalGeneration if version == "2" else Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(seed)
+    model = model_class(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.model.visual.named_parameters():
+            if name.endswith("attn.qkv.weight"):
+                # Scale the query and key rows only (the value rows stay): the same sharpening as CLIP's q/k.
+                third = parameter.shape[0] // 3
+                parameter[: 2 * third].mul_(qk_weight_scale)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model, build_tiny_qwen_processor(tokenizer, version)

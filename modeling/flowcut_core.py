@@ -108,6 +108,22 @@ def compute_layer_signals(
     )
 
 
+def mean_query_signals(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scaling: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FlowCut's signals for an encoder without a global token (Qwen2-VL's ViT), in O(N).
+
+    The global query is the mean of the tokens' own (rotary-embedded) queries, per head. Takes one image's
+    ``[tokens, heads, head_dim]`` projections; returns float32 ``(attention, value_l1)``, each ``[tokens]``: the
+    head-mean softmax of the global query over the tokens' keys, and the L1 norm of each head-mean value.
+    """
+    query_global = queries.float().mean(dim=0)
+    logits = torch.einsum("shd,hd->hs", keys.float(), query_global * scaling)
+    attention = logits.softmax(dim=-1).mean(dim=0)
+    value_l1 = values.float().mean(dim=1).abs().sum(dim=-1)
+    return attention, value_l1
+
+
 def fused_score(signals: LayerSignals) -> torch.Tensor:
     """FlowCut's multi-criteria score: (normalised CLS attention + normalised semantic attention) x value L1."""
     attention = signals.cls_attention / signals.cls_attention.sum(dim=-1, keepdim=True)
@@ -190,7 +206,21 @@ class FlowCutSelector:
 
     def after_layer(self, layer_idx: int, hidden_states: torch.Tensor, signals: LayerSignals) -> torch.Tensor:
         """Updates the cumulative score with this layer's signals and prunes if this is a pruning layer."""
-        score = fused_score(signals)
+        kept = self.step(layer_idx, fused_score(signals), signals.cls_attention)
+        if kept is None:
+            return hidden_states
+        prefix = hidden_states[:, : self.num_prefix_tokens]
+        patches = hidden_states[:, self.num_prefix_tokens :]
+        gather_index = kept.to(hidden_states.device).unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
+        return torch.cat([prefix, patches.gather(1, gather_index)], dim=1)
+
+    def step(self, layer_idx: int, score: torch.Tensor, global_attention: torch.Tensor) -> torch.Tensor | None:
+        """Folds one layer's ``score`` ``[batch, patches]`` into the cumulative score and, at a pruning layer, selects.
+
+        ``global_attention`` (the global token's attention over the current patches) sets the adaptive count.
+        Returns the kept positions among the current patches, ascending, ``[batch, kept]``, or None if nothing is
+        dropped at this layer; :attr:`keep_indices` and the cumulative score follow the selection.
+        """
         if self.cumulative_score is None:
             # The reference starts from the first score itself, not from half of it.
             self.cumulative_score = score
@@ -199,25 +229,22 @@ class FlowCutSelector:
 
         remaining_layers = self.last_layer - layer_idx - 1
         if remaining_layers < 0 or remaining_layers % self.prune_interval != 0:
-            return hidden_states
+            return None
 
-        current_length = hidden_states.shape[1]
+        current_length = self.current_length
         if remaining_layers == 0:
             prune_count = current_length
         else:
             prune_count = adaptive_prune_count(
-                signals.cls_attention, remaining_layers, self.target_length - self.num_prefix_tokens
+                global_attention, remaining_layers, self.target_length - self.num_prefix_tokens
             )
         keep_length = max(current_length - prune_count, self.target_length)
         keep_patches = keep_length - self.num_prefix_tokens
         if keep_patches >= current_length - self.num_prefix_tokens:
-            return hidden_states
+            return None
 
-        # Sorting keeps the survivors in raster order, which is all the position information LLaVA's LLM gets.
+        # Sorting keeps the survivors in their order, which is all the position information LLaVA's LLM gets.
         kept = top_k_in_order(self.cumulative_score, keep_patches)
         self.cumulative_score = self.cumulative_score.gather(1, kept)
         self.keep_indices = self.keep_indices.gather(1, kept.to(self.keep_indices.device))
-        prefix = hidden_states[:, : self.num_prefix_tokens]
-        patches = hidden_states[:, self.num_prefix_tokens :]
-        gather_index = kept.to(hidden_states.device).unsqueeze(-1).expand(-1, -1, hidden_states.shape[-1])
-        return torch.cat([prefix, patches.gather(1, gather_index)], dim=1)
+        return kept

@@ -12,7 +12,8 @@ lengths differ while transformers builds one causal mask from layer 0. :func:`ru
 decoder layers itself, group by group, with one padding mask, one set of positions and one causal mask per group.
 Every group's batch is left-aligned (each row's tokens are its last columns), as generation appends on the right.
 Positions are compacted within each group (a token's position is the number of real tokens before it in its
-group), as the authors' code does.
+group), as the authors' code does on LLaVA-NeXT, unless the tokens carry their own rotary positions
+(:data:`ROPE_POSITION`, Qwen2-VL's (t, h, w) M-RoPE positions): those stay with each token whatever is dropped.
 
 What a later call (a decoding step) needs is :class:`LayerGroupsState`: each group's padding mask over what its
 layers have cached, and the prompt length of the prefill. Models return it in their output and take it back as
@@ -44,6 +45,8 @@ MASK_FACTORIES: dict[str, Callable] = {
 INPUT_POSITION = "input_position"  # column of the forward's input the token came from, -1 for padding
 IMAGE_INDEX = "image_index"  # index of the image a prunable visual token belongs to, -1 otherwise
 IS_ANCHOR = "is_anchor"  # the text token whose query and value score the visual tokens (last prompt token)
+ROPE_POSITION = "rope_position"  # optional: [batch, length, axes] rotary positions that stay with each token
+ROPE_AXES = 3  # M-RoPE's (temporal, height, width); a text token has the same position on every axis
 
 
 @dataclass
@@ -57,11 +60,14 @@ class LayerGroupsState:
         prompt_length: input columns of the prefill call. A later call without a cache re-reads the whole
             sequence; it scores with the same (last prompt) token as the prefill did, so cached and uncached decoding
             agree.
+        next_rope_positions: ``[batch]``, for tokens that carry their rotary positions: the position the next
+            appended token gets when the caller passes none (one past the last real token's).
     """
 
     group_starts: tuple[int, ...]
     padding_masks: tuple[torch.Tensor, ...]
     prompt_length: int
+    next_rope_positions: torch.Tensor | None = None
 
 
 @dataclass
@@ -73,7 +79,7 @@ class TokenLayout:
     mask: torch.Tensor
     """``[batch, length]`` bool, True for real tokens; row ``b``'s tokens are its last ``mask[b].sum()`` columns."""
     info: dict[str, torch.Tensor]
-    """Per-token metadata, each ``[batch, length]``."""
+    """Per-token metadata, each ``[batch, length, ...]``."""
 
     def select(self, keep: torch.Tensor) -> "TokenLayout":
         """Keeps the tokens where ``keep`` is True, left-aligned again."""
@@ -81,12 +87,14 @@ class TokenLayout:
         hidden_index = index.to(self.hidden_states.device).unsqueeze(-1).expand(-1, -1, self.hidden_states.shape[-1])
         info = {}
         for name, values in self.info.items():
-            gathered = values.gather(1, index.to(values.device))
-            info[name] = gathered.masked_fill(~mask.to(values.device), PAD_VALUES[name])
+            trailing = values.shape[2:]
+            value_index = index.to(values.device).view(*index.shape, *(1,) * len(trailing)).expand(-1, -1, *trailing)
+            value_mask = mask.to(values.device).view(*mask.shape, *(1,) * len(trailing))
+            info[name] = values.gather(1, value_index).masked_fill(~value_mask, PAD_VALUES[name])
         return TokenLayout(self.hidden_states.gather(1, hidden_index), mask, info)
 
 
-PAD_VALUES = {INPUT_POSITION: -1, IMAGE_INDEX: -1, IS_ANCHOR: False}
+PAD_VALUES = {INPUT_POSITION: -1, IMAGE_INDEX: -1, IS_ANCHOR: False, ROPE_POSITION: 0}
 
 
 def left_aligned_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,13 +119,14 @@ def splice_image_features(
     placeholder_counts: Sequence[int],
     prunable: Sequence[bool],
     prompt_length: int | None = None,
+    kept_offsets: Sequence[torch.Tensor] | None = None,
 ) -> TokenLayout:
     """Replaces each image's placeholder span by its visual features, dropping the placeholders left over.
 
     The ``i``-th image owns the ``i``-th run of ``placeholder_counts[i]`` placeholders, counted in row-major order
     over the batch, as stock LLaVA assigns features; its first ``len(image_features[i])`` placeholders become its
-    features and the rest of its span is dropped. Padding (``attention_mask`` 0) is dropped too, and every row is
-    left-aligned again.
+    features (or, with ``kept_offsets``, the placeholders at those offsets within its span) and the rest of its span
+    is dropped. Padding (``attention_mask`` 0) is dropped too, and every row is left-aligned again.
 
     Args:
         inputs_embeds: ``[batch, length, hidden]``, the embedded input with placeholders.
@@ -127,6 +136,8 @@ def splice_image_features(
         placeholder_counts: per image, how many placeholders the processor emitted for it.
         prunable: per image, whether its visual tokens may be dropped later (by a :class:`TokenDropper`).
         prompt_length: only columns before it may be the anchor (the last prompt token); all columns by default.
+        kept_offsets: per image, the ascending offsets within its span that its features fill (Qwen2-VL keeps each
+            kept token at the placeholder of its own merge unit, so it keeps that placeholder's column and position).
     """
     batch, length = placeholder_mask.shape
     device = placeholder_mask.device
@@ -150,7 +161,14 @@ def splice_image_features(
 
     rank = placeholder_mask.flatten().long().cumsum(0).view(batch, length) - 1
     owner = torch.searchsorted(span_ends, rank.clamp(min=0), right=True).clamp(max=max(len(counts) - 1, 0))
-    if len(counts):
+    if len(counts) and kept_offsets is not None:
+        offset_flags = torch.zeros(int(counts.sum()), dtype=torch.bool, device=device)
+        for start, offsets, count in zip(span_starts.tolist(), kept_offsets, kept_counts.tolist()):
+            if len(offsets) != count:
+                raise ValueError("an image's kept offsets and features differ in number; this is a bug in the adapter")
+            offset_flags[start + offsets.to(device)] = True
+        kept_placeholder = placeholder_mask & offset_flags[rank.clamp(min=0)]
+    elif len(counts):
         offset = rank - span_starts[owner]
         kept_placeholder = placeholder_mask & (offset < kept_counts[owner])
     else:
@@ -176,8 +194,14 @@ def splice_image_features(
     return layout.select(keep)
 
 
-def continuation_layout(inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None) -> TokenLayout:
-    """The layout of new tokens appended to a cache (a decoding step, or text continuing a conversation)."""
+def continuation_layout(
+    inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, rope_positions: torch.Tensor | None = None
+) -> TokenLayout:
+    """The layout of new tokens appended to a cache (a decoding step, or text continuing a conversation).
+
+    ``rope_positions`` (``[batch, length, axes]``) are carried rotary positions for families that use them; None for
+    compacted positions, or to let :func:`run_layer_groups` continue from the state's ``next_rope_positions``.
+    """
     batch, length = inputs_embeds.shape[:2]
     device = inputs_embeds.device
     mask = (
@@ -191,6 +215,8 @@ def continuation_layout(inputs_embeds: torch.Tensor, attention_mask: torch.Tenso
         IMAGE_INDEX: torch.full_like(columns, -1),
         IS_ANCHOR: torch.zeros_like(mask),
     }
+    if rope_positions is not None:
+        info[ROPE_POSITION] = rope_positions.to(device)
     return TokenLayout(inputs_embeds, mask, info)
 
 
@@ -280,6 +306,10 @@ def run_layer_groups(
     bounds = list(group_starts) + [len(layers)]
     padding_masks = []
     position_embeddings = None
+    carries_positions = past_state is not None and past_state.next_rope_positions is not None
+    if carries_positions and ROPE_POSITION not in layout.info:
+        layout = continue_rope_positions(layout, past_state.next_rope_positions)
+    carries_positions = ROPE_POSITION in layout.info
     for group, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         if group > 0 and dropper is not None:
             layout = layout.select(dropper.select(start, layout, position_embeddings))
@@ -291,9 +321,15 @@ def run_layer_groups(
             else mask.new_zeros(mask.shape[0], 0)
         )
         full_mask = torch.cat([past_mask, mask], dim=1)
-        positions = past_mask.sum(dim=-1, keepdim=True) + mask.long().cumsum(dim=-1) - 1
-        positions = positions.masked_fill(~mask, 0)
-        position_embeddings = language_model.rotary_emb(hidden_states, position_ids=positions)
+        if carries_positions:
+            # M-RoPE: [axes, batch, length]; the layers and masks then get no 1-D positions, as from the stock model.
+            rope_positions = layout.info[ROPE_POSITION].to(hidden_states.device).permute(2, 0, 1)
+            position_embeddings = language_model.rotary_emb(hidden_states, position_ids=rope_positions)
+            positions = None
+        else:
+            positions = past_mask.sum(dim=-1, keepdim=True) + mask.long().cumsum(dim=-1) - 1
+            positions = positions.masked_fill(~mask, 0)
+            position_embeddings = language_model.rotary_emb(hidden_states, position_ids=positions)
         causal_masks: dict[str, object] = {}
         for layer_idx in range(start, end):
             kind = kinds[layer_idx]
@@ -323,6 +359,7 @@ def run_layer_groups(
         tuple(group_starts),
         tuple(padding_masks),
         past_state.prompt_length if past_state is not None else prompt_length,
+        next_rope_positions(layout, past_state) if carries_positions else None,
     )
     return LayerGroupsOutput(
         last_hidden_state=language_model.norm(layout.hidden_states),
@@ -331,6 +368,76 @@ def run_layer_groups(
         token_info=layout.info,
         state=state,
     )
+
+
+def continue_rope_positions(layout: TokenLayout, next_positions: torch.Tensor) -> TokenLayout:
+    """Gives appended tokens consecutive rotary positions (equal on every axis) from ``next_positions`` ``[batch]``."""
+    mask = layout.mask
+    positions = next_positions.to(mask.device).unsqueeze(-1) + mask.long().cumsum(dim=-1) - 1
+    positions = positions.masked_fill(~mask, 0).unsqueeze(-1).expand(-1, -1, ROPE_AXES)
+    return TokenLayout(layout.hidden_states, mask, {**layout.info, ROPE_POSITION: positions})
+
+
+def next_rope_positions(layout: TokenLayout, past_state: LayerGroupsState | None) -> torch.Tensor:
+    """One past the largest rotary position of each row's real tokens (and of what the cache already holds)."""
+    positions = layout.info[ROPE_POSITION].masked_fill(~layout.mask.to(layout.info[ROPE_POSITION].device).unsqueeze(-1), -1)
+    following = positions.amax(dim=(1, 2)) + 1
+    if past_state is not None and past_state.next_rope_positions is not None:
+        following = torch.maximum(following, past_state.next_rope_positions.to(following.device))
+    return following
+
+
+def follow_input_positions(values: torch.Tensor, input_positions: torch.Tensor, fill) -> torch.Tensor:
+    """Gathers per-column ``values`` ``[batch, input_length]`` into the pruned layout; padding gets ``fill``."""
+    positions = input_positions.to(values.device)
+    return values.gather(1, positions.clamp(min=0)).masked_fill(positions < 0, fill)
+
+
+def resolved_use_cache(model: nn.Module, text_config, use_cache: bool | None) -> bool:
+    """``use_cache`` as the stock language model would resolve it (its config, off under gradient checkpointing)."""
+    if use_cache is None:
+        use_cache = bool(getattr(text_config, "use_cache", True))
+    language_model = getattr(model, "language_model", model)
+    return use_cache and not (model.training and getattr(language_model, "gradient_checkpointing", False))
+
+
+def check_stock_continuation(past_key_values, new_tokens: int, attention_mask: torch.Tensor | None) -> None:
+    """A cache whose layers differ in length came from a pruned prefill; continuing it needs its flowcut_state."""
+    past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+    if past_length == 0:
+        return
+    lengths = {past_key_values.get_seq_length(layer) for layer in range(len(past_key_values.layers))}
+    mismatched_mask = attention_mask is not None and attention_mask.shape[1] != past_length + new_tokens
+    if len(lengths) > 1 or mismatched_mask:
+        raise ValueError(
+            "past_key_values comes from a forward call that pruned visual tokens, so its layers hold a shortened "
+            "sequence: pass that call's output.flowcut_state as flowcut_state= together with its "
+            "past_key_values (generate() does this itself)."
+        )
+
+
+class LayerGroupsGenerationMixin:
+    """``generate()`` support for models that run their decoder with :func:`run_layer_groups`.
+
+    Decoding steps continue the pruned per-group layout (``flowcut_state``), and the prompt is read in one forward
+    call, since the LLM stage scores with its last token. ``self.model.flowcut_settings()`` says whether pruning is on.
+    """
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
+        )
+        if getattr(outputs, "flowcut_state", None) is not None:
+            model_kwargs["flowcut_state"] = outputs.flowcut_state
+        return model_kwargs
+
+    def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
+        if generation_config.prefill_chunk_size is not None and self.model.flowcut_settings().enabled:
+            raise ValueError(
+                "FlowCut scores visual tokens with the last prompt token, so the prompt must be read in one forward "
+                "call: pass prefill_chunk_size=None."
+            )
+        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=is_first_iteration)
 
 
 def rotate_half_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -352,11 +459,20 @@ class FlowCutLLMPruner:
     itself runs unchanged on every token; its q/k/v projections are read with hooks, so any attention backend works.
 
     After :meth:`select`, :attr:`keep_indices` maps each image index to its kept positions within its visual span.
+    ``image_targets`` (image index -> count) overrides ``target_num`` for the images it names (Qwen2-VL sets the
+    retained amount per image).
     """
 
-    def __init__(self, score_layer: int, target_num: int, apply_rotary: Callable = rotate_half_rope):
+    def __init__(
+        self,
+        score_layer: int,
+        target_num: int,
+        apply_rotary: Callable = rotate_half_rope,
+        image_targets: dict[int, int] | None = None,
+    ):
         self.score_layer = score_layer
         self.target_num = target_num
+        self.image_targets = dict(image_targets or {})
         self.apply_rotary = apply_rotary
         self.keep_indices: dict[int, torch.Tensor] = {}
         self._projections: tuple[nn.Module, list] | None = None
@@ -402,7 +518,8 @@ class FlowCutLLMPruner:
                 query_value = values[row, anchor].repeat_interleave(group_size, dim=1)
                 for image in images:
                     columns = (image_index[row] == image).nonzero().squeeze(-1)
-                    if columns.numel() <= self.target_num:
+                    target = self.image_targets.get(image, self.target_num)
+                    if columns.numel() <= target:
                         self.keep_indices[image] = torch.arange(columns.numel(), device=columns.device)
                         continue
                     # repeat_kv: every query head reads its key/value group's head, as the attention does.
@@ -418,7 +535,7 @@ class FlowCutLLMPruner:
                         value_global=query_value,
                         semantic_scaling=attention.scaling,
                     )
-                    kept = top_k_in_order(fused_score(signals)[0], self.target_num)
+                    kept = top_k_in_order(fused_score(signals)[0], target)
                     keep[row, columns] = False
                     keep[row, columns[kept]] = True
                     self.keep_indices[image] = kept
@@ -430,13 +547,18 @@ __all__ = [
     "IMAGE_INDEX",
     "INPUT_POSITION",
     "IS_ANCHOR",
+    "LayerGroupsGenerationMixin",
     "LayerGroupsOutput",
     "LayerGroupsState",
+    "ROPE_POSITION",
     "TokenDropper",
     "TokenLayout",
+    "check_stock_continuation",
     "check_supported_cache",
     "continuation_layout",
+    "follow_input_positions",
     "left_aligned_index",
+    "resolved_use_cache",
     "rotate_half_rope",
     "run_layer_groups",
     "splice_image_features",

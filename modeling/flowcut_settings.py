@@ -7,6 +7,7 @@ A config class of any family declares the fields (typed ``Any``, see below) and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -89,10 +90,12 @@ class FlowCutSettings:
     """The FlowCut settings a forward pass runs with, read once from the config."""
 
     enabled: bool
-    target_num: int
+    target_num: int | None
     prune_interval: int = DEFAULT_PRUNE_INTERVAL
     history_weight: float = DEFAULT_HISTORY_WEIGHT
     llm_prune_layer: int = DEFAULT_LLM_PRUNE_LAYER
+    retain_ratio: float | None = None
+    """Families with per-image token counts (Qwen2-VL): the share kept when ``target_num`` is None."""
 
     @classmethod
     def from_config(cls, config, default_target_num: int = DEFAULT_TARGET_NUM) -> "FlowCutSettings":
@@ -103,7 +106,17 @@ class FlowCutSettings:
             prune_interval=getattr(config, "flowcut_prune_interval", DEFAULT_PRUNE_INTERVAL),
             history_weight=getattr(config, "flowcut_history_weight", DEFAULT_HISTORY_WEIGHT),
             llm_prune_layer=getattr(config, "flowcut_llm_prune_layer", DEFAULT_LLM_PRUNE_LAYER),
+            retain_ratio=getattr(config, "flowcut_retain_ratio", None),
         )
+
+    def retained(self, available: int) -> int:
+        """How many of ``available`` tokens an image keeps: ``target_num``, else ``retain_ratio`` of them (rounded
+        half up, at least one); never more than ``available``."""
+        if self.target_num is not None:
+            return min(self.target_num, available)
+        if self.retain_ratio is None:
+            raise ValueError("set flowcut_target_num or flowcut_retain_ratio: neither says how many tokens to keep")
+        return min(available, max(1, math.floor(self.retain_ratio * available + 0.5)))
 
 
 def configure_flowcut_fields(config, validators: dict[str, Callable[[object], object]], **changes: object) -> None:

@@ -44,8 +44,12 @@ from .flowcut_llm_stage import (
     IMAGE_INDEX,
     INPUT_POSITION,
     FlowCutLLMPruner,
+    LayerGroupsGenerationMixin,
     LayerGroupsState,
+    check_stock_continuation,
     continuation_layout,
+    follow_input_positions,
+    resolved_use_cache,
     run_layer_groups,
     splice_image_features,
 )
@@ -253,12 +257,6 @@ class FlowCutLlavaNextCausalLMOutputWithPast(LlavaNextCausalLMOutputWithPast):
     input_positions: torch.LongTensor | None = None
 
 
-def follow_input_positions(values: torch.Tensor, input_positions: torch.Tensor, fill) -> torch.Tensor:
-    """Gathers per-column ``values`` ``[batch, input_length]`` into the pruned layout; padding gets ``fill``."""
-    positions = input_positions.to(values.device)
-    return values.gather(1, positions.clamp(min=0)).masked_fill(positions < 0, fill)
-
-
 # ------------------------------------------------------------------------------------------------ models
 
 
@@ -445,7 +443,8 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, flowcut_state, settings, kwargs
             )
         if image_output is None or not any(image_output.prunable):
-            self.check_stock_continuation(past_key_values, past_length, attention_mask, input_ids, inputs_embeds)
+            new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            check_stock_continuation(past_key_values, new_tokens, attention_mask)
             stock_images = {"image": image_output} if image_output is not None else None
             output = LlavaNextModel.forward(self, mm_encoder_outputs=stock_images, **stock_kwargs)
             if image_output is None:
@@ -474,7 +473,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             image_output.prunable,
             prompt_length=prompt_length,
         )
-        use_cache = self.resolved_use_cache(use_cache)
+        use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
         if use_cache and past_key_values is None:
             past_key_values = DynamicCache(config=self.config)
         pruner = FlowCutLLMPruner(settings.llm_prune_layer, settings.target_num)
@@ -506,16 +505,10 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             flowcut_state.group_starts,
             past_state=flowcut_state,
             past_key_values=past_key_values,
-            use_cache=self.resolved_use_cache(use_cache),
+            use_cache=resolved_use_cache(self, self.config.text_config, use_cache),
             **kwargs,
         )
         return self.pruned_output(output, None, None)
-
-    def resolved_use_cache(self, use_cache: bool | None) -> bool:
-        """``use_cache`` as the stock language model would resolve it (its config, off under gradient checkpointing)."""
-        if use_cache is None:
-            use_cache = bool(getattr(self.config.text_config, "use_cache", True))
-        return use_cache and not (self.training and getattr(self.language_model, "gradient_checkpointing", False))
 
     @staticmethod
     def pruned_output(output, llm_keep_indices, image_features) -> FlowCutLlavaNextModelOutputWithPast:
@@ -541,23 +534,9 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 "images, with one <image> per image in the prompt."
             )
 
-    @staticmethod
-    def check_stock_continuation(past_key_values, past_length, attention_mask, input_ids, inputs_embeds) -> None:
-        """A cache whose layers differ in length came from a pruned prefill; continuing it needs its flowcut_state."""
-        if past_length == 0:
-            return
-        lengths = {past_key_values.get_seq_length(layer) for layer in range(len(past_key_values.layers))}
-        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        mismatched_mask = attention_mask is not None and attention_mask.shape[1] != past_length + new_tokens
-        if len(lengths) > 1 or mismatched_mask:
-            raise ValueError(
-                "past_key_values comes from a forward call that pruned visual tokens, so its layers hold a shortened "
-                "sequence: pass that call's output.flowcut_state as flowcut_state= together with its "
-                "past_key_values (generate() does this itself)."
-            )
-
-
-class FlowCutLlavaNextForConditionalGeneration(RemoteCodeSavingMixin, LlavaNextForConditionalGeneration):
+class FlowCutLlavaNextForConditionalGeneration(
+    LayerGroupsGenerationMixin, RemoteCodeSavingMixin, LlavaNextForConditionalGeneration
+):
     """[`LlavaNextForConditionalGeneration`] that prunes visual tokens with FlowCut (see [`FlowCutLlavaNextModel`])."""
 
     config_class = FlowCutLlavaNextConfig
@@ -645,23 +624,6 @@ class FlowCutLlavaNextForConditionalGeneration(RemoteCodeSavingMixin, LlavaNextF
             llm_keep_indices=getattr(outputs, "llm_keep_indices", None),
             input_positions=input_positions,
         )
-
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs = super()._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder=is_encoder_decoder, num_new_tokens=num_new_tokens
-        )
-        # The decoding steps continue the pruned per-group layout, not the input's.
-        if getattr(outputs, "flowcut_state", None) is not None:
-            model_kwargs["flowcut_state"] = outputs.flowcut_state
-        return model_kwargs
-
-    def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
-        if generation_config.prefill_chunk_size is not None and self.model.flowcut_settings().enabled:
-            raise ValueError(
-                "FlowCut on LLaVA-NeXT scores visual tokens with the last prompt token, so the prompt must be read in "
-                "one forward call: pass prefill_chunk_size=None."
-            )
-        return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=is_first_iteration)
 
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
         image_output = mm_encoder_output.get("image")

@@ -1,0 +1,785 @@
+"""Qwen2-VL and Qwen2.5-VL with FlowCut visual-token pruning in two stages, as Hugging Face remote code.
+
+1. **Vision stage** (:func:`encode_qwen_vision_with_flowcut`): the ViT's own blocks run unchanged; between them
+   FlowCut drops whole *merge units*, the 2x2 patches the PatchMerger fuses into one LLM token, so the ViT's own merger
+   always receives real 2x2 blocks. Each image (each video frame, as the ViT attends frame by frame) is scored on its
+   own, respecting ``cu_seqlens``: its global query is the mean of its tokens' per-head queries, a patch scores its
+   global attention times the L1 norm of its head-mean value, and a unit the sum of its four patches. The cumulative
+   0.5/0.5 score and the entropy-adaptive count follow CLIP's schedule, counted back from the last block, where the
+   cut reaches twice the image's target. Qwen2.5-VL's window attention keeps working: its windows are recounted after
+   every drop, so they may shrink, but attention never crosses a window, a frame or an image.
+2. **LLM stage** (:class:`FlowCutLLMPruner`, run by :func:`run_layer_groups`): after decoder layer
+   ``flowcut_llm_prune_layer`` the last prompt token scores each image's tokens and the image's target stays.
+
+Kept tokens keep their true (t, h, w) M-RoPE positions, and text keeps the positions stock Qwen gives it, so decoding
+continues with the stock positions over a shorter cache. The stock processors are used unchanged; the model replaces
+each image's placeholder span by its kept tokens, each at its own unit's placeholder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import (
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLModel,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLModel,
+)
+from torch import nn
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
+from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
+from transformers.utils.generic import can_return_tuple
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+from .configuration_flowcut_qwen2_vl import FlowCutQwen2_5_VLConfig, FlowCutQwen2VLConfig, QWEN_FIELD_VALIDATORS
+from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_outputs
+from .flowcut_llm_stage import (
+    INPUT_POSITION,
+    ROPE_POSITION,
+    FlowCutLLMPruner,
+    LayerGroupsGenerationMixin,
+    LayerGroupsState,
+    check_stock_continuation,
+    continuation_layout,
+    follow_input_positions,
+    resolved_use_cache,
+    rotate_half_rope,
+    run_layer_groups,
+    splice_image_features,
+)
+from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
+from .flowcut_settings import FlowCutSettings, configure_flowcut_fields
+
+AUTO_MAP_QWEN2_VL = {
+    "AutoConfig": "configuration_flowcut_qwen2_vl.FlowCutQwen2VLConfig",
+    "AutoModel": "modeling_flowcut_qwen2_vl.FlowCutQwen2VLModel",
+    "AutoModelForImageTextToText": "modeling_flowcut_qwen2_vl.FlowCutQwen2VLForConditionalGeneration",
+}
+AUTO_MAP_QWEN2_5_VL = {
+    "AutoConfig": "configuration_flowcut_qwen2_vl.FlowCutQwen2_5_VLConfig",
+    "AutoModel": "modeling_flowcut_qwen2_vl.FlowCutQwen2_5_VLModel",
+    "AutoModelForImageTextToText": "modeling_flowcut_qwen2_vl.FlowCutQwen2_5_VLForConditionalGeneration",
+}
+# The stock Qwen2VLProcessor / Qwen2_5_VLProcessor are used unchanged.
+REMOTE_CODE_ENTRY_FILES = ("modeling_flowcut_qwen2_vl.py",)
+
+register_stock_checkpoint_conversion(
+    {
+        "FlowCutQwen2VLForConditionalGeneration": "Qwen2VLForConditionalGeneration",
+        "FlowCutQwen2VLModel": "Qwen2VLModel",
+        "FlowCutQwen2_5_VLForConditionalGeneration": "Qwen2VLForConditionalGeneration",
+        "FlowCutQwen2_5_VLModel": "Qwen2VLModel",
+    }
+)
+
+MODALITIES = ("image", "video")
+
+
+# ------------------------------------------------------------------------------------------------ vision stage
+
+
+def merge_units(grid_thw: torch.Tensor, spatial_merge_size: int) -> list[int]:
+    """Merge units (LLM tokens) of each image or video: ``t * h * w / merge**2``, the stock placeholder count."""
+    return [int(t * h * w) // spatial_merge_size**2 for t, h, w in grid_thw.tolist()]
+
+
+def split_evenly(total: int, parts: int) -> list[int]:
+    """``total`` split over ``parts`` as evenly as possible, the larger shares first."""
+    share, extra = divmod(total, parts)
+    return [share + (index < extra) for index in range(parts)]
+
+
+@dataclass
+class QwenVisionResult:
+    """Per image (or video) of one vision call."""
+
+    tokens: list[torch.Tensor]
+    """``[kept units, text_hidden]``: the merger's output for the kept units, in raster order."""
+    kept_units: list[torch.Tensor]
+    """Raster indices (``t, h/2, w/2`` flattened) of the kept merge units, ascending."""
+    token_schedule: list[list[int]]
+    """Patch tokens the image had in each vision block."""
+
+
+def encode_qwen_vision_with_flowcut(
+    visual: torch.nn.Module,
+    pixel_values: torch.Tensor,
+    grid_thw: torch.Tensor,
+    vision_targets: list[int],
+    settings: FlowCutSettings,
+) -> QwenVisionResult:
+    """Runs a stock Qwen2-VL / Qwen2.5-VL ViT with FlowCut, keeping ``vision_targets[i]`` merge units of item ``i``.
+
+    A video's target is spread evenly over its frames. Returns the merged tokens and the kept units per item.
+    """
+    merge = visual.spatial_merge_size
+    unit = merge * merge
+    hidden = visual.patch_embed(pixel_values.type(visual.dtype))
+    position_ids = get_vision_position_ids(grid_thw, merge)
+    cos, sin = visual.rotary_pos_emb(hidden, position_ids)
+    device = hidden.device
+    total_units = hidden.shape[0] // unit
+
+    windowed = hasattr(visual, "fullatt_block_indexes")
+    if windowed:
+        window_index, cu_window = get_vision_window_index(grid_thw, merge, visual.window_size, visual.patch_size)
+        unit_order = window_index.to(device)  # processing position -> raster unit
+        window_bounds = (cu_window.to(device).long() // unit)[1:]
+        window_of = torch.searchsorted(window_bounds, torch.arange(total_units, device=device), right=True)
+        num_windows = len(window_bounds)
+    else:
+        unit_order = torch.arange(total_units, device=device)
+        window_of = None
+        num_windows = 0
+
+    def by_units(tensor: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        return tensor.view(-1, unit, *tensor.shape[1:])[units].flatten(0, 1)
+
+    hidden, cos, sin = (by_units(t, unit_order) for t in (hidden, cos, sin))
+
+    # One selector per attention segment (an image, or one frame of a video), in processing order.
+    selectors: list[FlowCutSelector] = []
+    segment_item: list[int] = []
+    segment_start: list[int] = []  # first processing unit of the segment
+    start = 0
+    for item, ((frames, height, width), target) in enumerate(zip(grid_thw.tolist(), vision_targets)):
+        frame_units = height * width // unit
+        for frame_target in split_evenly(target, frames):
+            selectors.append(
+                FlowCutSelector(
+                    target_length=max(1, frame_target),
+                    last_layer=len(visual.blocks),
+                    batch_size=1,
+                    num_patches=frame_units,
+                    device=device,
+                    prune_interval=settings.prune_interval,
+                    history_weight=settings.history_weight,
+                    num_prefix_tokens=0,
+                )
+            )
+            segment_item.append(item)
+            segment_start.append(start)
+            start += frame_units
+    schedules: list[list[int]] = [[] for _ in vision_targets]
+    full_attention_blocks = set(getattr(visual, "fullatt_block_indexes", range(len(visual.blocks))))
+    attention = visual.blocks[0].attn
+    heads, head_dim = attention.num_heads, attention.head_dim
+
+    for block_idx, block in enumerate(visual.blocks):
+        counts = [selector.keep_indices.shape[1] for selector in selectors]
+        per_item = [0] * len(vision_targets)
+        for item, count in zip(segment_item, counts):
+            per_item[item] += count * unit
+        for item, tokens in enumerate(per_item):
+            schedules[item].append(tokens)
+        kept_units = torch.cat([s.keep_indices[0] + first for s, first in zip(selectors, segment_start)])
+        if block_idx in full_attention_blocks:
+            lengths = torch.tensor(counts, device=device) * unit
+        else:
+            lengths = torch.bincount(window_of[kept_units], minlength=num_windows) * unit
+            lengths = lengths[lengths > 0]
+        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
+        active = [index for index, selector in enumerate(selectors) if selector.active]
+        block_kwargs = dict(cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()), position_embeddings=(cos, sin))
+        if not active:
+            hidden = block(hidden, **block_kwargs)
+            continue
+        with record_module_outputs(block.attn.qkv) as captured:
+            hidden = block(hidden, **block_kwargs)
+        with torch.no_grad():
+            query, key, value = captured[0].view(-1, 3, heads, head_dim).float().unbind(1)
+            segment_bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
+            keep_flags = torch.ones(hidden.shape[0] // unit, dtype=torch.bool, device=device)
+            for index in active:
+                first, last = segment_bounds[index] * unit, segment_bounds[index + 1] * unit
+                rows = slice(first, last)
+                attention_weights, value_l1 = mean_query_signals(
+                    rotate_half_rope(query[rows], cos[rows].float(), sin[rows].float()),
+                    rotate_half_rope(key[rows], cos[rows].float(), sin[rows].float()),
+                    value[rows],
+                    scaling=attention.scaling,
+                )
+                unit_attention = attention_weights.view(-1, unit).sum(-1)
+                unit_score = (attention_weights * value_l1).view(-1, unit).sum(-1)
+                kept = selectors[index].step(block_idx, unit_score[None], unit_attention[None])
+                if kept is not None:
+                    segment_flags = torch.zeros(counts[index], dtype=torch.bool, device=device)
+                    segment_flags[kept[0]] = True
+                    keep_flags[segment_bounds[index] : segment_bounds[index + 1]] = segment_flags
+        if not bool(keep_flags.all()):
+            token_flags = keep_flags.repeat_interleave(unit)
+            hidden, cos, sin = hidden[token_flags], cos[token_flags], sin[token_flags]
+
+    kept_units = torch.cat([s.keep_indices[0] + first for s, first in zip(selectors, segment_start)])
+    raster_units = unit_order[kept_units]
+    merged = visual.merger(hidden)
+    item_of_unit = torch.cat(
+        [torch.full((s.keep_indices.shape[1],), item, device=device) for s, item in zip(selectors, segment_item)]
+    )
+    item_offsets = [0, *torch.tensor(merge_units(grid_thw, merge)).cumsum(0).tolist()]
+    tokens, kept = [], []
+    for item in range(len(vision_targets)):
+        rows = (item_of_unit == item).nonzero().squeeze(-1)
+        order = raster_units[rows].argsort()
+        tokens.append(merged[rows[order]])
+        kept.append(raster_units[rows[order]] - item_offsets[item])
+    return QwenVisionResult(tokens=tokens, kept_units=kept, token_schedule=schedules)
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+
+
+@dataclass
+class FlowCutQwenVisionOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of `get_image_features` / `get_video_features` of a FlowCut Qwen model. Every field holds one entry per
+    image (or video).
+
+    pooler_output (`list[torch.FloatTensor]`):
+        The tokens that enter the language model, `[kept units, text_hidden_size]`, in raster order.
+    placeholder_counts (`list[int]`):
+        The placeholders the stock processor emits for the image (its merge units).
+    kept_units (`list[torch.LongTensor]`):
+        Raster indices of the merge units the vision encoder kept (over the `t x h/2 x w/2` unit grid), ascending;
+        token `j` of `pooler_output` is unit `kept_units[j]`.
+    token_schedule (`list[list[int]]`):
+        The image's patch tokens in each vision block.
+    llm_targets (`list[int]`):
+        The tokens the image keeps after the LLM stage.
+    prunable (`list[bool]`):
+        False for an image kept whole (its target is all its units): the LLM stage leaves it alone.
+    grid_thw (`list[torch.LongTensor]`):
+        The image's `(t, h, w)` patch grid.
+    """
+
+    placeholder_counts: list[int] | None = None
+    kept_units: list[torch.LongTensor] | None = None
+    token_schedule: list[list[int]] | None = None
+    llm_targets: list[int] | None = None
+    prunable: list[bool] | None = None
+    grid_thw: list[torch.LongTensor] | None = None
+
+
+PER_ITEM_FIELDS = ("pooler_output", "placeholder_counts", "kept_units", "token_schedule", "llm_targets", "prunable", "grid_thw")
+
+
+@dataclass
+class FlowCutQwenModelOutputWithPast(BaseModelOutputWithPast):
+    r"""
+    flowcut_state ([`LayerGroupsState`], *optional*):
+        The per-layer-group token layout a later forward call (a decoding step) needs; pass it back as
+        `flowcut_state=`. `generate()` does so itself. None when nothing was pruned (the forward was the stock one).
+    image_kept_units, video_kept_units (`list[torch.LongTensor]`, *optional*):
+        Per image (video) of the call, the raster indices of the merge units the layers after the LLM stage see.
+    input_positions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        For each position of `last_hidden_state`, the input column it comes from, -1 for padding. None when the output
+        is aligned with the input.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    image_kept_units: list[torch.LongTensor] | None = None
+    video_kept_units: list[torch.LongTensor] | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+@dataclass
+class FlowCutQwenCausalLMOutputWithPast(CausalLMOutputWithPast):
+    r"""
+    flowcut_state, image_kept_units, video_kept_units, input_positions:
+        See [`FlowCutQwenModelOutputWithPast`]. `logits` follow `input_positions` (the pruned sequence), and so does
+        the loss: `labels` are aligned with the input and gathered the same way.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    image_kept_units: list[torch.LongTensor] | None = None
+    video_kept_units: list[torch.LongTensor] | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+# ------------------------------------------------------------------------------------------------ models
+
+
+class FlowCutQwenVLModelMixin:
+    """FlowCut for a stock ``Qwen2VLModel`` / ``Qwen2_5_VLModel``; :attr:`stock_model_class` names which."""
+
+    stock_model_class: type
+
+    def flowcut_settings(self) -> FlowCutSettings:
+        return FlowCutSettings.from_config(self.config, None)
+
+    def configure_flowcut(
+        self,
+        retain_ratio: float | None = None,
+        target_num: int | None = None,
+        enabled: bool | None = None,
+        llm_prune_layer: int | None = None,
+    ) -> None:
+        """Changes the retained amount (a ratio, or a count that wins over it), the LLM pruning layer and/or switches
+        pruning on or off, on this model. Giving a ratio clears a count set before."""
+        configure_flowcut_fields(
+            self.config, QWEN_FIELD_VALIDATORS, retain_ratio=retain_ratio, target_num=target_num, enabled=enabled,
+            llm_prune_layer=llm_prune_layer,
+        )
+        if retain_ratio is not None and target_num is None:
+            self.config.flowcut_target_num = None
+
+    def check_flowcut_settings(self, settings: FlowCutSettings) -> None:
+        if settings.target_num is None and settings.retain_ratio is None:
+            raise ValueError("set flowcut_retain_ratio (e.g. 0.111) or flowcut_target_num: neither is set")
+        num_layers = self.config.text_config.num_hidden_layers
+        if not settings.llm_prune_layer < num_layers - 1:
+            raise ValueError(
+                f"flowcut_llm_prune_layer={settings.llm_prune_layer} leaves no decoder layer after the LLM stage (the "
+                f"language model has {num_layers}); choose 0 to {num_layers - 2} (the paper uses 1)."
+            )
+
+    def visual_features(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> FlowCutQwenVisionOutput:
+        settings = self.flowcut_settings()
+        grid_thw = torch.as_tensor(grid_thw)
+        counts = merge_units(grid_thw, self.visual.spatial_merge_size)
+        if settings.enabled:
+            self.check_flowcut_settings(settings)
+            llm_targets = [settings.retained(count) for count in counts]
+        else:
+            llm_targets = list(counts)
+        vision_targets = [min(2 * target, count) for target, count in zip(llm_targets, counts)]
+        if vision_targets == counts:
+            stock = self.visual(pixel_values.type(self.visual.dtype), grid_thw=grid_thw, **kwargs)
+            tokens = list(torch.split(stock.pooler_output, counts))
+            kept = [torch.arange(count, device=stock.pooler_output.device) for count in counts]
+            patches_per_unit = self.visual.spatial_merge_size**2
+            schedule = [[count * patches_per_unit] * len(self.visual.blocks) for count in counts]
+        else:
+            result = encode_qwen_vision_with_flowcut(self.visual, pixel_values, grid_thw, vision_targets, settings)
+            tokens, kept, schedule = result.tokens, result.kept_units, result.token_schedule
+        return FlowCutQwenVisionOutput(
+            pooler_output=tokens,
+            placeholder_counts=counts,
+            kept_units=kept,
+            token_schedule=schedule,
+            llm_targets=llm_targets,
+            prunable=[target < count for target, count in zip(llm_targets, counts)],
+            grid_thw=list(grid_thw),
+        )
+
+    @can_return_tuple
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor | None = None, **kwargs):
+        kwargs.pop("return_dict", None)
+        return self.visual_features(pixel_values, image_grid_thw, **kwargs)
+
+    @can_return_tuple
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_grid_thw: torch.LongTensor | None = None, **kwargs
+    ):
+        kwargs.pop("return_dict", None)
+        return self.visual_features(pixel_values_videos, video_grid_thw, **kwargs)
+
+    def stock_forward(self, mm_encoder_outputs, second_per_grid_ts, **kwargs):
+        if second_per_grid_ts is not None:
+            kwargs["second_per_grid_ts"] = second_per_grid_ts
+        return self.stock_model_class.forward(self, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutQwenModelOutputWithPast:
+        r"""
+        flowcut_state ([`LayerGroupsState`], *optional*):
+            The `flowcut_state` of the previous call's output, when continuing from its `past_key_values` (decoding
+            steps; `generate()` passes it). Positions are the stock ones: pass `position_ids` as `generate()` does,
+            or none, and the next positions follow the prompt's.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        settings = self.flowcut_settings()
+        stock_kwargs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            **kwargs,
+        )
+        if not settings.enabled:
+            if flowcut_state is not None:
+                raise ValueError("flowcut_enabled was switched off in the middle of a generation; start a new one")
+            return self.stock_forward(
+                mm_encoder_outputs, second_per_grid_ts, pixel_values=pixel_values,
+                pixel_values_videos=pixel_values_videos, **stock_kwargs,
+            )
+        outputs = dict(mm_encoder_outputs or {})
+        if outputs.get("image") is None and pixel_values is not None:
+            outputs["image"] = self.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+        if outputs.get("video") is None and pixel_values_videos is not None:
+            outputs["video"] = self.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+        outputs = {name: output for name, output in outputs.items() if output is not None}
+        for name, output in outputs.items():
+            if getattr(output, "placeholder_counts", None) is None:
+                raise ValueError(
+                    f"These {name} features do not say how many placeholders each {name} fills (they were sliced, e.g. "
+                    "by chunked prefill, or come from a stock model). FlowCut needs the whole prompt in one forward "
+                    "call: do not use prefill_chunk_size, and pass pixel values or this model's own features."
+                )
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+
+        if past_length > 0 and flowcut_state is not None:
+            if outputs:
+                raise ValueError(
+                    "FlowCut reads images and videos only in the first forward call of a sequence; put all of them in "
+                    "the prompt of the prefill (a cache that continues with new images is not supported)."
+                )
+            return self.continue_pruned_sequence(
+                input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, flowcut_state, kwargs
+            )
+        if not any(any(output.prunable) for output in outputs.values()):
+            new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+            check_stock_continuation(past_key_values, new_tokens, attention_mask)
+            output = self.stock_forward(outputs or None, second_per_grid_ts, **stock_kwargs)
+            if not outputs:
+                return output
+            return FlowCutQwenModelOutputWithPast(
+                **output,
+                image_kept_units=outputs["image"].kept_units if "image" in outputs else None,
+                video_kept_units=outputs["video"].kept_units if "video" in outputs else None,
+            )
+        return self.prefill_pruned_sequence(
+            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, outputs,
+            mm_token_type_ids, second_per_grid_ts, flowcut_state, settings, kwargs,
+        )
+
+    def stock_positions(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, outputs, mm_token_type_ids, second_per_grid_ts
+    ) -> torch.Tensor:
+        """``[batch, length, 3]``: the M-RoPE positions stock Qwen gives the unpruned input."""
+        if position_ids is None:
+            grids = {
+                f"{name}_grid_thw": torch.stack(output.grid_thw) if output.grid_thw else None
+                for name, output in outputs.items()
+            }
+            extra = {"second_per_grid_ts": second_per_grid_ts} if second_per_grid_ts is not None else {}
+            if input_ids is None or mm_token_type_ids is None:
+                raise ValueError(
+                    "FlowCut on Qwen needs the stock M-RoPE positions of the unpruned prompt: pass input_ids with the "
+                    "mm_token_type_ids the processor returns (or position_ids)."
+                )
+            position_ids, _ = self.get_rope_index(
+                input_ids, mm_token_type_ids=mm_token_type_ids, attention_mask=attention_mask, **grids, **extra
+            )
+        if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+            position_ids = position_ids[1:]  # generate() prepends the text positions
+        elif position_ids.ndim == 2:
+            position_ids = position_ids[None].expand(3, -1, -1)
+        return position_ids.permute(1, 2, 0).to(inputs_embeds.device)
+
+    def prefill_pruned_sequence(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, outputs,
+        mm_token_type_ids, second_per_grid_ts, flowcut_state, settings, kwargs,
+    ) -> FlowCutQwenModelOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        placeholders, items = self.items_in_order(input_ids, inputs_embeds, outputs)
+        positions = self.stock_positions(
+            input_ids, inputs_embeds, attention_mask, position_ids, outputs, mm_token_type_ids, second_per_grid_ts
+        )
+        prompt_length = flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1]
+        layout = splice_image_features(
+            inputs_embeds,
+            placeholders,
+            attention_mask,
+            [outputs[name].pooler_output[index] for name, index in items],
+            [outputs[name].placeholder_counts[index] for name, index in items],
+            [outputs[name].prunable[index] for name, index in items],
+            prompt_length=prompt_length,
+            kept_offsets=[outputs[name].kept_units[index] for name, index in items],
+        )
+        columns = layout.info[INPUT_POSITION].to(positions.device)
+        rope = positions.gather(1, columns.clamp(min=0).unsqueeze(-1).expand(-1, -1, positions.shape[-1]))
+        layout.info[ROPE_POSITION] = rope.masked_fill((columns < 0).unsqueeze(-1), 0)
+
+        use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        targets = {order: outputs[name].llm_targets[index] for order, (name, index) in enumerate(items)}
+        pruner = FlowCutLLMPruner(settings.llm_prune_layer, target_num=0, image_targets=targets)
+        output = run_layer_groups(
+            self.language_model,
+            layout,
+            pruner.group_starts,
+            past_state=None,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            dropper=pruner,
+            prompt_length=prompt_length,
+            **kwargs,
+        )
+        kept_units: dict[str, list] = {name: [None] * len(output_.placeholder_counts) for name, output_ in outputs.items()}
+        for order, (name, index) in enumerate(items):
+            vision_kept = outputs[name].kept_units[index]
+            llm_keep = pruner.keep_indices.get(order)
+            kept_units[name][index] = vision_kept if llm_keep is None else vision_kept[llm_keep.to(vision_kept.device)]
+        return FlowCutQwenModelOutputWithPast(
+            last_hidden_state=output.last_hidden_state,
+            past_key_values=output.past_key_values,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            flowcut_state=output.state,
+            image_kept_units=kept_units.get("image"),
+            video_kept_units=kept_units.get("video"),
+            input_positions=output.token_info[INPUT_POSITION],
+        )
+
+    def items_in_order(self, input_ids, inputs_embeds, outputs) -> tuple[torch.Tensor, list[tuple[str, int]]]:
+        """The placeholder mask of every image and video, and the items ``(modality, index)`` in the order their
+        spans appear in the batch (row by row), which is the order :func:`splice_image_features` fills them in."""
+        masks, starts = [], []
+        for name in MODALITIES:
+            token_id = getattr(self.config, f"{name}_token_id")
+            if input_ids is not None:
+                mask = input_ids == token_id
+            else:
+                embedding = self.get_input_embeddings()(torch.tensor(token_id, device=inputs_embeds.device))
+                mask = (inputs_embeds == embedding).all(-1)
+            masks.append(mask)
+            output = outputs.get(name)
+            counts = list(output.placeholder_counts) if output is not None else []
+            found = int(mask.sum())
+            if found != sum(counts):
+                raise ValueError(
+                    f"The input holds {found} {name} placeholder tokens, but its {len(counts)} {name}(s) need "
+                    f"{sum(counts)} ({counts} per {name}, the stock count for their grids). Build the inputs with the "
+                    "stock processor of this repo (AutoProcessor.from_pretrained(<repo>)) from the same images/videos."
+                )
+            flat = mask.flatten().nonzero().squeeze(-1)
+            span_starts = torch.tensor([0, *counts[:-1]], dtype=torch.long).cumsum(0).tolist() if counts else []
+            starts.extend((int(flat[start]), name, index) for index, start in enumerate(span_starts))
+        items = [(name, index) for _, name, index in sorted(starts)]
+        return masks[0] | masks[1], items
+
+    def continue_pruned_sequence(
+        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, flowcut_state, kwargs
+    ) -> FlowCutQwenModelOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        rope_positions = None
+        if position_ids is not None:
+            if position_ids.ndim == 3 and position_ids.shape[0] == 4:
+                position_ids = position_ids[1:]
+            elif position_ids.ndim == 2:
+                position_ids = position_ids[None].expand(3, -1, -1)
+            rope_positions = position_ids.permute(1, 2, 0)
+        output = run_layer_groups(
+            self.language_model,
+            continuation_layout(inputs_embeds, attention_mask, rope_positions),
+            flowcut_state.group_starts,
+            past_state=flowcut_state,
+            past_key_values=past_key_values,
+            use_cache=resolved_use_cache(self, self.config.text_config, use_cache),
+            **kwargs,
+        )
+        return FlowCutQwenModelOutputWithPast(
+            last_hidden_state=output.last_hidden_state,
+            past_key_values=output.past_key_values,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            flowcut_state=output.state,
+            input_positions=output.token_info[INPUT_POSITION],
+        )
+
+
+class FlowCutQwen2VLModel(FlowCutQwenVLModelMixin, Qwen2VLModel):
+    """[`Qwen2VLModel`] that prunes visual tokens in the ViT (whole 2x2 merge units) and inside the language model."""
+
+    config_class = FlowCutQwen2VLConfig
+    stock_model_class = Qwen2VLModel
+
+
+class FlowCutQwen2_5_VLModel(FlowCutQwenVLModelMixin, Qwen2_5_VLModel):
+    """[`Qwen2_5_VLModel`] that prunes visual tokens in the ViT (whole 2x2 merge units, window attention kept) and
+    inside the language model."""
+
+    config_class = FlowCutQwen2_5_VLConfig
+    stock_model_class = Qwen2_5_VLModel
+
+
+class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, RemoteCodeSavingMixin):
+    """The conditional-generation side shared by both Qwen versions: loss on the pruned sequence, generate()."""
+
+    inner_model_class: type
+
+    def configure_flowcut(
+        self,
+        retain_ratio: float | None = None,
+        target_num: int | None = None,
+        enabled: bool | None = None,
+        llm_prune_layer: int | None = None,
+    ) -> None:
+        """See [`FlowCutQwenVLModelMixin.configure_flowcut`]; the stock processor needs no change."""
+        self.model.configure_flowcut(
+            retain_ratio=retain_ratio, target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer
+        )
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        mm_token_type_ids: torch.IntTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutQwenCausalLMOutputWithPast:
+        r"""
+        flowcut_state ([`LayerGroupsState`], *optional*):
+            See [`FlowCutQwenVLModelMixin.forward`].
+        labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+            Aligned with `input_ids`, as for the stock model; when tokens are pruned they are gathered with the
+            sequence (see `input_positions` in the output), so the loss is that of the pruned sequence.
+        """
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            pixel_values=pixel_values,
+            pixel_values_videos=pixel_values_videos,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            mm_token_type_ids=mm_token_type_ids,
+            mm_encoder_outputs=mm_encoder_outputs,
+            second_per_grid_ts=second_per_grid_ts,
+            flowcut_state=flowcut_state,
+            return_dict=True,
+            **kwargs,
+        )
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
+        logits = self.lm_head(hidden_states)
+        input_positions = getattr(outputs, "input_positions", None)
+        loss = None
+        if labels is not None:
+            if input_positions is not None:
+                labels = follow_input_positions(labels, input_positions, -100)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
+            )
+        return FlowCutQwenCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            flowcut_state=getattr(outputs, "flowcut_state", None),
+            image_kept_units=getattr(outputs, "image_kept_units", None),
+            video_kept_units=getattr(outputs, "video_kept_units", None),
+            input_positions=input_positions,
+        )
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        # The stock helper matches placeholder counts with feature lengths, which differ once tokens are pruned;
+        # the placeholder counts say which images belong to which prompt.
+        if not any(getattr(o, "placeholder_counts", None) is not None for o in mm_encoder_output.values()):
+            return super()._expand_multimodal_outputs(
+                input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
+            )
+        placeholders = self.model.items_in_order(input_ids, inputs_embeds, mm_encoder_output)[0]
+        for name, output in mm_encoder_output.items():
+            token_id = getattr(self.config, f"{name}_token_id")
+            per_prompt_mask = input_ids == token_id if input_ids is not None and input_ids.numel() else placeholders
+            per_prompt = torch.cumsum(per_prompt_mask.sum(-1), 0).tolist()
+            per_item = torch.tensor(output.placeholder_counts, dtype=torch.long).cumsum(0).tolist()
+            offsets = [0] + [i + 1 for i, total in enumerate(per_item) if total in per_prompt]
+            for field in PER_ITEM_FIELDS:
+                values = list(getattr(output, field))
+                setattr(
+                    output,
+                    field,
+                    [value for start, end in zip(offsets[:-1], offsets[1:]) for value in values[start:end] * expand_size],
+                )
+        return mm_encoder_output
+
+
+class FlowCutQwen2VLForConditionalGeneration(FlowCutQwenForConditionalGenerationMixin, Qwen2VLForConditionalGeneration):
+    """[`Qwen2VLForConditionalGeneration`] that prunes visual tokens with FlowCut (see [`FlowCutQwen2VLModel`])."""
+
+    config_class = FlowCutQwen2VLConfig
+    _auto_class = "AutoModelForImageTextToText"
+    flowcut_auto_map = AUTO_MAP_QWEN2_VL
+    flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+
+    def __init__(self, config: FlowCutQwen2VLConfig):
+        # Not super().__init__: it would build (and initialise) a stock model only to throw it away.
+        Qwen2VLPreTrainedModel.__init__(self, config)
+        self.model = FlowCutQwen2VLModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+
+class FlowCutQwen2_5_VLForConditionalGeneration(
+    FlowCutQwenForConditionalGenerationMixin, Qwen2_5_VLForConditionalGeneration
+):
+    """[`Qwen2_5_VLForConditionalGeneration`] that prunes visual tokens with FlowCut (see
+    [`FlowCutQwen2_5_VLModel`])."""
+
+    config_class = FlowCutQwen2_5_VLConfig
+    _auto_class = "AutoModelForImageTextToText"
+    flowcut_auto_map = AUTO_MAP_QWEN2_5_VL
+    flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+
+    def __init__(self, config: FlowCutQwen2_5_VLConfig):
+        # Not super().__init__: it would build (and initialise) a stock model only to throw it away.
+        Qwen2_5_VLPreTrainedModel.__init__(self, config)
+        self.model = FlowCutQwen2_5_VLModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+
+__all__ = [
+    "AUTO_MAP_QWEN2_5_VL",
+    "AUTO_MAP_QWEN2_VL",
+    "FlowCutQwen2VLForConditionalGeneration",
+    "FlowCutQwen2VLModel",
+    "FlowCutQwen2_5_VLForConditionalGeneration",
+    "FlowCutQwen2_5_VLModel",
+    "FlowCutQwenCausalLMOutputWithPast",
+    "FlowCutQwenModelOutputWithPast",
+    "FlowCutQwenVisionOutput",
+    "encode_qwen_vision_with_flowcut",
+    "merge_units",
+]
