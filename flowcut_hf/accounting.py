@@ -68,6 +68,7 @@ __all__ = [
     "num_patches",
     "prefill_account",
     "projector_flops",
+    "qwen_vision_flops",
     "vision_encoder_flops",
     "vision_layer_flops",
 ]
@@ -263,6 +264,25 @@ def vision_encoder_flops(vision_config: Any, token_schedule: Sequence[int], batc
 # --------------------------------------------------------------------------- #
 # projector
 # --------------------------------------------------------------------------- #
+
+
+def qwen_vision_flops(vision_config: Any, token_schedule: Sequence[int], merged_tokens: int) -> int:
+    """FLOPs of a Qwen2-VL ViT over one image: the patch embedding of ``token_schedule[0]`` patches, block ``i`` on
+    ``token_schedule[i]`` patches (full attention, as in every Qwen2-VL block) and the merger of ``merged_tokens``
+    2x2 units. Qwen2.5-VL's window blocks attend less, so this overcounts their attention.
+    """
+    d = int(getattr(vision_config, "embed_dim", None) or vision_config.hidden_size)
+    out = int(getattr(vision_config, "out_hidden_size", None) or vision_config.hidden_size)
+    gated = getattr(vision_config, "intermediate_size", None) is not None and not hasattr(vision_config, "mlp_ratio")
+    mlp = int(vision_config.intermediate_size) if gated else int(d * vision_config.mlp_ratio)
+    merge = int(vision_config.spatial_merge_size) ** 2
+    patch_pixels = int(vision_config.in_channels) * int(vision_config.temporal_patch_size) * int(vision_config.patch_size) ** 2
+    total = 2 * int(token_schedule[0]) * patch_pixels * d
+    for n in token_schedule:
+        n = _check_count("tokens", n)
+        total += 2 * n * d * 4 * d + 2 * 2 * n * n * d + 2 * n * d * mlp * (3 if gated else 2)
+    units = _check_count("merged_tokens", merged_tokens)
+    return total + 2 * units * (merge * d) ** 2 + 2 * units * merge * d * out
 
 
 def full_num_image_tokens(config: Any) -> int:

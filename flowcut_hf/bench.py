@@ -1042,6 +1042,9 @@ def load_next_model(spec: str, device: torch.device, dtype: torch.dtype):
     return model.to(device=device, dtype=dtype).eval(), processor
 
 
+QWEN_PRESETS = {"qwen2-vl": "2", "qwen2.5-vl": "2.5"}  # --preset value -> Qwen-VL version
+
+
 def _cli(args: argparse.Namespace) -> int:
     from .registry import family_for_model
 
@@ -1050,14 +1053,33 @@ def _cli(args: argparse.Namespace) -> int:
     if args.json is not None and args.json.parent and not args.json.parent.exists():
         raise FileNotFoundError(f"the folder of --json {args.json} does not exist")
     model = processor = None
-    if args.preset == "llava-next" or args.model not in (PRESET, TINY):
+    qwen_version = QWEN_PRESETS.get(args.preset)
+    if args.preset != "llava" or args.model not in (PRESET, TINY):
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device)
-        if args.preset == "llava-next":
+        if qwen_version is not None:
+            from .bench_qwen import load_qwen_model
+
+            model, processor = load_qwen_model(args.model, qwen_version, device, dtype)
+        elif args.preset == "llava-next":
             model, processor = load_next_model(args.model, device, dtype)
         else:
             model, processor = load_model(args.model, device=device, dtype=dtype, attn_implementation=args.attn_implementation)
-    if model is not None and family_for_model(model).llm_stage:
+    family = family_for_model(model) if model is not None else None
+    if args.retain_ratio and (family is None or family.default_retain_ratio is None):
+        raise ValueError("--retain-ratio applies to Qwen2-VL / Qwen2.5-VL models; use --target-num for LLaVA families")
+    if family is not None and family.default_retain_ratio is not None:
+        from .bench_qwen import DEFAULT_RATIOS, format_qwen_table, run_qwen_bench
+
+        if args.target_num:
+            raise ValueError("Qwen2-VL / Qwen2.5-VL rows are set by --retain-ratio, not --target-num")
+        report = run_qwen_bench(
+            model, processor, retain_ratios=args.retain_ratio or DEFAULT_RATIOS, repeats=args.repeats,
+            warmup=args.warmup, progress=not args.no_progress,
+            spec=f"{args.model} ({args.preset})" if args.model in (PRESET, TINY) else args.model,
+        )
+        print(format_qwen_table(report))
+    elif family is not None and family.llm_stage:
         from .bench_next import DEFAULT_TARGETS, format_next_table, run_next_bench
 
         report = run_next_bench(
@@ -1104,12 +1126,17 @@ def register_cli(subparsers) -> None:
     parser.add_argument(
         "model", nargs="?", default=PRESET,
         help="'preset' (default: the --preset family's 7B geometry at 1/4 width, random weights), 'tiny', a folder or "
-        "a repo id (LLaVA-1.5 or LLaVA-NeXT, told apart by its config)",
+        "a repo id (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL, told apart by its config)",
     )
     parser.add_argument(
-        "--preset", choices=("llava", "llava-next"), default="llava",
-        help="family of 'preset' and 'tiny': LLaVA-1.5 (default) or LLaVA-NeXT (a 672x672 image, 5 crops, 2928 "
-        "stock visual tokens; stock vs FlowCut vs oracle at 160, 320 and 640)",
+        "--preset", choices=("llava", "llava-next", *QWEN_PRESETS), default="llava",
+        help="family of 'preset' and 'tiny': LLaVA-1.5 (default), LLaVA-NeXT (a 672x672 image, 5 crops, 2928 "
+        "stock visual tokens; stock vs FlowCut vs oracle at 160, 320 and 640), or Qwen2-VL (a 1288x980 image, 1610 "
+        "stock visual tokens; stock vs FlowCut vs oracle at retain ratios 0.333, 0.222 and 0.111; qwen2.5-vl: 'tiny' only)",
+    )
+    parser.add_argument(
+        "--retain-ratio", type=float, action="append", metavar="R",
+        help="Qwen2-VL / Qwen2.5-VL: share of each image's tokens kept; repeat for several (default 0.333 0.222 0.111)",
     )
     parser.add_argument(
         "--target-num", type=int, action="append", metavar="N",

@@ -21,6 +21,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextCo
 __all__ = [
     "bench_preset_config",
     "bench_preset_next_config",
+    "bench_preset_qwen2_vl_config",
     "tiny_llava_config",
     "tiny_llava_next_config",
     "tiny_qwen_vl_config",
@@ -257,3 +258,36 @@ def tiny_qwen_vl_config(version: str = "2", vocab_size: int = 300, **token_ids: 
             vision_config=vision_config, text_config=text_config, bos_token_id=None, eos_token_id=None, **ids
         )
     raise ValueError(f"Qwen-VL version must be '2' or '2.5', got {version!r}")
+
+
+def bench_preset_qwen2_vl_config(vocab_size: int = 300, **token_ids: int):
+    """Qwen2-VL-7B at 1/4 width, full depth and full token geometry, for ``flowcut-hf bench --preset qwen2-vl``.
+
+    ======================  ====================  ===============
+    component               Qwen2-VL-7B           this preset
+    ======================  ====================  ===============
+    ViT blocks / heads      32 / 16               32 / 4
+    ViT width / MLP         1280 / 5120           320 / 1280
+    LLM layers / heads      28 / 28 (kv 4)        28 / 7 (kv 1)
+    LLM width / MLP         3584 / 18944          896 / 4736
+    ======================  ====================  ===============
+
+    Head widths are preserved (ViT 80, LLM 128), and so is M-RoPE's split of the rotary dimensions (16/24/24).
+    """
+    from transformers import Qwen2VLConfig
+
+    ids = {**QWEN_TOKEN_IDS, **token_ids}
+    vision_config = dict(embed_dim=320, hidden_size=896, mlp_ratio=4, num_heads=4, **QWEN_VISION_GEOMETRY)
+    text_config = dict(
+        vocab_size=vocab_size,
+        hidden_size=896,
+        intermediate_size=4736,
+        num_hidden_layers=28,
+        num_attention_heads=7,
+        num_key_value_heads=1,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    return Qwen2VLConfig(vision_config=vision_config, text_config=text_config, bos_token_id=None, eos_token_id=None, **ids)

@@ -235,16 +235,21 @@ def build_tiny_qwen_tokenizer() -> TokenizersBackend:
     return tokenizer
 
 
-def build_tiny_qwen_processor(tokenizer: TokenizersBackend | None = None, version: str = "2"):
-    """The stock Qwen2-VL (or Qwen2.5-VL) processor around :func:`build_tiny_qwen_tokenizer`, with a pixel budget
-    small enough for CPU tests (at most 64 merge units of 28 x 28 px per image).
+TINY_QWEN_PIXELS = {"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28}  # 4 to 64 merge units per image
+STOCK_QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}  # Qwen2-VL-7B-Instruct's defaults
+
+
+def build_tiny_qwen_processor(
+    tokenizer: TokenizersBackend | None = None, version: str = "2", pixels: dict = TINY_QWEN_PIXELS
+):
+    """The stock Qwen2-VL (or Qwen2.5-VL) processor around :func:`build_tiny_qwen_tokenizer`; by default with a
+    pixel budget small enough for CPU tests (at most 64 merge units of 28 x 28 px per image).
 
     It has no video processor (the stock one needs torchvision); :func:`tiny_qwen_video_inputs` builds video inputs.
     """
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen2VLProcessor
 
     tokenizer = tokenizer if tokenizer is not None else build_tiny_qwen_tokenizer()
-    pixels = {"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28}
     stock_class = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
 
     class ImageOnlyProcessor(stock_class):
@@ -263,13 +268,9 @@ def build_tiny_qwen_processor(tokenizer: TokenizersBackend | None = None, versio
     )
 
 
-def build_tiny_qwen_vl(version: str = "2", seed: int = 0, qk_weight_scale: float = QK_WEIGHT_SCALE):
-    """A random tiny stock ``Qwen2VLForConditionalGeneration`` (``version="2"``) or
-    ``Qwen2_5_VLForConditionalGeneration`` (``"2.5"``) with the real vision geometry, and its stock processor."""
-    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
-
-    tokenizer = build_tiny_qwen_tokenizer()
-    ids = {
+def qwen_token_ids(tokenizer: TokenizersBackend) -> dict[str, int]:
+    """The config's vision token ids for :func:`build_tiny_qwen_tokenizer`."""
+    return {
         name: tokenizer.convert_tokens_to_ids(token)
         for name, token in (
             ("image_token_id", "<|image_pad|>"),
@@ -278,12 +279,18 @@ def build_tiny_qwen_vl(version: str = "2", seed: int = 0, qk_weight_scale: float
             ("vision_end_token_id", "<|vision_end|>"),
         )
     }
-    config = tiny_qwen_vl_config(version, vocab_size=len(tokenizer), **ids)
+
+
+def build_random_qwen_vl(config, tokenizer: TokenizersBackend, seed: int = 0, qk_weight_scale: float = QK_WEIGHT_SCALE):
+    """A random stock Qwen2-VL / Qwen2.5-VL model for ``config`` (whose token ids match ``tokenizer``), eval mode,
+    with sharpened ViT attention."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLForConditionalGeneration
+
     for holder in (config, config.text_config):
         holder.pad_token_id = tokenizer.pad_token_id
         holder.bos_token_id = tokenizer.bos_token_id
         holder.eos_token_id = tokenizer.eos_token_id
-    model_class = Qwen2VLForConditionalGeneration if version == "2" else Qwen2_5_VLForConditionalGeneration
+    model_class = Qwen2_5_VLForConditionalGeneration if isinstance(config, Qwen2_5_VLConfig) else Qwen2VLForConditionalGeneration
     torch.manual_seed(seed)
     model = model_class(config).eval()
     with torch.no_grad():
@@ -295,4 +302,13 @@ def build_tiny_qwen_vl(version: str = "2", seed: int = 0, qk_weight_scale: float
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model
+
+
+def build_tiny_qwen_vl(version: str = "2", seed: int = 0, qk_weight_scale: float = QK_WEIGHT_SCALE):
+    """A random tiny stock ``Qwen2VLForConditionalGeneration`` (``version="2"``) or
+    ``Qwen2_5_VLForConditionalGeneration`` (``"2.5"``) with the real vision geometry, and its stock processor."""
+    tokenizer = build_tiny_qwen_tokenizer()
+    config = tiny_qwen_vl_config(version, vocab_size=len(tokenizer), **qwen_token_ids(tokenizer))
+    model = build_random_qwen_vl(config, tokenizer, seed, qk_weight_scale)
     return model, build_tiny_qwen_processor(tokenizer, version)

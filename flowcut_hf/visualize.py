@@ -5,12 +5,14 @@ Usage::
     flowcut-hf visualize MODEL IMAGE --target-num 64 --out kept.png
 
 ``MODEL`` is ``preset`` (random weights, no download), ``tiny``, a local folder or a Hub repo id (a stock model or a
-FlowCut export; ``--preset llava-next`` picks the LLaVA-NeXT ``preset``/``tiny``). For LLaVA-1.5 the PNG shows, on the
+FlowCut export; ``--preset llava-next`` / ``qwen2-vl`` / ``qwen2.5-vl`` picks that family's ``preset``/``tiny``). For
+LLaVA-1.5 the PNG shows, on the
 left, the image exactly as the processor hands it to the model (resized and centre-cropped to 336 px, de-normalised),
 with the kept patches left clear and the pruned ones dimmed and hatched; on the right, the number of tokens (CLS
 included) each vision-encoder layer processed, against the unpruned encoder. For LLaVA-NeXT it shows the base crop
 and the whole high-resolution anyres grid (padding removed), once with the tokens kept by the vision stage and once
-with those that survive the LLM stage.
+with those that survive the LLM stage. For Qwen2-VL / Qwen2.5-VL it shows the resized image in 2x2 merge units (one
+LLM token each), kept by the vision stage and after the LLM stage.
 
 From Python::
 
@@ -281,19 +283,29 @@ def render_kept_tokens(info: KeptTokens, *, scale: int = DEFAULT_SCALE, title: s
 
 def visualize_kept_tokens(
     model, processor, image: Image.Image | str | Path, target_num: int | None = None, *, scale: int | None = None,
-    title: str | None = None,
+    title: str | None = None, retain_ratio: float | None = None,
 ) -> Image.Image:
     """The kept-token picture for ``image`` as a PIL image (``model`` is left as it was).
 
     LLaVA-1.5: the processor's 336 px view with the kept patches, beside the tokens per encoder layer. LLaVA-NeXT:
     the kept tokens over the whole high-resolution image (the base crop and the unpadded anyres grid), after the
-    vision stage and after the LLM stage (see :mod:`flowcut_hf.visualize_next`).
+    vision stage and after the LLM stage (see :mod:`flowcut_hf.visualize_next`). Qwen2-VL / Qwen2.5-VL: the kept 2x2
+    merge units over the resized image, after each stage (``retain_ratio`` or ``target_num``; see
+    :mod:`flowcut_hf.visualize_qwen`).
     """
     from .registry import family_for_model
 
     if isinstance(image, (str, Path)):
         image = Image.open(image)
-    if family_for_model(model).llm_stage:
+    family = family_for_model(model)
+    if family.default_retain_ratio is not None:
+        from .visualize_qwen import kept_tokens_qwen, render_kept_tokens_qwen
+
+        info = kept_tokens_qwen(model, processor, image, retain_ratio=retain_ratio, target_num=target_num)
+        return render_kept_tokens_qwen(info, scale=1 if scale is None else scale, title=title)
+    if retain_ratio is not None:
+        raise ValueError(f"{family.display_name} keeps a count per image: pass target_num, not retain_ratio")
+    if family.llm_stage:
         from .visualize_next import kept_tokens_next, render_kept_tokens_next
 
         info = kept_tokens_next(model, processor, image, target_num)
@@ -339,14 +351,22 @@ def _cli(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"image {args.image} does not exist")
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
-    if args.preset == "llava-next":
-        from .bench import load_next_model, resolve_device, resolve_dtype
+    if args.preset != "llava":
+        from .bench import QWEN_PRESETS, load_next_model, resolve_device, resolve_dtype
 
         device = resolve_device(args.device)
-        model, processor = load_next_model(args.model, device, resolve_dtype(args.dtype, device))
+        dtype = resolve_dtype(args.dtype, device)
+        if args.preset in QWEN_PRESETS:
+            from .bench_qwen import load_qwen_model
+
+            model, processor = load_qwen_model(args.model, QWEN_PRESETS[args.preset], device, dtype)
+        else:
+            model, processor = load_next_model(args.model, device, dtype)
     else:
         model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
-    picture = visualize_kept_tokens(model, processor, args.image, args.target_num, scale=args.scale)
+    picture = visualize_kept_tokens(
+        model, processor, args.image, args.target_num, scale=args.scale, retain_ratio=args.retain_ratio
+    )
     picture.save(args.out, format="PNG", optimize=True)
     print(f"wrote {args.out} ({picture.width}x{picture.height})")
     return 0
@@ -359,9 +379,12 @@ def register_cli(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="'preset', 'tiny', a folder or a repo id (LLaVA-1.5 or LLaVA-NeXT)")
     parser.add_argument(
-        "--preset", choices=("llava", "llava-next"), default="llava", help="family of 'preset' and 'tiny' (default llava)"
+        "model", help="'preset', 'tiny', a folder or a repo id (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL)"
+    )
+    parser.add_argument(
+        "--preset", choices=("llava", "llava-next", "qwen2-vl", "qwen2.5-vl"), default="llava",
+        help="family of 'preset' and 'tiny' (default llava)",
     )
     parser.add_argument(
         "image", type=Path, nargs="?", default=example_image_path(),
@@ -370,9 +393,13 @@ def register_cli(subparsers) -> None:
     parser.add_argument(
         "--target-num", type=int, default=None, help="visual tokens kept (default: the model's, or the family's paper default)"
     )
+    parser.add_argument(
+        "--retain-ratio", type=float, default=None,
+        help="Qwen2-VL / Qwen2.5-VL: share of the image's tokens kept (default: the model's, or 0.111)",
+    )
     parser.add_argument("--out", type=Path, default=Path("kept.png"), help="output PNG (default kept.png)")
     parser.add_argument(
-        "--scale", type=int, default=None, help="pixels per input pixel (default 2 for LLaVA-1.5, 1 for LLaVA-NeXT)"
+        "--scale", type=int, default=None, help="pixels per input pixel (default 2 for LLaVA-1.5, 1 for the others)"
     )
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
