@@ -1,6 +1,7 @@
 """The exporter: a base checkpoint in, FlowCut variants out (to folders, and optionally to the Hub).
 
-Sources are HF-format checkpoints of a FlowCut family (LLaVA-1.5, LLaVA-NeXT; see :mod:`flowcut_hf.registry`, which
+Sources are HF-format checkpoints of a FlowCut family (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL; see
+:mod:`flowcut_hf.registry`, which
 carries everything that differs between families) or original-LLaVA-1.5 checkpoints, converted on the way.
 
 The pipeline is a sequence of named stages, each a plain function:
@@ -82,12 +83,46 @@ class ResolvedSource:
         return name_or_path if looks_like_repo_id(name_or_path) else None
 
 
+@dataclass(frozen=True)
+class RetainedAmount:
+    """How many visual tokens a variant keeps per image: a count, or (Qwen) a share of each image's tokens."""
+
+    target_num: int | None = None
+    retain_ratio: float | None = None
+
+    @property
+    def label(self) -> str:
+        """The ``{n}`` of variant names: ``64``, or ``0.111`` for a ratio."""
+        return str(self.target_num) if self.target_num is not None else f"{self.retain_ratio:g}"
+
+    def describe(self, full: int) -> str:
+        if self.target_num is not None:
+            return f"{self.target_num} of {full} visual tokens per image"
+        return f"{self.retain_ratio:.1%} of each image's visual tokens"
+
+    def fields(self) -> dict[str, Any]:
+        """Short-named FlowCut settings (``target_num``, ``retain_ratio``) this amount sets."""
+        if self.target_num is not None:
+            return {"target_num": self.target_num}
+        return {"target_num": None, "retain_ratio": self.retain_ratio}
+
+    def retained(self, available: int) -> int:
+        """What an image of ``available`` tokens keeps (the model's own rule)."""
+        from ..modeling.flowcut_settings import FlowCutSettings
+
+        return FlowCutSettings(True, self.target_num, retain_ratio=self.retain_ratio).retained(available)
+
+
 @dataclass
 class VariantPlan:
-    target_num: int
+    amount: RetainedAmount
     name: str
     folder: Path
     repo_id: str | None
+
+    @property
+    def target_num(self) -> int | None:
+        return self.amount.target_num
 
 
 @dataclass
@@ -108,6 +143,7 @@ class ExportOptions:
 
     target_nums: Sequence[int]
     out: Path
+    retain_ratios: Sequence[float] = ()
     push: str | None = None
     private: bool = False
     revision: str | None = None
@@ -233,26 +269,42 @@ def image_tokens_per_image(config: dict[str, Any]) -> int:
     return family.unpruned_image_tokens(family.config_from_dict(config))
 
 
-def validate_targets(target_nums: Sequence[int], config: dict[str, Any]) -> list[int]:
+def validate_targets(
+    target_nums: Sequence[int], config: dict[str, Any], retain_ratios: Sequence[float] = ()
+) -> list[RetainedAmount]:
+    """The variants' amounts: every ``--target-num``, then every ``--retain-ratio`` (Qwen families only)."""
     family = family_for_config(config)
-    if not target_nums:
-        raise ValueError("Give at least one --target-num.")
+    if not target_nums and not retain_ratios:
+        what = "--target-num or --retain-ratio" if family.default_retain_ratio is not None else "--target-num"
+        raise ValueError(f"Give at least one {what}.")
+    if retain_ratios and family.default_retain_ratio is None:
+        raise ValueError(
+            f"--retain-ratio applies to Qwen2-VL / Qwen2.5-VL; {family.display_name} keeps a count per image: use "
+            "--target-num."
+        )
     full = image_tokens_per_image(config)
-    targets = []
+    amounts: list[RetainedAmount] = []
     for target in target_nums:
         family.field_validators["flowcut_target_num"](target)
-        if target >= full:
+        if target is None or target >= full:
             raise ValueError(
                 f"--target-num {target} prunes nothing: this {family.display_name} model gives at most {full} visual "
                 f"tokens per image; choose a value below {full}."
             )
-        if target in targets:
-            raise ValueError(f"--target-num {target} is given twice.")
-        targets.append(target)
-    return targets
+        amounts.append(RetainedAmount(target_num=target))
+    for ratio in retain_ratios:
+        family.field_validators["flowcut_retain_ratio"](ratio)
+        if ratio >= 1:
+            raise ValueError("--retain-ratio 1.0 prunes nothing; choose a share below 1 (the paper uses 0.111 to 0.333).")
+        amounts.append(RetainedAmount(retain_ratio=float(ratio)))
+    for index, amount in enumerate(amounts):
+        if amount in amounts[:index]:
+            flag = "--target-num" if amount.target_num is not None else "--retain-ratio"
+            raise ValueError(f"{flag} {amount.label} is given twice.")
+    return amounts
 
 
-def flowcut_config(config: dict[str, Any], target_num: int) -> dict[str, Any]:
+def flowcut_config(config: dict[str, Any], amount: RetainedAmount | int) -> dict[str, Any]:
     """The variant's ``config.json``: the source's, with the family's FlowCut fields and ``auto_map``."""
     family = family_for_config(config)
     settings = {
@@ -260,8 +312,12 @@ def flowcut_config(config: dict[str, Any], target_num: int) -> dict[str, Any]:
         for name, default in (("prune_interval", 2), ("history_weight", 0.5), ("llm_prune_layer", 1))
         if f"flowcut_{name}" in family.field_validators
     }
+    amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
+    fields = amount.fields()
     updated = dict(config)
-    updated.update(family.flowcut_fields(target_num, enabled=True, **settings), auto_map=dict(family.auto_map))
+    updated.update(
+        family.flowcut_fields(fields.pop("target_num"), enabled=True, **fields, **settings), auto_map=dict(family.auto_map)
+    )
     updated["architectures"] = [family.stock_model_class.__name__]
     return updated
 
@@ -274,16 +330,47 @@ def link_or_copy(source: Path, destination: Path) -> None:
         shutil.copyfile(source, destination)
 
 
-def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, *, allow_pickle: bool) -> list[str]:
+def write_variant(
+    resolved: ResolvedSource, amount: RetainedAmount | int, destination: Path, *, allow_pickle: bool
+) -> list[str]:
     """Writes one complete variant into ``destination`` (which must not exist). Never loads a weight tensor
     except to convert pickle ``.bin`` shards, one at a time, when ``allow_pickle`` is given."""
-    from transformers import AutoProcessor
-
+    amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
     family = resolved.family
     destination.mkdir(parents=True)
     source = resolved.local_dir
     _write_weights(source, destination, allow_pickle=allow_pickle)
+    if family.copies_processor_files:
+        _copy_processor_files(source, destination)
+    else:
+        _write_processor(resolved, amount.target_num, destination)
 
+    generation_config = source / "generation_config.json"
+    if generation_config.is_file():
+        shutil.copyfile(generation_config, destination / "generation_config.json")
+    (destination / "config.json").write_text(json.dumps(flowcut_config(resolved.config, amount), indent=2, sort_keys=True) + "\n")
+    copy_remote_code_files(destination, family.remote_code_entry_files)
+    return sorted(p.name for p in destination.iterdir())
+
+
+# Files of a checkpoint folder that are not the processor's: the exporter writes these itself.
+NOT_PROCESSOR_FILES = {"config.json", "generation_config.json", "README.md", MANIFEST_NAME}
+
+
+def _copy_processor_files(source: Path, destination: Path) -> None:
+    """The stock processor, byte for byte: its configs, tokenizer files and chat template."""
+    for path in sorted(source.iterdir()):
+        if not path.is_file() or path.name in NOT_PROCESSOR_FILES or path.name.endswith(".index.json"):
+            continue
+        if any(path.match(pattern) for pattern in METADATA_PATTERNS):
+            shutil.copyfile(path, destination / path.name)
+
+
+def _write_processor(resolved: ResolvedSource, target_num: int, destination: Path) -> None:
+    from transformers import AutoProcessor
+
+    family = resolved.family
+    source = resolved.local_dir
     stock_processor = AutoProcessor.from_pretrained(source)
     # Older processor configs leave these unset; the model's config has them.
     stock_processor.patch_size = stock_processor.patch_size or resolved.config.get("vision_config", {}).get("patch_size", 14)
@@ -291,13 +378,6 @@ def write_variant(resolved: ResolvedSource, target_num: int, destination: Path, 
         "vision_feature_select_strategy", "default"
     )
     family.processor_for(stock_processor, target_num).save_pretrained(destination)
-
-    generation_config = source / "generation_config.json"
-    if generation_config.is_file():
-        shutil.copyfile(generation_config, destination / "generation_config.json")
-    (destination / "config.json").write_text(json.dumps(flowcut_config(resolved.config, target_num), indent=2, sort_keys=True) + "\n")
-    copy_remote_code_files(destination, family.remote_code_entry_files)
-    return sorted(p.name for p in destination.iterdir())
 
 
 def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> None:
@@ -394,6 +474,81 @@ torch.save(logits, out_path)
 print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
 '''
 
+VERIFY_REMOTE_CODE_QWEN = r'''
+import importlib.abc, json, sys
+class _Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "flowcut_hf" or name.startswith("flowcut_hf."):
+            raise ModuleNotFoundError(name)
+sys.meta_path.insert(0, _Block())
+import torch
+from PIL import Image
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+folder, image_path, out_path, inputs_path = sys.argv[1:5]
+model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+image = Image.open(image_path)
+question = "Describe the image."
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+try:
+    processor = AutoProcessor.from_pretrained(folder)
+    processor_class = type(processor).__name__
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
+except ImportError:
+    # The stock Qwen processor needs torchvision for its video processor; without it, build the image inputs as the
+    # processor does: the image processor's patches, and one placeholder per 2x2 unit of its grid.
+    with open(f"{folder}/processor_config.json") as handle:
+        processor_class = json.load(handle).get("processor_class")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    image_inputs = AutoImageProcessor.from_pretrained(folder)(images=[image], return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    units = int(image_inputs["image_grid_thw"].prod()) // 4
+    pad = tokenizer.convert_ids_to_tokens(model.config.image_token_id)
+    input_ids = tokenizer(prompt.replace(pad, pad * units), return_tensors="pt")["input_ids"]
+    inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+              "mm_token_type_ids": (input_ids == model.config.image_token_id).int(), **image_inputs}
+torch.save(inputs, inputs_path)
+forward_error, llm_kept = None, None
+with torch.no_grad():
+    features = model.model.get_image_features(inputs["pixel_values"].to(model.dtype), inputs["image_grid_thw"])
+    try:
+        output = model(**inputs)
+        torch.save(output.logits[0, -1].float(), out_path)
+        llm_kept = [int(k.numel()) for k in output.image_kept_units]
+    except Exception as error:
+        forward_error = f"{type(error).__name__}: {error}"
+print(json.dumps({
+    "forward_error": forward_error,
+    "model_class": type(model).__name__, "processor_class": processor_class,
+    "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+    "prompt": prompt, "image_size": [image.height, image.width],
+    "grid_thw": [int(n) for n in inputs["image_grid_thw"][0]],
+    "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+    "text_tokens": int((inputs["input_ids"] != model.config.image_token_id).sum()),
+    "kept": [int(f.shape[0]) for f in features.pooler_output],
+    "llm_kept": llm_kept,
+    "token_schedule": features.token_schedule,
+    "input_ids": inputs["input_ids"][0].tolist(),
+}))
+'''
+
+VERIFY_REFERENCE_QWEN = r'''
+import json, sys
+import torch
+from transformers import AutoModelForImageTextToText
+import flowcut_hf
+source, inputs_path, amount, out_path = sys.argv[1:5]
+model = AutoModelForImageTextToText.from_pretrained(source)
+kind, value = amount.split("=")
+flowcut_hf.flowcut(model, **({"target_num": int(value)} if kind == "target_num" else {"retain_ratio": float(value)}))
+inputs = torch.load(inputs_path)
+inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
+with torch.no_grad():
+    logits = model(**inputs).logits[0, -1].float()
+torch.save(logits, out_path)
+print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
+'''
+
 # Wide enough that LLaVA-NeXT tiles it into several anyres crops (a 2x2 grid plus the base image).
 VERIFY_IMAGE_SIZE = (600, 800)
 
@@ -424,8 +579,18 @@ def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -
     return json.loads(lines[-1])
 
 
-def expected_visual_tokens(family: FlowCutFamily, config: dict[str, Any], target_num: int, image_size) -> dict:
-    """What a correct variant of ``family`` must show on one image of ``image_size`` (height, width)."""
+def expected_visual_tokens(
+    family: FlowCutFamily, config: dict[str, Any], amount: RetainedAmount | int, image_size, grid_thw=None
+) -> dict:
+    """What a correct variant of ``family`` must show on one image of ``image_size`` (height, width); for Qwen, on
+    the ``grid_thw`` patch grid the processor gave the image."""
+    amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
+    target_num = amount.target_num
+    if family.default_retain_ratio is not None:
+        t, h, w = grid_thw
+        units = t * h * w // 4
+        target = amount.retained(units)
+        return {"placeholders": units, "kept": [min(2 * target, units)], "llm_kept": [target]}
     if family.llm_stage:
         from ..modeling.modeling_flowcut_llava_next import AnyresGeometry, stock_token_count
 
@@ -439,14 +604,22 @@ def expected_visual_tokens(family: FlowCutFamily, config: dict[str, Any], target
     return {"placeholders": target_num, "kept": [target_num]}
 
 
-def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path, family: FlowCutFamily, config) -> tuple[list[str], dict]:
+def _run_checks(
+    folder: Path, source_dir: Path, amount: RetainedAmount, check_dir: Path, family: FlowCutFamily, config
+) -> tuple[list[str], dict]:
     import torch
 
     from ..tiny import synthetic_image
 
     image_path = check_dir / "synthetic.png"
     synthetic_image(0, size=VERIFY_IMAGE_SIZE).save(image_path)
-    remote = _run_python(VERIFY_REMOTE_CODE, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True)
+    qwen = family.default_retain_ratio is not None
+    inputs_path = check_dir / "inputs.pt"
+    if qwen:
+        remote_args = [str(folder), str(image_path), str(check_dir / "remote.pt"), str(inputs_path)]
+        remote = _run_python(VERIFY_REMOTE_CODE_QWEN, remote_args, check_dir, clean=True)
+    else:
+        remote = _run_python(VERIFY_REMOTE_CODE, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True)
     problems = []
     if remote["model_class"] != family.model_class.__name__:
         problems.append(f"loaded as {remote['model_class']}, not {family.model_class.__name__}")
@@ -454,7 +627,7 @@ def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path
         problems.append(f"processor loaded as {remote['processor_class']}, not {family.processor_class_name}")
     if remote["missing"] or remote["unexpected"]:
         problems.append(f"missing keys {remote['missing'][:5]}, unexpected keys {remote['unexpected'][:5]}")
-    expected = expected_visual_tokens(family, config, target_num, VERIFY_IMAGE_SIZE)
+    expected = expected_visual_tokens(family, config, amount, VERIFY_IMAGE_SIZE, remote.get("grid_thw"))
     if remote["placeholders"] != expected["placeholders"]:
         problems.append(
             f"the processor emitted {remote['placeholders']} image placeholders, expected {expected['placeholders']}"
@@ -465,12 +638,14 @@ def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path
     if remote["forward_error"]:
         problems.append(f"the forward pass failed: {remote['forward_error']}")
     if not problems:
-        reference = _run_python(
-            VERIFY_REFERENCE,
-            [str(source_dir), str(folder), str(image_path), str(target_num), remote["prompt"], str(check_dir / "reference.pt")],
-            check_dir,
-            clean=False,
-        )
+        if qwen:
+            kind = "target_num" if amount.target_num is not None else "retain_ratio"
+            reference_args = [str(source_dir), str(inputs_path), f"{kind}={amount.label}", str(check_dir / "reference.pt")]
+            reference = _run_python(VERIFY_REFERENCE_QWEN, reference_args, check_dir, clean=False)
+        else:
+            reference_args = [str(source_dir), str(folder), str(image_path), str(amount.target_num), remote["prompt"],
+                              str(check_dir / "reference.pt")]
+            reference = _run_python(VERIFY_REFERENCE, reference_args, check_dir, clean=False)
         if reference["input_ids"] != remote["input_ids"]:
             problems.append("the variant's processor gives other input ids in a clean process than with flowcut-hf")
         remote_logits = torch.load(check_dir / "remote.pt")
@@ -482,7 +657,7 @@ def _run_checks(folder: Path, source_dir: Path, target_num: int, check_dir: Path
     return problems, remote
 
 
-def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Path) -> dict:
+def verify_variant(folder: Path, source_dir: Path, amount: RetainedAmount | int, work_dir: Path) -> dict:
     """Loads ``folder`` as remote code in a clean subprocess and checks it against the library on the source.
 
     Returns the remote-code run's report (with the vision ``token_schedule`` and the visual-token counts it saw on
@@ -490,11 +665,12 @@ def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Pa
     """
     # The checks run in subprocesses whose working folder is the check folder: relative paths would point elsewhere.
     folder, source_dir = folder.resolve(), source_dir.resolve()
+    amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
     config = json.loads((folder / "config.json").read_text())
     family = family_for_config(config)
     check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir.resolve()))
     try:
-        problems, remote = _run_checks(folder, source_dir, target_num, check_dir, family, config)
+        problems, remote = _run_checks(folder, source_dir, amount, check_dir, family, config)
     finally:
         shutil.rmtree(check_dir, ignore_errors=True)
     if problems:
@@ -507,7 +683,7 @@ def verify_variant(folder: Path, source_dir: Path, target_num: int, work_dir: Pa
 
 def verification_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The part of a verification report the model card counts FLOPs from."""
-    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens")
+    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens", "grid_thw")
     return {key: report.get(key) for key in keys}
 
 
@@ -524,6 +700,10 @@ def prefill_accounts(variant_config: dict[str, Any], verification: dict[str, Any
     target_num = variant_config["flowcut_target_num"]
     measured = "the vision schedule is the one measured on a synthetic image during export"
     upper_bound = "the vision encoder is counted unpruned, an upper bound (the export was not verified)"
+    if family.default_retain_ratio is not None:
+        amount = RetainedAmount(target_num, None if target_num is not None else variant_config["flowcut_retain_ratio"])
+        unpruned, pruned, what = qwen_prefill_flops(config, amount, variant_config["flowcut_llm_prune_layer"], verification, prompt_tokens)
+        return unpruned, pruned, what + (measured if verification else upper_bound)
     if not family.llm_stage:
         schedule = verification["token_schedule"] if verification else None
         unpruned = prefill_account(config, prompt_tokens)
@@ -553,6 +733,43 @@ def prefill_accounts(variant_config: dict[str, Any], verification: dict[str, Any
     return unpruned, pruned, what + (measured if verification else upper_bound)
 
 
+@dataclass(frozen=True)
+class PrefillFlops:
+    """A prefill's analytic FLOPs (for families whose card counts only the total)."""
+
+    total_flops: int
+
+
+def qwen_prefill_flops(config, amount: RetainedAmount, llm_prune_layer: int, verification, prompt_tokens: int):
+    """``(unpruned, pruned, what)`` for a Qwen variant: the ViT from its measured schedule (or unpruned, without a
+    verification), and the LLM with twice the target before the LLM stage and the target after it."""
+    from ..accounting import llm_prefill_flops, qwen_vision_flops
+
+    vision, text = config.vision_config, config.text_config
+    patch = vision.patch_size * vision.spatial_merge_size
+    if verification:
+        t, h, w = verification["grid_thw"]
+        units = t * h * w // 4
+        schedule, into_llm, after = verification["token_schedule"][0], verification["kept"][0], verification["llm_kept"][0]
+        image_size = verification["image_size"]
+    else:
+        image_size = VERIFY_IMAGE_SIZE
+        units = max(1, round(image_size[0] / patch)) * max(1, round(image_size[1] / patch))
+        after = amount.retained(units)
+        schedule, into_llm = [4 * units] * vision.depth, min(2 * after, units)
+    layers = text.num_hidden_layers
+    unpruned = qwen_vision_flops(vision, [4 * units] * vision.depth, units) + llm_prefill_flops(
+        text, [prompt_tokens + units] * layers
+    )
+    pruned_lengths = [prompt_tokens + into_llm] * (llm_prune_layer + 1) + [prompt_tokens + after] * (layers - llm_prune_layer - 1)
+    pruned = qwen_vision_flops(vision, schedule, into_llm) + llm_prefill_flops(text, pruned_lengths)
+    what = (
+        f"ViT and LLM, for one {image_size[1]}x{image_size[0]} image ({units} stock visual tokens) and a "
+        f"{prompt_tokens}-token text prompt; "
+    )
+    return PrefillFlops(unpruned), PrefillFlops(pruned), what
+
+
 def write_card(
     folder: Path,
     resolved: ResolvedSource,
@@ -577,6 +794,7 @@ def write_card(
         base_license_name=resolved.license_name if resolved.license == "other" else None,
         base_license_link=resolved.license_link if resolved.license == "other" else None,
         target_num=plan.target_num,
+        retain_ratio=plan.amount.retain_ratio,
         image_tokens=image_tokens_per_image(variant_config),
         settings=settings,
         family=resolved.family.name,
@@ -617,11 +835,11 @@ def push_variant(
 
 
 def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[VariantPlan]:
-    targets = validate_targets(list(options.target_nums), resolved.hf_config)
+    amounts = validate_targets(list(options.target_nums), resolved.hf_config, list(options.retain_ratios))
     protected = [p.resolve() for p in (resolved.local_dir, options.vision_tower) if p is not None]
     plans = []
-    for target in targets:
-        name = options.name_pattern.format(base=resolved.base_name, n=target)
+    for amount in amounts:
+        name = options.name_pattern.format(base=resolved.base_name, n=amount.label)
         if name in ("", ".", "..") or Path(name).name != name or name.startswith("."):
             raise ValueError(f"--name-pattern gives {name!r}, which is not a plain folder name.")
         folder = (Path(options.out) / name).resolve()
@@ -631,16 +849,16 @@ def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[Vari
                     f"The variant folder {folder} overlaps {read_from}, which the export reads from; choose another "
                     "--out or --name-pattern."
                 )
-        repo_id = push_repo_id(options.push, resolved.base_name, target, len(targets), options.name_pattern)
+        repo_id = push_repo_id(options.push, resolved.base_name, amount.label, len(amounts), options.name_pattern)
         if repo_id is not None and resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
             raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
-        plans.append(VariantPlan(target, name, Path(options.out) / name, repo_id))
+        plans.append(VariantPlan(amount, name, Path(options.out) / name, repo_id))
     if len({plan.name for plan in plans}) != len(plans):
         raise ValueError(f"--name-pattern {options.name_pattern!r} gives the same folder to several variants; use {{n}}.")
     return plans
 
 
-def push_repo_id(push: str | None, base: str, target: int, count: int, pattern: str) -> str | None:
+def push_repo_id(push: str | None, base: str, target: int | str, count: int, pattern: str) -> str | None:
     """``--push`` is a repo id (one variant), a namespace (``org``: one repo per variant, named by the pattern), or
     a repo id containing ``{n}``."""
     if push is None:
@@ -659,7 +877,7 @@ def push_repo_id(push: str | None, base: str, target: int, count: int, pattern: 
     return push
 
 
-def fingerprint(resolved: ResolvedSource, target_num: int) -> str:
+def fingerprint(resolved: ResolvedSource, amount: RetainedAmount) -> str:
     """Identifies what a variant folder was built from, so that a re-run can reuse it instead of rebuilding."""
     from .. import __version__
 
@@ -667,7 +885,7 @@ def fingerprint(resolved: ResolvedSource, target_num: int) -> str:
         (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.local_dir.iterdir() if p.is_file()
     )
     code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in resolved.family.remote_code_files()]
-    payload = json.dumps([str(resolved.local_dir), resolved.commit, files, target_num, __version__, code])
+    payload = json.dumps([str(resolved.local_dir), resolved.commit, files, amount.label, __version__, code])
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
@@ -695,7 +913,7 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
             result = VariantResult(plan)
             previous = manifest["variants"].get(plan.name) or {}
             if plan.folder.exists() and not options.overwrite:
-                reusable = previous.get("fingerprint") == fingerprint(resolved, plan.target_num) and (
+                reusable = previous.get("fingerprint") == fingerprint(resolved, plan.amount) and (
                     previous.get("verified") or not options.verify
                 )
                 if not reusable:
@@ -715,19 +933,20 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
                         log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
                     converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
                 staging = work_dir / plan.name
-                log(f"{plan.name}: write ({plan.target_num} of {image_tokens_per_image(resolved.hf_config)} visual tokens per image)")
-                write_variant(converted, plan.target_num, staging, allow_pickle=options.allow_pickle)
+                log(f"{plan.name}: write ({plan.amount.describe(image_tokens_per_image(resolved.hf_config))})")
+                write_variant(converted, plan.amount, staging, allow_pickle=options.allow_pickle)
                 if options.verify:
                     log(f"{plan.name}: verify in a clean subprocess")
-                    report = verify_variant(staging, converted.local_dir, plan.target_num, work_dir)
+                    report = verify_variant(staging, converted.local_dir, plan.amount, work_dir)
                     result.token_schedule = report["token_schedule"]
                     result.verification = verification_summary(report)
                 log(f"{plan.name}: card")
                 write_card(staging, resolved, plan, result.verification, options)
                 _move_into_place(staging, plan.folder)
                 manifest["variants"][plan.name] = {
-                    "fingerprint": fingerprint(resolved, plan.target_num),
+                    "fingerprint": fingerprint(resolved, plan.amount),
                     "target_num": plan.target_num,
+                    "retain_ratio": plan.amount.retain_ratio,
                     "verified": options.verify,
                     "token_schedule": result.token_schedule,
                     "verification": result.verification,
@@ -779,8 +998,10 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
     for plan in plans:
         log(f"  {plan.name}: would write {plan.folder}")
         log(f"    weights (unchanged, byte-identical): {', '.join(weights)}")
-        log(f"    config.json with flowcut_target_num={plan.target_num}, auto_map; remote code: {code_files}")
-        log("    processor_config.json, tokenizer files, chat template, generation_config.json, README.md")
+        field = f"flowcut_target_num={plan.target_num}" if plan.target_num is not None else f"flowcut_retain_ratio={plan.amount.retain_ratio:g}"
+        log(f"    config.json with {field}, auto_map; remote code: {code_files}")
+        processor = "the stock processor's files, copied" if resolved.family.copies_processor_files else "processor_config.json"
+        log(f"    {processor}, tokenizer files, chat template, generation_config.json, README.md")
         if plan.folder.exists() and not options.overwrite:
             log(f"    note: {plan.folder} exists; the real run needs --overwrite")
         if plan.repo_id:

@@ -1,4 +1,5 @@
-"""``flowcut-hf export``: turn a base LLaVA-1.5 or LLaVA-NeXT checkpoint into FlowCut variants, in folders and on the Hub."""
+"""``flowcut-hf export``: turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into FlowCut variants, in
+folders and on the Hub."""
 
 from __future__ import annotations
 
@@ -8,17 +9,20 @@ from pathlib import Path
 from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, PushError, VerificationError, export
 
 DESCRIPTION = """\
-Turn a base LLaVA-1.5 or LLaVA-NeXT checkpoint into pruned-by-design FlowCut variants.
+Turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into pruned-by-design FlowCut variants.
 
 SOURCE is a local folder or a Hub repo id: an HF-format LLaVA-1.5 (LlavaForConditionalGeneration, e.g.
-llava-hf/llava-1.5-7b-hf) or LLaVA-NeXT (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf)
-checkpoint, or an original-LLaVA-1.5 one (LlavaLlamaForCausalLM, e.g. liuhaotian/llava-v1.5-7b or
-JosephTong/llava-v1.5-7b-flowcut192), which is converted on the way.
+llava-hf/llava-1.5-7b-hf), LLaVA-NeXT (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf),
+Qwen2-VL (Qwen2VLForConditionalGeneration, e.g. Qwen/Qwen2-VL-7B-Instruct) or Qwen2.5-VL
+(Qwen2_5_VLForConditionalGeneration) checkpoint, or an original-LLaVA-1.5 one (LlavaLlamaForCausalLM, e.g.
+liuhaotian/llava-v1.5-7b or JosephTong/llava-v1.5-7b-flowcut192), which is converted on the way.
 
 --target-num is the number of visual tokens kept per image: for LLaVA-1.5 out of 576 (e.g. 64), for LLaVA-NeXT out
-of up to 2928, after the LLM stage (e.g. 160; the vision encoder keeps half of it per anyres crop).
+of up to 2928, after the LLM stage (e.g. 160; the vision encoder keeps half of it per anyres crop). For Qwen2-VL and
+Qwen2.5-VL, whose token count follows the image size, --retain-ratio keeps a share of each image's tokens instead
+(e.g. 0.111, as in the paper; the ViT keeps twice as many, in whole 2x2 merge units).
 
-Each --target-num makes one variant in its own folder OUT/{base}-flowcut{N}. With --push, each variant goes to
+Each --target-num (or --retain-ratio) makes one variant in its own folder OUT/{base}-flowcut{N} (N = 64, or 0.111). With --push, each variant goes to
 its own repo: --push ORG gives ORG/{base}-flowcut{N}; --push ORG/NAME names the repo of a single variant;
 --push 'ORG/name-{n}' names several. The token comes from HF_TOKEN or `hf auth login`; it is never printed.
 """
@@ -26,12 +30,14 @@ its own repo: --push ORG gives ORG/{base}-flowcut{N}; --push ORG/NAME names the 
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export FlowCut variants of a LLaVA-1.5 or LLaVA-NeXT checkpoint (and push them to the Hub)",
+        "export", help="export FlowCut variants of a LLaVA-1.5, LLaVA-NeXT or Qwen2(.5)-VL checkpoint (and push them)",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="local folder or Hub repo id of the base checkpoint")
-    parser.add_argument("--target-num", type=int, action="append", required=True, dest="target_nums",
+    parser.add_argument("--target-num", type=int, action="append", default=[], dest="target_nums",
                         help="visual tokens kept per image; repeat for several variants")
+    parser.add_argument("--retain-ratio", type=float, action="append", default=[], dest="retain_ratios",
+                        help="Qwen2-VL / Qwen2.5-VL: share of each image's tokens kept (e.g. 0.111); repeat for several")
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per variant")
     parser.add_argument("--push", metavar="REPO_ID", help="push to the Hub: a repo id, a namespace, or a pattern with {n}")
     parser.add_argument("--private", action="store_true", help="create the Hub repo(s) private")
@@ -51,7 +57,7 @@ def register_cli(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     options = ExportOptions(
-        target_nums=args.target_nums, out=args.out, push=args.push, private=args.private, revision=args.revision,
+        target_nums=args.target_nums, retain_ratios=args.retain_ratios, out=args.out, push=args.push, private=args.private, revision=args.revision,
         overwrite=args.overwrite, dry_run=args.dry_run, commit_message=args.commit_message, create_pr=args.create_pr,
         allow_pickle=args.allow_pickle, vision_tower=args.vision_tower, eval_results=args.eval_results,
         name_pattern=args.name_pattern, base_model=args.base_model, verify=not args.skip_verify,

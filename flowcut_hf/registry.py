@@ -116,6 +116,8 @@ class FlowCutFamily:
         llm_stage: whether the family prunes inside the language model too (``flowcut_llm_prune_layer``).
         check_vision_tower: ``vision_config -> None``, raises if the adapter cannot prune this vision tower.
         default_retain_ratio: families with per-image token counts: the default share kept per image.
+        copies_processor_files: the exporter copies the stock processor's files byte for byte instead of loading
+            and saving the processor (it stays the stock one, and loading it may need optional packages).
     """
 
     name: str
@@ -138,6 +140,7 @@ class FlowCutFamily:
     llm_stage: bool
     check_vision_tower: Callable[[PretrainedConfig], None] = check_clip_vision_tower
     default_retain_ratio: float | None = None
+    copies_processor_files: bool = False
 
     def config_from_dict(self, data: Mapping[str, Any]) -> PretrainedConfig:
         """The stock config of a ``config.json`` dict (FlowCut fields and ``auto_map`` are kept as extra attributes)."""
@@ -231,6 +234,7 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
             llm_stage=True,
             check_vision_tower=any_vision_tower,
             default_retain_ratio=qwen_config.DEFAULT_QWEN_RETAIN_RATIO,
+            copies_processor_files=True,
         )
         for name, display_name, model_type, stem, stock_model, stock_inner, stock_config, stock_processor, auto_map in (
             ("qwen2_vl", "Qwen2-VL", "qwen2_vl", "Qwen2VL", Qwen2VLForConditionalGeneration, Qwen2VLModel,

@@ -23,7 +23,13 @@ PIPELINE_TAG = "image-text-to-text"
 BASE_TAGS = ("flowcut", "visual-token-pruning")
 
 # Families whose FlowCut behaviour the template describes; the prose itself lives in the template.
-FAMILY_DISPLAY_NAMES: Mapping[str, str] = {"llava": "LLaVA", "llava_next": "LLaVA-NeXT"}
+FAMILY_DISPLAY_NAMES: Mapping[str, str] = {
+    "llava": "LLaVA",
+    "llava_next": "LLaVA-NeXT",
+    "qwen2_vl": "Qwen2-VL",
+    "qwen2_5_vl": "Qwen2.5-VL",
+}
+RATIO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # families whose variants may keep a share of each image's tokens
 
 FLOWCUT_BIBTEX = """\
 @inproceedings{tong2025flowcut,
@@ -58,7 +64,8 @@ class VariantCardInfo:
         base_license_name, base_license_link: the base's ``license_name`` / ``license_link``; allowed only with
             ``base_license="other"``, as on the Hub. A relative link (``"LICENSE"``) points into the base repo and
             is rewritten to an absolute URL there, because the variant repo need not hold that file.
-        target_num: visual tokens the variant keeps per image (K).
+        target_num: visual tokens the variant keeps per image (K); None for a Qwen variant set by ``retain_ratio``.
+        retain_ratio: Qwen2-VL / Qwen2.5-VL: the share of each image's tokens the variant keeps, in (0, 1).
         image_tokens: visual tokens per image without pruning (N, 576 for LLaVA-1.5 at 336 px; for LLaVA-NeXT the
             most an image can have, 2928 with the standard grid); ``K < N``.
         settings: the FlowCut fields of the variant's ``config.json``, name → JSON value. Written as the card's
@@ -78,7 +85,7 @@ class VariantCardInfo:
     repo_id: str
     base_model: str
     base_license: str | None
-    target_num: int
+    target_num: int | None
     image_tokens: int
     settings: Mapping[str, Any] = field(default_factory=dict)
     family: str = "llava"
@@ -90,6 +97,7 @@ class VariantCardInfo:
     base_license_name: str | None = None
     base_license_link: str | None = None
     base_citation: str | None = None
+    retain_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("repo_id", "base_model"):
@@ -118,11 +126,18 @@ class VariantCardInfo:
 
         if self.family not in FAMILY_DISPLAY_NAMES:
             raise ValueError(f"family must be one of {sorted(FAMILY_DISPLAY_NAMES)}, got {self.family!r}")
-        for name in ("target_num", "image_tokens"):
+        if (self.target_num is None) == (self.retain_ratio is None):
+            raise ValueError("give exactly one of target_num and retain_ratio")
+        if self.retain_ratio is not None:
+            if self.family not in RATIO_FAMILIES:
+                raise ValueError(f"retain_ratio applies to {RATIO_FAMILIES}; a {self.family} variant keeps target_num")
+            if not _is_real(self.retain_ratio) or not 0 < self.retain_ratio < 1:
+                raise ValueError(f"retain_ratio must be a share in (0, 1), got {self.retain_ratio!r}")
+        for name in ("target_num", "image_tokens") if self.target_num is not None else ("image_tokens",):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if self.target_num >= self.image_tokens:
+        if self.target_num is not None and self.target_num >= self.image_tokens:
             raise ValueError(
                 f"target_num ({self.target_num}) must be smaller than image_tokens ({self.image_tokens}),"
                 " otherwise nothing is pruned"
@@ -165,7 +180,7 @@ class VariantCardInfo:
             if self.prefill_flops_pruned >= self.prefill_flops_unpruned:
                 raise ValueError(
                     f"prefill_flops_pruned ({self.prefill_flops_pruned}) must be below prefill_flops_unpruned"
-                    f" ({self.prefill_flops_unpruned}) when {self.target_num} of {self.image_tokens} tokens are kept"
+                    f" ({self.prefill_flops_unpruned}) when {self.kept_description} is kept"
                 )
         if self.prefill_flops_reduction is not None:
             r = self.prefill_flops_reduction
@@ -177,6 +192,12 @@ class VariantCardInfo:
                     raise ValueError(
                         f"prefill_flops_reduction ({r}) disagrees with the FLOPs numbers, which give {derived:.4f}"
                     )
+
+    @property
+    def kept_description(self) -> str:
+        if self.target_num is not None:
+            return f"{self.target_num} of {self.image_tokens} tokens"
+        return f"{self.retain_ratio:.1%} of each image's tokens"
 
     @property
     def flops_reduction(self) -> float:
@@ -278,11 +299,15 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         "base_url": f"{_HUB_URL}/{info.base_model}",
         "family_name": FAMILY_DISPLAY_NAMES[info.family],
         "family_id": info.family,
-        "kept_tokens": info.target_num,
-        "half_kept_tokens": info.target_num // 2,
+        "kept_tokens": info.target_num if info.target_num is not None else f"{info.retain_ratio:.1%} of them",
+        "half_kept_tokens": info.target_num // 2 if info.target_num is not None else None,
+        "retain_percent": _percent(info.retain_ratio) if info.retain_ratio is not None else None,
+        "vision_percent": _percent(min(1.0, 2 * info.retain_ratio)) if info.retain_ratio is not None else None,
         "llm_prune_layer": info.settings.get("flowcut_llm_prune_layer"),
         "unpruned_tokens": info.image_tokens,
-        "token_cut_percent": _percent(1 - info.target_num / info.image_tokens),
+        "token_cut_percent": _percent(
+            1 - (info.target_num / info.image_tokens if info.target_num is not None else info.retain_ratio)
+        ),
         "repo_id_literal": json.dumps(info.repo_id),
         "revision_literal": json.dumps(info.revision or "main"),
         "revision_pinned": info.revision is not None,
@@ -297,7 +322,7 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
     }
 
 
-def _normalise_settings(settings: Any, target_num: int) -> dict[str, Any]:
+def _normalise_settings(settings: Any, target_num: int | None) -> dict[str, Any]:
     if not isinstance(settings, Mapping):
         raise ValueError(f"settings must be a mapping of config field -> value, got {type(settings).__name__}")
     for key in settings:
@@ -308,7 +333,7 @@ def _normalise_settings(settings: Any, target_num: int) -> dict[str, Any]:
     except (TypeError, ValueError) as err:
         bad = next((k for k, v in settings.items() if not _json_ok(v)), None)
         raise ValueError(f"settings[{bad!r}] is not a JSON value (as config.json needs): {err}") from None
-    if block.setdefault(_TARGET_FIELD, target_num) != target_num:
+    if target_num is not None and block.setdefault(_TARGET_FIELD, target_num) != target_num:
         raise ValueError(f"settings[{_TARGET_FIELD!r}] is {block[_TARGET_FIELD]!r} but target_num is {target_num}")
     return block
 

@@ -193,8 +193,8 @@ def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_ba
 def test_failed_verification_stops_before_push_and_leaves_no_folder(hf_base, tmp_path, monkeypatch):
     original = pipeline.flowcut_config
 
-    def wrong_count(config, target_num):  # a config that disagrees with its processor
-        return original(config, target_num + 1)
+    def wrong_count(config, amount):  # a config that disagrees with its processor
+        return original(config, pipeline.RetainedAmount(target_num=amount.target_num + 1))
 
     monkeypatch.setattr(pipeline, "flowcut_config", wrong_count)
     pushed = []
