@@ -2,7 +2,7 @@
 
 For each family it builds a random model with the real geometry (LLaVA-1.5: CLIP 336 px / 14 px patches, so 576
 visual tokens per image; LLaVA-NeXT: the same CLIP on every anyres crop, up to ~2900 visual tokens per image; a
-small Llama), applies :func:`flowcut_hf.flowcut`, generates for a two-image prompt, and prints how many tokens each
+small Llama; Qwen2.5-VL: its 32-block windowed ViT and 2x2 merge units, at a small pixel budget), applies :func:`flowcut_hf.flowcut`, generates for a two-image prompt, and prints how many tokens each
 image kept and the prefill time against the unpruned model, measured side by side in this run.
 """
 
@@ -134,7 +134,59 @@ def run_next_demo(target_num: int = 160, repeats: int = 5, max_new_tokens: int =
     }
 
 
-DEMOS = {"llava": run_demo, "llava_next": run_next_demo}
+QWEN_IMAGE_SIZES = [(448, 392), (168, 224)]  # (height, width): 56 and 48 merge units at the tiny pixel budget
+
+
+def run_qwen_demo(
+    target_num: int | None = None, repeats: int = 5, max_new_tokens: int = 12, seed: int = 0, retain_ratio: float = 0.25
+) -> dict:
+    """Runs the Qwen2.5-VL demo (stock processor, whole 2x2 units pruned in the ViT, then in the LLM, window attention
+    kept); ``target_num`` replaces ``retain_ratio`` when given. Returns its figures."""
+    from .tiny import build_tiny_qwen_vl
+
+    torch.manual_seed(seed)
+    model, processor = build_tiny_qwen_vl("2.5", seed=seed)
+    images = [synthetic_image(index + 1, size=size) for index, size in enumerate(QWEN_IMAGE_SIZES)]
+    content = [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "What is different between these two pictures?"}]
+    prompt = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=images, return_tensors="pt")
+    flowcut(model, **({"target_num": target_num} if target_num is not None else {"retain_ratio": retain_ratio}))
+
+    with torch.inference_mode():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+        output = model(**inputs)
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    answer = processor.decode(generated[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    unpruned, pruned = interleaved_prefill_medians(model, inputs, inputs, repeats)
+
+    amount = f"target_num={target_num}" if target_num is not None else f"retain_ratio={retain_ratio}"
+    print(f"FlowCut demo: random Qwen2.5-VL-shaped model (32 ViT blocks, 2x2 merge units), {len(images)} images, {amount}")
+    for index, size in enumerate(QWEN_IMAGE_SIZES):
+        print(
+            f"  image {index} ({size[1]}x{size[0]}): {features.placeholder_counts[index]} stock visual tokens -> "
+            f"{len(features.kept_units[index])} whole 2x2 units out of the ViT -> "
+            f"{len(output.image_kept_units[index])} after LLM layer {model.config.flowcut_llm_prune_layer}"
+        )
+    lengths = [layer.keys.shape[2] for layer in output.past_key_values.layers]
+    print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
+    print(f"  generated (random weights, so gibberish): {answer!r}")
+    print(
+        f"  prefill median over {repeats} runs: unpruned {unpruned * 1e3:.1f} ms, FlowCut {pruned * 1e3:.1f} ms "
+        f"-> ratio {pruned / unpruned:.2f} ({unpruned / pruned:.2f}x faster)"
+    )
+    return {
+        "stock_tokens_per_image": list(features.placeholder_counts),
+        "tokens_into_llm_per_image": [len(units) for units in features.kept_units],
+        "tokens_after_llm_stage_per_image": [len(units) for units in output.image_kept_units],
+        "kv_cache_lengths": lengths,
+        "prefill_seconds_unpruned": unpruned,
+        "prefill_seconds_flowcut": pruned,
+        "prefill_ratio": pruned / unpruned,
+        "generated_text": answer,
+    }
+
+
+DEMOS = {"llava": run_demo, "llava_next": run_next_demo, "qwen2_5_vl": run_qwen_demo}
 
 
 def run_cli(args) -> int:
@@ -152,7 +204,7 @@ def run_cli(args) -> int:
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="run FlowCut on small built-in LLaVA-1.5 and LLaVA-NeXT models (no download)",
+        help="run FlowCut on small built-in LLaVA-1.5, LLaVA-NeXT and Qwen2.5-VL models (no download)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -161,7 +213,8 @@ def register_cli(subparsers) -> None:
     )
     parser.add_argument(
         "--target-num", type=int, default=None,
-        help="visual tokens kept per image (default: the paper's, 64 for LLaVA-1.5 and 160 for LLaVA-NeXT)",
+        help="visual tokens kept per image (default: the paper's, 64 for LLaVA-1.5 and 160 for LLaVA-NeXT; Qwen2.5-VL "
+        "keeps a quarter of each image's tokens unless this is given)",
     )
     parser.add_argument("--repeats", type=int, default=5, help="timed prefill runs per configuration (default 5)")
     parser.add_argument("--max-new-tokens", type=int, default=12)
