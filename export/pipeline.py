@@ -407,13 +407,17 @@ def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> No
 
 # --------------------------------------------------------------------------------------------------- 4. verify
 
-VERIFY_REMOTE_CODE = r'''
+# Verification must prove the variant works without flowcut-hf: the remote-code runs cannot import it.
+BLOCK_FLOWCUT_HF = r'''
 import importlib.abc, json, sys
 class _Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
         if name == "flowcut_hf" or name.startswith("flowcut_hf."):
             raise ModuleNotFoundError(name)
 sys.meta_path.insert(0, _Block())
+'''
+
+VERIFY_REMOTE_CODE = BLOCK_FLOWCUT_HF + r'''
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -474,13 +478,7 @@ torch.save(logits, out_path)
 print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
 '''
 
-VERIFY_REMOTE_CODE_QWEN = r'''
-import importlib.abc, json, sys
-class _Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "flowcut_hf" or name.startswith("flowcut_hf."):
-            raise ModuleNotFoundError(name)
-sys.meta_path.insert(0, _Block())
+VERIFY_REMOTE_CODE_QWEN = BLOCK_FLOWCUT_HF + r'''
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer

@@ -938,6 +938,30 @@ def aligned_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[
     return [line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)], widths[0]
 
 
+def staged_target_lines(targets: dict, label: str, speed_key: str, oracle_key: str) -> list[str]:
+    """The closing lines of the LLaVA-NeXT and Qwen tables: the KV-cache check and the two measured targets of the
+    headline row ``label`` (e.g. ``FlowCut@160``, ``FlowCut@0.111``)."""
+    kv, speed, oracle = targets["kv_cache_matches_analytic"], targets[speed_key], targets[oracle_key]
+
+    def verdict(entry):
+        return "n/a (row not run)" if entry["met"] is None else ("met" if entry["met"] else "MISSED")
+
+    def number(value):
+        return "-" if value is None else f"{value:.2f}"
+
+    oracle_label = label.replace("FlowCut", "oracle")
+    return [
+        "KV cache: measured from the returned cache (every layer's own length), "
+        f"{'equal to' if kv['met'] else 'DIFFERENT from'} the analytic count for every row.",
+        "",
+        "targets (measured, not asserted):",
+        f"  {label} speed-up vs stock{' ' * (len(oracle_label) - 4)}{number(speed['value'])}x (paired "
+        f"{number(speed['paired'])}x), limit >= {speed['limit']:.1f}x: {verdict(speed)}",
+        f"  {label} / {oracle_label} prefill   {number(oracle['value'])} (paired {number(oracle['paired'])}), "
+        f"limit <= {oracle['limit']:.2f}: {verdict(oracle)}",
+    ]
+
+
 def report_headline(report: dict) -> str:
     """The first line of a bench table: the model, its size and geometry, the device and the dtype."""
     model = report["model"]

@@ -62,6 +62,7 @@ from .bench import (
     DEFAULT_PROMPT,
     aligned_rows,
     report_headline,
+    staged_target_lines,
     DeviceTimer,
     cache_nbytes,
     compact_schedule,
@@ -397,25 +398,7 @@ def format_next_table(report: dict) -> str:
     ]
     for c in report["configs"]:
         out.append(f"  {c['name']:<{name_width}}  {compact_schedule(c['token_schedule'])}")
-    targets = report["targets"]
-    kv = targets["kv_cache_matches_analytic"]
-    out.append(
-        "KV cache: measured from the returned cache (every layer's own length), "
-        f"{'equal to' if kv['met'] else 'DIFFERENT from'} the analytic count for every row."
-    )
-    out += ["", "targets (measured, not asserted):"]
-    speed, oracle = targets["speedup_at_160"], targets["flowcut_over_oracle_at_160"]
-
-    def verdict(entry):
-        return "n/a (row not run)" if entry["met"] is None else ("met" if entry["met"] else "MISSED")
-
-    def number(value):
-        return "-" if value is None else f"{value:.2f}"
-
-    out.append(f"  FlowCut@160 speed-up vs stock      {number(speed['value'])}x (paired {number(speed['paired'])}x), "
-               f"limit >= {speed['limit']:.1f}x: {verdict(speed)}")
-    out.append(f"  FlowCut@160 / oracle@160 prefill   {number(oracle['value'])} (paired {number(oracle['paired'])}), "
-               f"limit <= {oracle['limit']:.2f}: {verdict(oracle)}")
+    out += staged_target_lines(report["targets"], "FlowCut@160", "speedup_at_160", "flowcut_over_oracle_at_160")
     return "\n".join(out)
 
 

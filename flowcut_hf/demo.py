@@ -84,6 +84,18 @@ def run_demo(target_num: int = 64, repeats: int = 5, max_new_tokens: int = 12, s
     }
 
 
+def print_cache_answer_and_timing(output, inputs, answer: str, repeats: int, unpruned: float, pruned: float) -> list[int]:
+    """The closing lines of the two-stage demos; returns the KV-cache length of every LLM layer."""
+    lengths = [layer.keys.shape[2] for layer in output.past_key_values.layers]
+    print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
+    print(f"  generated (random weights, so gibberish): {answer!r}")
+    print(
+        f"  prefill median over {repeats} runs: unpruned {unpruned * 1e3:.1f} ms, FlowCut {pruned * 1e3:.1f} ms "
+        f"-> ratio {pruned / unpruned:.2f} ({unpruned / pruned:.2f}x faster)"
+    )
+    return lengths
+
+
 NEXT_IMAGE_SIZES = [(600, 800), (500, 300)]  # (height, width): a 2x2 anyres grid and a 2x1 one
 
 
@@ -115,13 +127,7 @@ def run_next_demo(target_num: int = 160, repeats: int = 5, max_new_tokens: int =
             f"{kept} per crop in the vision encoder -> {into_llm[index]} into the LLM -> {after_llm[index]} after LLM "
             f"layer {model.config.flowcut_llm_prune_layer}"
         )
-    lengths = [layer.keys.shape[2] for layer in output.past_key_values.layers]
-    print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
-    print(f"  generated (random weights, so gibberish): {answer!r}")
-    print(
-        f"  prefill median over {repeats} runs: unpruned {unpruned * 1e3:.1f} ms, FlowCut {pruned * 1e3:.1f} ms "
-        f"-> ratio {pruned / unpruned:.2f} ({unpruned / pruned:.2f}x faster)"
-    )
+    lengths = print_cache_answer_and_timing(output, inputs, answer, repeats, unpruned, pruned)
     return {
         "stock_tokens_per_image": stock_counts,
         "tokens_into_llm_per_image": into_llm,
@@ -167,13 +173,7 @@ def run_qwen_demo(
             f"{len(features.kept_units[index])} whole 2x2 units out of the ViT -> "
             f"{len(output.image_kept_units[index])} after LLM layer {model.config.flowcut_llm_prune_layer}"
         )
-    lengths = [layer.keys.shape[2] for layer in output.past_key_values.layers]
-    print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
-    print(f"  generated (random weights, so gibberish): {answer!r}")
-    print(
-        f"  prefill median over {repeats} runs: unpruned {unpruned * 1e3:.1f} ms, FlowCut {pruned * 1e3:.1f} ms "
-        f"-> ratio {pruned / unpruned:.2f} ({unpruned / pruned:.2f}x faster)"
-    )
+    lengths = print_cache_answer_and_timing(output, inputs, answer, repeats, unpruned, pruned)
     return {
         "stock_tokens_per_image": list(features.placeholder_counts),
         "tokens_into_llm_per_image": [len(units) for units in features.kept_units],

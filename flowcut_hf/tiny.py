@@ -44,28 +44,33 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 IMAGE_TOKEN = "<image>"
 
 
-def build_tiny_tokenizer() -> TokenizersBackend:
-    """A byte-level tokenizer (every byte is a token, no merges) with LLaVA's special tokens.
-
-    Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3, the 256 bytes, then ``<image>`` last (260).
-    """
+def byte_level_tokenizer(
+    added_tokens: list[str], eos_token: str, extra_special_tokens: dict[str, str], chat_template: str
+) -> TokenizersBackend:
+    """A byte-level tokenizer (every byte is a token, no merges): ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    the 256 bytes, then ``added_tokens`` (special) in order. Left padding, as generation needs."""
     byte_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + byte_alphabet + [IMAGE_TOKEN])}
+    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + byte_alphabet + added_tokens)}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     backend.decoder = decoders.ByteLevel()
     tokenizer = TokenizersBackend(
         tokenizer_object=backend,
         bos_token="<s>",
-        eos_token="</s>",
+        eos_token=eos_token,
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": IMAGE_TOKEN},
+        extra_special_tokens=extra_special_tokens,
         padding_side="left",
-        chat_template=LLAVA_15_CHAT_TEMPLATE,
+        chat_template=chat_template,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    tokenizer.add_special_tokens({"additional_special_tokens": added_tokens})
     return tokenizer
+
+
+def build_tiny_tokenizer() -> TokenizersBackend:
+    """A byte-level tokenizer with LLaVA's special tokens; ``<image>`` comes last (260)."""
+    return byte_level_tokenizer([IMAGE_TOKEN], "</s>", {"image_token": IMAGE_TOKEN}, LLAVA_15_CHAT_TEMPLATE)
 
 
 def build_tiny_processor(
@@ -216,23 +221,8 @@ QWEN_CHAT_TEMPLATE = (
 
 def build_tiny_qwen_tokenizer() -> TokenizersBackend:
     """A byte-level tokenizer like :func:`build_tiny_tokenizer`, with Qwen-VL's vision tokens after the bytes."""
-    byte_alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {token: index for index, token in enumerate(SPECIAL_TOKENS + byte_alphabet + QWEN_SPECIAL_TOKENS)}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    tokenizer = TokenizersBackend(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="<|im_end|>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
-        padding_side="left",
-        chat_template=QWEN_CHAT_TEMPLATE,
-    )
-    tokenizer.add_special_tokens({"additional_special_tokens": QWEN_SPECIAL_TOKENS})
-    return tokenizer
+    special = {"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"}
+    return byte_level_tokenizer(QWEN_SPECIAL_TOKENS, "<|im_end|>", special, QWEN_CHAT_TEMPLATE)
 
 
 TINY_QWEN_PIXELS = {"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28}  # 4 to 64 merge units per image

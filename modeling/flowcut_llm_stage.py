@@ -32,6 +32,7 @@ from torch import nn
 from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils.output_capturing import capture_outputs
 
 from .flowcut_core import compute_layer_signals, fused_score, record_module_outputs, top_k_in_order
@@ -416,12 +417,66 @@ def check_stock_continuation(past_key_values, new_tokens: int, attention_mask: t
         )
 
 
+STOCK, CONTINUE, WHOLE, PRUNE = "stock", "continue", "whole", "prune"
+
+
+def forward_route(
+    enabled: bool,
+    flowcut_state: LayerGroupsState | None,
+    encoder_outputs: dict,
+    past_key_values,
+    new_tokens: int,
+    attention_mask: torch.Tensor | None,
+) -> str:
+    """Which path a two-stage model's forward takes, after the checks every such family shares.
+
+    ``encoder_outputs`` maps a modality to the model's own features for this call (``placeholder_counts`` and
+    ``prunable`` per item). Returns :data:`STOCK` (pruning off), :data:`CONTINUE` (new tokens after a pruned prefill,
+    with its ``flowcut_state``), :data:`WHOLE` (nothing to prune: the stock forward on these features) or
+    :data:`PRUNE` (a prefill that prunes).
+    """
+    if not enabled:
+        if flowcut_state is not None:
+            raise ValueError("flowcut_enabled was switched off in the middle of a generation; start a new one")
+        return STOCK
+    for name, output in encoder_outputs.items():
+        if getattr(output, "placeholder_counts", None) is None:
+            raise ValueError(
+                f"These {name} features do not say how many placeholders each {name} fills (they were sliced, e.g. by "
+                "chunked prefill, or come from a stock model). FlowCut needs the whole prompt in one forward call: do "
+                "not use prefill_chunk_size, and pass pixel values or this model's own features."
+            )
+    past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+    if past_length > 0 and flowcut_state is not None:
+        if encoder_outputs:
+            raise ValueError(
+                "FlowCut reads images only in the first forward call of a sequence; put all of them in the prompt of "
+                "the prefill (a cache that continues with new images is not supported)."
+            )
+        return CONTINUE
+    if not any(any(output.prunable) for output in encoder_outputs.values()):
+        check_stock_continuation(past_key_values, new_tokens, attention_mask)
+        return WHOLE
+    return PRUNE
+
+
 class LayerGroupsGenerationMixin:
     """``generate()`` support for models that run their decoder with :func:`run_layer_groups`.
 
     Decoding steps continue the pruned per-group layout (``flowcut_state``), and the prompt is read in one forward
     call, since the LLM stage scores with its last token. ``self.model.flowcut_settings()`` says whether pruning is on.
     """
+
+    def logits_and_loss(self, outputs, labels, logits_to_keep, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The LM head's logits of the inner model's ``outputs`` and, with ``labels`` (aligned with the input, as for
+        the stock model), the loss of the pruned sequence: labels follow ``outputs.input_positions``."""
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
+        if labels is None:
+            return logits, None
+        input_positions = getattr(outputs, "input_positions", None)
+        if input_positions is not None:
+            labels = follow_input_positions(labels, input_positions, -100)
+        return logits, self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(
@@ -556,6 +611,7 @@ __all__ = [
     "check_stock_continuation",
     "check_supported_cache",
     "continuation_layout",
+    "forward_route",
     "follow_input_positions",
     "left_aligned_index",
     "resolved_use_cache",

@@ -28,7 +28,6 @@ from torch import nn
 from transformers import LlavaNextForConditionalGeneration, LlavaNextModel
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llava_next.modeling_llava_next import (
     LlavaNextCausalLMOutputWithPast,
     LlavaNextModelOutputWithPast,
@@ -46,9 +45,11 @@ from .flowcut_llm_stage import (
     FlowCutLLMPruner,
     LayerGroupsGenerationMixin,
     LayerGroupsState,
-    check_stock_continuation,
+    CONTINUE,
+    STOCK,
+    WHOLE,
     continuation_layout,
-    follow_input_positions,
+    forward_route,
     resolved_use_cache,
     run_layer_groups,
     splice_image_features,
@@ -409,44 +410,30 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             use_cache=use_cache,
             **kwargs,
         )
-        if not settings.enabled:
-            if flowcut_state is not None:
-                raise ValueError("flowcut_enabled was switched off in the middle of a generation; start a new one")
+        image_output = None
+        if settings.enabled:
+            image_output = (mm_encoder_outputs or {}).get("image")
+            if image_output is None and pixel_values is not None and pixel_values.size(0) > 0:
+                image_output = self.get_image_features(
+                    pixel_values,
+                    image_sizes,
+                    vision_feature_layer=vision_feature_layer,
+                    vision_feature_select_strategy=vision_feature_select_strategy,
+                    return_dict=True,
+                )
+        outputs = {"image": image_output} if image_output is not None else {}
+        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        route = forward_route(settings.enabled, flowcut_state, outputs, past_key_values, new_tokens, attention_mask)
+        if route == STOCK:
             return LlavaNextModel.forward(
                 self, pixel_values=pixel_values, image_sizes=image_sizes, mm_encoder_outputs=mm_encoder_outputs, **stock_kwargs
             )
-
-        image_output = (mm_encoder_outputs or {}).get("image")
-        if image_output is None and pixel_values is not None and pixel_values.size(0) > 0:
-            image_output = self.get_image_features(
-                pixel_values,
-                image_sizes,
-                vision_feature_layer=vision_feature_layer,
-                vision_feature_select_strategy=vision_feature_select_strategy,
-                return_dict=True,
-            )
-        if image_output is not None and getattr(image_output, "placeholder_counts", None) is None:
-            raise ValueError(
-                "These image features do not say how many placeholders each image fills (they were sliced, e.g. by "
-                "chunked prefill, or come from a stock model). FlowCut on LLaVA-NeXT needs the whole prompt in one "
-                "forward call: do not use prefill_chunk_size, and pass pixel_values or this model's own image features."
-            )
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-
-        if past_length > 0 and flowcut_state is not None:
-            if image_output is not None:
-                raise ValueError(
-                    "FlowCut on LLaVA-NeXT reads images only in the first forward call of a sequence; put every image "
-                    "in the prompt of the prefill (a cache that continues with new images is not supported)."
-                )
+        if route == CONTINUE:
             return self.continue_pruned_sequence(
                 input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, flowcut_state, settings, kwargs
             )
-        if image_output is None or not any(image_output.prunable):
-            new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            check_stock_continuation(past_key_values, new_tokens, attention_mask)
-            stock_images = {"image": image_output} if image_output is not None else None
-            output = LlavaNextModel.forward(self, mm_encoder_outputs=stock_images, **stock_kwargs)
+        if route == WHOLE:
+            output = LlavaNextModel.forward(self, mm_encoder_outputs=outputs or None, **stock_kwargs)
             if image_output is None:
                 return output
             return FlowCutLlavaNextModelOutputWithPast(
@@ -603,16 +590,7 @@ class FlowCutLlavaNextForConditionalGeneration(
             return_dict=True,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-        input_positions = getattr(outputs, "input_positions", None)
-        loss = None
-        if labels is not None:
-            if input_positions is not None:
-                labels = follow_input_positions(labels, input_positions, -100)
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+        logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
         return FlowCutLlavaNextCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -622,7 +600,7 @@ class FlowCutLlavaNextForConditionalGeneration(
             image_hidden_states=outputs.image_hidden_states,
             flowcut_state=getattr(outputs, "flowcut_state", None),
             llm_keep_indices=getattr(outputs, "llm_keep_indices", None),
-            input_positions=input_positions,
+            input_positions=getattr(outputs, "input_positions", None),
         )
 
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):

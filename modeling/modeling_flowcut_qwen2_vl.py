@@ -31,7 +31,6 @@ from transformers import (
 from torch import nn
 from transformers.cache_utils import DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 from transformers.utils.generic import can_return_tuple
@@ -45,9 +44,11 @@ from .flowcut_llm_stage import (
     FlowCutLLMPruner,
     LayerGroupsGenerationMixin,
     LayerGroupsState,
-    check_stock_continuation,
+    CONTINUE,
+    STOCK,
+    WHOLE,
     continuation_layout,
-    follow_input_positions,
+    forward_route,
     resolved_use_cache,
     rotate_half_rope,
     run_layer_groups,
@@ -425,40 +426,26 @@ class FlowCutQwenVLModelMixin:
             mm_token_type_ids=mm_token_type_ids,
             **kwargs,
         )
-        if not settings.enabled:
-            if flowcut_state is not None:
-                raise ValueError("flowcut_enabled was switched off in the middle of a generation; start a new one")
+        outputs = {}
+        if settings.enabled:
+            outputs = dict(mm_encoder_outputs or {})
+            if outputs.get("image") is None and pixel_values is not None:
+                outputs["image"] = self.get_image_features(pixel_values, image_grid_thw, return_dict=True)
+            if outputs.get("video") is None and pixel_values_videos is not None:
+                outputs["video"] = self.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
+            outputs = {name: output for name, output in outputs.items() if output is not None}
+        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        route = forward_route(settings.enabled, flowcut_state, outputs, past_key_values, new_tokens, attention_mask)
+        if route == STOCK:
             return self.stock_forward(
                 mm_encoder_outputs, second_per_grid_ts, pixel_values=pixel_values,
                 pixel_values_videos=pixel_values_videos, **stock_kwargs,
             )
-        outputs = dict(mm_encoder_outputs or {})
-        if outputs.get("image") is None and pixel_values is not None:
-            outputs["image"] = self.get_image_features(pixel_values, image_grid_thw, return_dict=True)
-        if outputs.get("video") is None and pixel_values_videos is not None:
-            outputs["video"] = self.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
-        outputs = {name: output for name, output in outputs.items() if output is not None}
-        for name, output in outputs.items():
-            if getattr(output, "placeholder_counts", None) is None:
-                raise ValueError(
-                    f"These {name} features do not say how many placeholders each {name} fills (they were sliced, e.g. "
-                    "by chunked prefill, or come from a stock model). FlowCut needs the whole prompt in one forward "
-                    "call: do not use prefill_chunk_size, and pass pixel values or this model's own features."
-                )
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-
-        if past_length > 0 and flowcut_state is not None:
-            if outputs:
-                raise ValueError(
-                    "FlowCut reads images and videos only in the first forward call of a sequence; put all of them in "
-                    "the prompt of the prefill (a cache that continues with new images is not supported)."
-                )
+        if route == CONTINUE:
             return self.continue_pruned_sequence(
                 input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, flowcut_state, kwargs
             )
-        if not any(any(output.prunable) for output in outputs.values()):
-            new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-            check_stock_continuation(past_key_values, new_tokens, attention_mask)
+        if route == WHOLE:
             output = self.stock_forward(outputs or None, second_per_grid_ts, **stock_kwargs)
             if not outputs:
                 return output
@@ -689,16 +676,7 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
             return_dict=True,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-        input_positions = getattr(outputs, "input_positions", None)
-        loss = None
-        if labels is not None:
-            if input_positions is not None:
-                labels = follow_input_positions(labels, input_positions, -100)
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
+        logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
         return FlowCutQwenCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -708,7 +686,7 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
             flowcut_state=getattr(outputs, "flowcut_state", None),
             image_kept_units=getattr(outputs, "image_kept_units", None),
             video_kept_units=getattr(outputs, "video_kept_units", None),
-            input_positions=input_positions,
+            input_positions=getattr(outputs, "input_positions", None),
         )
 
     def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
