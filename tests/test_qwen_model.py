@@ -395,3 +395,58 @@ def test_flowcut_accepts_both_stock_classes_and_changes_only_that_instance():
         flowcut(first)
         assert type(first).__name__.startswith("FlowCut") and first.config.flowcut_retain_ratio == 0.111
         assert isinstance(first, stock_class) and type(second) is stock_class
+
+
+def test_qwen2_5_attention_never_crosses_a_window_or_an_image_after_pruning():
+    """The attention segments each ViT block gets (cu_seqlens) split at the image boundary, full-attention blocks get
+    one segment per image, and every window segment holds patches of one 112 px window only, while windows shrink."""
+    model, processor = fresh("2.5", seed=5)
+    inputs = encode_row(processor, TWO_IMAGES, images(1, 2))
+    grid = inputs["image_grid_thw"]
+    visual = model.model.visual
+    calls = []
+    hooks = [
+        block.register_forward_pre_hook(
+            lambda _m, args, kwargs, index=index: calls.append((index, kwargs["cu_seqlens"].tolist(), kwargs["position_embeddings"][0])),
+            with_kwargs=True,
+        )
+        for index, block in enumerate(visual.blocks)
+    ]
+    try:
+        with torch.no_grad():
+            features = model.model.get_image_features(inputs["pixel_values"], grid)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert [len(k) for k in features.kept_units] == [24, 20]
+    _, height, width = grid[0].tolist()
+    first_cos, _ = visual.rotary_pos_emb(calls[0][2], get_vision_position_ids(grid[:1], 2))
+    window_of_patch = {}
+    for patch, row in enumerate(first_cos):
+        unit_row, unit_column = divmod(patch // 4, width // 2)
+        window_of_patch[tuple(row.tolist())] = (unit_row // 4, unit_column // 4)  # 112 px / 28 px = 4 units
+    shrunk = False
+    for index, bounds, cos in calls:
+        first_image = features.token_schedule[0][index]
+        second_image = features.token_schedule[1][index]
+        assert first_image in bounds and bounds[-1] == first_image + second_image, f"block {index} crosses images"
+        if index in visual.fullatt_block_indexes:
+            assert bounds == [0, first_image, first_image + second_image]
+            continue
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            if end > first_image:
+                break
+            windows = {window_of_patch[tuple(row.tolist())] for row in cos[start:end]}
+            assert len(windows) == 1, f"block {index} attends across windows {windows}"
+            shrunk |= end - start < 4 * 16 and index > 0
+    assert shrunk, "pruning must have shrunk some window"
+
+
+def test_beam_search_and_several_returned_sequences_expand_each_prompts_images(qwen):
+    model, _, processor, _ = qwen
+    pad = processor.tokenizer.pad_token_id
+    inputs = collate([encode_row(processor, TWO_IMAGES, images(1, 2)), encode_row(processor, ONE_IMAGE, images(0))], pad)
+    beams = greedy(model, inputs, max_new_tokens=4, num_beams=3)
+    assert torch.equal(beams, greedy(model, inputs, max_new_tokens=4, num_beams=3, use_cache=False))
+    several = greedy(model, inputs, max_new_tokens=3, num_beams=2, num_return_sequences=2)
+    assert several.shape[0] == 4 and torch.equal(several[0::2, :-3], inputs["input_ids"])
