@@ -11,7 +11,7 @@ from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGe
 from transformers.vision_utils import get_vision_position_ids
 
 from conftest import run_clean_python
-from flowcut_hf import flowcut
+from flowcut_hf import flowcut, flowcut_processor
 from flowcut_hf.tiny import build_tiny_qwen_vl, synthetic_image
 
 VERSIONS = ["2", "2.5"]
@@ -390,11 +390,12 @@ def test_training_step_with_pruning_in_the_loop(version, tmp_path):
 
 def test_flowcut_accepts_both_stock_classes_and_changes_only_that_instance():
     for version, stock_class in (("2", Qwen2VLForConditionalGeneration), ("2.5", Qwen2_5_VLForConditionalGeneration)):
-        first, _ = build_tiny_qwen_vl(version, seed=2)
+        first, processor = build_tiny_qwen_vl(version, seed=2)
         second, _ = build_tiny_qwen_vl(version, seed=2)
         flowcut(first)
         assert type(first).__name__.startswith("FlowCut") and first.config.flowcut_retain_ratio == 0.111
         assert isinstance(first, stock_class) and type(second) is stock_class
+        assert flowcut_processor(processor) is processor, "Qwen keeps its stock processor"
 
 
 def test_qwen2_5_attention_never_crosses_a_window_or_an_image_after_pruning():
