@@ -13,7 +13,8 @@ decoder layers itself, group by group, with one padding mask, one set of positio
 Every group's batch is left-aligned (each row's tokens are its last columns), as generation appends on the right.
 Positions are compacted within each group (a token's position is the number of real tokens before it in its
 group), as the authors' code does on LLaVA-NeXT, unless the tokens carry their own rotary positions
-(:data:`ROPE_POSITION`, Qwen2-VL's (t, h, w) M-RoPE positions): those stay with each token whatever is dropped.
+(:data:`ROPE_POSITION`: Qwen2-VL's (t, h, w) M-RoPE positions, or VFlowOpt's original 1-D positions): those stay
+with each token whatever is dropped.
 
 What a later call (a decoding step) needs is :class:`LayerGroupsState`: each group's padding mask over what its
 layers have cached, and the prompt length of the prefill. Models return it in their output and take it back as
@@ -46,8 +47,10 @@ MASK_FACTORIES: dict[str, Callable] = {
 INPUT_POSITION = "input_position"  # column of the forward's input the token came from, -1 for padding
 IMAGE_INDEX = "image_index"  # index of the image a prunable visual token belongs to, -1 otherwise
 IS_ANCHOR = "is_anchor"  # the text token whose query and value score the visual tokens (last prompt token)
-ROPE_POSITION = "rope_position"  # optional: [batch, length, axes] rotary positions that stay with each token
+# optional: rotary positions that stay with each token, [batch, length] (1-D RoPE) or [batch, length, axes] (M-RoPE)
+ROPE_POSITION = "rope_position"
 ROPE_AXES = 3  # M-RoPE's (temporal, height, width); a text token has the same position on every axis
+IMPORTANCE = "importance"  # optional: a per-token score a TokenDropper ranks visual tokens by (VFlowOpt)
 
 
 @dataclass
@@ -63,12 +66,14 @@ class LayerGroupsState:
             agree.
         next_rope_positions: ``[batch]``, for tokens that carry their rotary positions: the position the next
             appended token gets when the caller passes none (one past the last real token's).
+        rope_axes: the axes of carried positions (3 for M-RoPE, 0 for 1-D positions).
     """
 
     group_starts: tuple[int, ...]
     padding_masks: tuple[torch.Tensor, ...]
     prompt_length: int
     next_rope_positions: torch.Tensor | None = None
+    rope_axes: int = ROPE_AXES
 
 
 @dataclass
@@ -95,7 +100,7 @@ class TokenLayout:
         return TokenLayout(self.hidden_states.gather(1, hidden_index), mask, info)
 
 
-PAD_VALUES = {INPUT_POSITION: -1, IMAGE_INDEX: -1, IS_ANCHOR: False, ROPE_POSITION: 0}
+PAD_VALUES = {INPUT_POSITION: -1, IMAGE_INDEX: -1, IS_ANCHOR: False, ROPE_POSITION: 0, IMPORTANCE: 0.0}
 
 
 def left_aligned_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,7 +314,7 @@ def run_layer_groups(
     position_embeddings = None
     carries_positions = past_state is not None and past_state.next_rope_positions is not None
     if carries_positions and ROPE_POSITION not in layout.info:
-        layout = continue_rope_positions(layout, past_state.next_rope_positions)
+        layout = continue_rope_positions(layout, past_state.next_rope_positions, past_state.rope_axes)
     carries_positions = ROPE_POSITION in layout.info
     for group, (start, end) in enumerate(zip(bounds[:-1], bounds[1:])):
         if group > 0 and dropper is not None:
@@ -322,11 +327,15 @@ def run_layer_groups(
             else mask.new_zeros(mask.shape[0], 0)
         )
         full_mask = torch.cat([past_mask, mask], dim=1)
-        if carries_positions:
+        carried = layout.info.get(ROPE_POSITION) if carries_positions else None
+        if carried is not None and carried.dim() == 3:
             # M-RoPE: [axes, batch, length]; the layers and masks then get no 1-D positions, as from the stock model.
-            rope_positions = layout.info[ROPE_POSITION].to(hidden_states.device).permute(2, 0, 1)
+            rope_positions = carried.to(hidden_states.device).permute(2, 0, 1)
             position_embeddings = language_model.rotary_emb(hidden_states, position_ids=rope_positions)
             positions = None
+        elif carried is not None:
+            positions = carried.to(hidden_states.device)
+            position_embeddings = language_model.rotary_emb(hidden_states, position_ids=positions)
         else:
             positions = past_mask.sum(dim=-1, keepdim=True) + mask.long().cumsum(dim=-1) - 1
             positions = positions.masked_fill(~mask, 0)
@@ -361,6 +370,7 @@ def run_layer_groups(
         tuple(padding_masks),
         past_state.prompt_length if past_state is not None else prompt_length,
         next_rope_positions(layout, past_state) if carries_positions else None,
+        (layout.info[ROPE_POSITION].shape[2] if layout.info[ROPE_POSITION].dim() == 3 else 0) if carries_positions else ROPE_AXES,
     )
     return LayerGroupsOutput(
         last_hidden_state=language_model.norm(layout.hidden_states),
@@ -371,18 +381,24 @@ def run_layer_groups(
     )
 
 
-def continue_rope_positions(layout: TokenLayout, next_positions: torch.Tensor) -> TokenLayout:
-    """Gives appended tokens consecutive rotary positions (equal on every axis) from ``next_positions`` ``[batch]``."""
+def continue_rope_positions(layout: TokenLayout, next_positions: torch.Tensor, axes: int = ROPE_AXES) -> TokenLayout:
+    """Gives appended tokens consecutive rotary positions (equal on every axis; ``axes`` 0 for 1-D positions) from
+    ``next_positions`` ``[batch]``."""
     mask = layout.mask
     positions = next_positions.to(mask.device).unsqueeze(-1) + mask.long().cumsum(dim=-1) - 1
-    positions = positions.masked_fill(~mask, 0).unsqueeze(-1).expand(-1, -1, ROPE_AXES)
+    positions = positions.masked_fill(~mask, 0)
+    if axes:
+        positions = positions.unsqueeze(-1).expand(-1, -1, axes)
     return TokenLayout(layout.hidden_states, mask, {**layout.info, ROPE_POSITION: positions})
 
 
 def next_rope_positions(layout: TokenLayout, past_state: LayerGroupsState | None) -> torch.Tensor:
     """One past the largest rotary position of each row's real tokens (and of what the cache already holds)."""
-    positions = layout.info[ROPE_POSITION].masked_fill(~layout.mask.to(layout.info[ROPE_POSITION].device).unsqueeze(-1), -1)
-    following = positions.amax(dim=(1, 2)) + 1
+    positions = layout.info[ROPE_POSITION]
+    mask = layout.mask.to(positions.device)
+    if positions.dim() == 3:
+        mask = mask.unsqueeze(-1)
+    following = positions.masked_fill(~mask, -1).flatten(1).amax(dim=1) + 1
     if past_state is not None and past_state.next_rope_positions is not None:
         following = torch.maximum(following, past_state.next_rope_positions.to(following.device))
     return following
@@ -600,6 +616,7 @@ class FlowCutLLMPruner:
 __all__ = [
     "FlowCutLLMPruner",
     "IMAGE_INDEX",
+    "IMPORTANCE",
     "INPUT_POSITION",
     "IS_ANCHOR",
     "LayerGroupsGenerationMixin",

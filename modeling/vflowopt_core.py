@@ -9,8 +9,9 @@ VFlowOpt builds one importance map per image at the last vision layer that runs,
 2. **Stage 0** (:func:`recycle_stage0`), after the projector: the lowest-importance tokens are dropped, and the
    dropped tokens of each spatial cell are recycled into one importance-weighted token that sits at the place of the
    cell's best dropped token.
-3. **LLM stages** (:func:`llm_stage_keeps`): before each chosen decoder layer, the tokens with the lowest carried
-   importance are dropped.
+3. **LLM stages** (:func:`llm_stage_keeps`, and :class:`ImportanceDropper` for the layer-group runner of
+   :mod:`flowcut_llm_stage`): before each chosen decoder layer, the tokens with the lowest carried importance are
+   dropped; the survivors keep their positions.
 
 Its settings are found by an optimizer under a token budget (:func:`average_retention`, :func:`solve_last_ratio`);
 :data:`VFLOWOPT_PRESETS` holds the released ones.
@@ -25,9 +26,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
+
+from .flowcut_llm_stage import IMAGE_INDEX, IMPORTANCE, TokenLayout
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,13 @@ def recycle_stage0(
 # ------------------------------------------------------------------------------------------------ LLM stages and budget
 
 
+def keep_most_important(importance: torch.Tensor, keep: float) -> torch.Tensor:
+    """``[n]`` bool: all but the ``round(n * (1 - keep))`` lowest-importance tokens (ties: the earlier goes first)."""
+    mask = torch.ones(len(importance), dtype=torch.bool, device=importance.device)
+    mask[torch.sort(importance.float(), stable=True).indices[: round(len(importance) * (1 - keep))]] = False
+    return mask
+
+
 def llm_stage_keeps(importance: torch.Tensor, keeps: Sequence[float]) -> list[torch.Tensor]:
     """For each LLM stage, ``[current tokens]`` bool: which of the then-current visual tokens stay.
 
@@ -225,12 +236,40 @@ def llm_stage_keeps(importance: torch.Tensor, keeps: Sequence[float]) -> list[to
     masks = []
     current = importance.float()
     for keep in keeps:
-        drop = round(len(current) * (1 - keep))
-        mask = torch.ones(len(current), dtype=torch.bool, device=current.device)
-        mask[torch.sort(current, stable=True).indices[:drop]] = False
-        masks.append(mask)
-        current = current[mask]
+        masks.append(keep_most_important(current, keep))
+        current = current[masks[-1]]
     return masks
+
+
+class ImportanceDropper:
+    """VFlowOpt's LLM stages as a :class:`~flowcut_llm_stage.TokenDropper` for :func:`run_layer_groups`.
+
+    Before decoder layer ``layers[j]`` runs, each image keeps ``keeps[j]`` of its then-current visual tokens, by the
+    importance they carry (:data:`IMPORTANCE`, set by stage 0). Images are handled one by one, so an image's selection
+    never depends on its batch-mates. Layers read nothing: the drop happens before the layer, not after it.
+    """
+
+    def __init__(self, layers: Sequence[int], keeps: Sequence[float]):
+        self.layers = tuple(layers)
+        self.keeps = tuple(keeps)
+
+    @property
+    def group_starts(self) -> tuple[int, ...]:
+        return (0, *self.layers)
+
+    def observe(self, layer_idx: int, layer) -> nullcontext:
+        return nullcontext()
+
+    def select(self, next_layer: int, layout: TokenLayout, position_embeddings) -> torch.Tensor:
+        keep_share = self.keeps[self.layers.index(next_layer)]
+        image_index = layout.info[IMAGE_INDEX]
+        importance = layout.info[IMPORTANCE].to(image_index.device)
+        keep = layout.mask.clone().to(image_index.device)
+        for row in range(keep.shape[0]):
+            for image in image_index[row][image_index[row] >= 0].unique().tolist():
+                columns = (image_index[row] == image).nonzero().squeeze(-1)
+                keep[row, columns] = keep_most_important(importance[row, columns], keep_share)
+        return keep.to(layout.mask.device)
 
 
 def stage_lengths(num_layers: int, llm_layers: Sequence[int]) -> list[int]:
@@ -262,10 +301,12 @@ __all__ = [
     "Stage0Result",
     "TokenGrid",
     "VFLOWOPT_PRESETS",
+    "ImportanceDropper",
     "VFlowOptSettings",
     "average_retention",
     "combine_importance",
     "importance_map",
+    "keep_most_important",
     "llm_stage_keeps",
     "patch_entropy",
     "recycle_stage0",
