@@ -274,6 +274,11 @@ def validate_targets(
 ) -> list[RetainedAmount]:
     """The variants' amounts: every ``--target-num``, then every ``--retain-ratio`` (Qwen families only)."""
     family = family_for_config(config)
+    if "flowcut" not in family.methods:
+        raise ValueError(
+            f"The exporter writes FlowCut variants; {family.display_name} runs {list(family.methods)} only, which it "
+            "cannot export yet. Load the model, call flowcut_hf.prune(...) and save_pretrained() instead."
+        )
     if not target_nums and not retain_ratios:
         what = "--target-num or --retain-ratio" if family.default_retain_ratio is not None else "--target-num"
         raise ValueError(f"Give at least one {what}.")

@@ -53,6 +53,11 @@ def flowcut(
             LLM only; 1 by default, as in the paper).
     """
     family = family_for_model(model)
+    if "flowcut" not in family.methods:
+        raise ValueError(
+            f"FlowCut is not available for {family.display_name} yet; it supports {list(family.methods)}: use "
+            f"flowcut_hf.prune(model, method={family.methods[0]!r})."
+        )
     family.check_vision_tower(model.config.vision_config)
     if llm_prune_layer is not None and not family.llm_stage:
         raise ValueError(f"{family.display_name} prunes only in the vision encoder; llm_prune_layer does not apply.")
@@ -93,6 +98,8 @@ def flowcut_processor(
     """
     for family in FAMILIES:
         if isinstance(processor, family.stock_processor_class):
+            if "flowcut" not in family.methods:
+                return family.processor_for(processor, None, enabled)  # its stock processor, unchanged
             count = family.default_target_num if target_num is FAMILY_DEFAULT else target_num
             family.flowcut_fields(count, enabled=enabled)
             return family.processor_for(processor, count, enabled)
@@ -101,3 +108,56 @@ def flowcut_processor(
         + ", ".join(f.stock_processor_class.__name__ for f in FAMILIES)
         + f"), got {type(processor).__name__}."
     )
+
+
+def prune(
+    model: PreTrainedModel,
+    method: str = "flowcut",
+    *,
+    preset: str | None = None,
+    enabled: bool = True,
+    **settings,
+) -> PreTrainedModel:
+    """Makes a loaded model prune its visual tokens with ``method``, in place (this instance only), and returns it.
+
+    ``method="flowcut"`` is :func:`flowcut` (``settings`` are its keyword arguments). ``method="vflowopt"`` runs
+    VFlowOpt (LLaVA-OneVision): ``preset`` names a released setting (``"10%"``, ``"25%"``, ``"50%"``, the share of
+    visual tokens kept averaged over the decoder layers; 10% by default), and ``settings`` override its fields by
+    short name (``vision_keep``, ``threshold``, ``cell_side``, ``entropy_weight``, ``llm_layers``, ``llm_keeps``).
+    The saved model runs the method its config names.
+    """
+    if method == "flowcut":
+        if preset is not None:
+            raise ValueError("FlowCut has no presets; pass target_num= (or retain_ratio= on Qwen).")
+        return flowcut(model, enabled=enabled, **settings)
+    if method != "vflowopt":
+        raise ValueError(f"unknown pruning method {method!r}; known: 'flowcut', 'vflowopt'.")
+    family = family_for_model(model)
+    if "vflowopt" not in family.methods:
+        supported = [f.display_name for f in FAMILIES if "vflowopt" in f.methods]
+        raise ValueError(f"VFlowOpt is available for {supported}; {family.display_name} supports {list(family.methods)}.")
+    from .modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS, vflowopt_fields, vflowopt_settings
+
+    name = preset or "10%"
+    if name not in ONEVISION_PRESETS:
+        raise ValueError(f"unknown VFlowOpt preset {name!r}; released: {sorted(ONEVISION_PRESETS)}.")
+    fields = {**vflowopt_fields(ONEVISION_PRESETS[name]), "pruning_method": "vflowopt", "vflowopt_enabled": enabled}
+    for short, value in settings.items():
+        key = f"vflowopt_{short}"
+        if key not in family.field_validators:
+            known = sorted(k.removeprefix("vflowopt_") for k in family.field_validators if k.startswith("vflowopt_"))
+            raise ValueError(f"{short} is not a VFlowOpt setting; known: {known}.")
+        fields[key] = value
+    for key, value in fields.items():
+        family.field_validators[key](value)
+    # The fields together (one keep share per LLM layer, layers inside the model) before touching the live model.
+    settings_check = vflowopt_settings(family.config_class(**{**model.config.to_dict(), **fields}))
+    if settings_check.llm_layers and settings_check.llm_layers[-1] >= model.config.text_config.num_hidden_layers:
+        raise ValueError(
+            f"vflowopt_llm_layers {list(settings_check.llm_layers)} reach past the language model's "
+            f"{model.config.text_config.num_hidden_layers} layers."
+        )
+    install_family_classes(model, family)
+    for key, value in fields.items():
+        setattr(model.config, key, value)
+    return model

@@ -1090,6 +1090,8 @@ def _cli(args: argparse.Namespace) -> int:
         else:
             model, processor = load_model(args.model, device=device, dtype=dtype, attn_implementation=args.attn_implementation)
     family = family_for_model(model) if model is not None else None
+    if family is not None and "flowcut" not in family.methods:
+        raise ValueError(f"bench compares FlowCut rows; {family.display_name} runs {list(family.methods)} only so far.")
     if args.retain_ratio and (family is None or family.default_retain_ratio is None):
         raise ValueError("--retain-ratio applies to Qwen2-VL / Qwen2.5-VL models; use --target-num for LLaVA families")
     if family is not None and family.default_retain_ratio is not None:

@@ -24,6 +24,7 @@ __all__ = [
     "bench_preset_qwen2_vl_config",
     "tiny_llava_config",
     "tiny_llava_next_config",
+    "tiny_llava_onevision_config",
     "tiny_qwen_vl_config",
 ]
 
@@ -291,3 +292,22 @@ def bench_preset_qwen2_vl_config(vocab_size: int = 300, **token_ids: int):
         eos_token_id=None,
     )
     return Qwen2VLConfig(vision_config=vision_config, text_config=text_config, bos_token_id=None, eos_token_id=None, **ids)
+
+
+def tiny_llava_onevision_config(vocab_size: int = 300, **token_ids: int):
+    """A tiny ``LlavaOnevisionConfig`` with LLaVA-OneVision-7B's geometry: SigLIP at 384 px / 14 px (27 x 27 = 729
+    patches per crop, 26 layers, no CLS), anyres_max_9 with the standard pinpoints, and a 28-layer Qwen2, at toy widths."""
+    from transformers import LlavaOnevisionConfig
+
+    vision_config = dict(
+        model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=26,
+        num_attention_heads=2, image_size=384, patch_size=14,
+    )
+    text_config = dict(
+        model_type="qwen2", vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=28,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, bos_token_id=None, eos_token_id=None,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision_config, text_config=text_config, vision_feature_layer=-1,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9", **token_ids,
+    )

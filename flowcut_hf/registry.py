@@ -18,6 +18,10 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextModel,
     LlavaNextProcessor,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    LlavaOnevisionModel,
+    LlavaOnevisionProcessor,
     LlavaProcessor,
     PretrainedConfig,
     ProcessorMixin,
@@ -33,6 +37,8 @@ from transformers import (
 
 from .modeling import configuration_flowcut_llava as llava_config
 from .modeling import configuration_flowcut_llava_next as next_config
+from .modeling import configuration_flowcut_llava_onevision as onevision_config
+from .modeling import modeling_flowcut_llava_onevision as onevision_modeling
 from .modeling import modeling_flowcut_llava as llava_modeling
 from .modeling import configuration_flowcut_qwen2_vl as qwen_config
 from .modeling import modeling_flowcut_llava_next as next_modeling
@@ -79,6 +85,13 @@ def qwen_unpruned_image_tokens(config: PretrainedConfig) -> int:
     return 12845056 // merge_pixels
 
 
+def onevision_unpruned_image_tokens(config: PretrainedConfig) -> int:
+    """LLaVA-OneVision: the packed tokens of a square image on the 2x2 grid (3699 at 384 px: the base crop's 729 plus
+    54 rows of 54 tokens and a newline), the spec's reference image."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    return side * side + 2 * side * (2 * side + 1)
+
+
 def any_vision_tower(vision_config: PretrainedConfig) -> None:
     """Families whose adapter is written for their own vision tower need no check."""
 
@@ -118,6 +131,7 @@ class FlowCutFamily:
         default_retain_ratio: families with per-image token counts: the default share kept per image.
         copies_processor_files: the exporter copies the stock processor's files byte for byte instead of loading
             and saving the processor (it stays the stock one, and loading it may need optional packages).
+        methods: the pruning methods the family's classes run (``flowcut``, ``vflowopt``).
     """
 
     name: str
@@ -141,6 +155,7 @@ class FlowCutFamily:
     check_vision_tower: Callable[[PretrainedConfig], None] = check_clip_vision_tower
     default_retain_ratio: float | None = None
     copies_processor_files: bool = False
+    methods: tuple[str, ...] = ("flowcut",)
 
     def config_from_dict(self, data: Mapping[str, Any]) -> PretrainedConfig:
         """The stock config of a ``config.json`` dict (FlowCut fields and ``auto_map`` are kept as extra attributes)."""
@@ -242,6 +257,29 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
             ("qwen2_5_vl", "Qwen2.5-VL", "qwen2_5_vl", "Qwen2_5_VL", Qwen2_5_VLForConditionalGeneration,
              Qwen2_5_VLModel, Qwen2_5_VLConfig, Qwen2_5_VLProcessor, qwen_modeling.AUTO_MAP_QWEN2_5_VL),
         )
+    ),
+    FlowCutFamily(
+        name="llava_onevision",
+        display_name="LLaVA-OneVision",
+        model_type="llava_onevision",
+        stock_model_class=LlavaOnevisionForConditionalGeneration,
+        stock_inner_class=LlavaOnevisionModel,
+        stock_config_class=LlavaOnevisionConfig,
+        stock_processor_class=LlavaOnevisionProcessor,
+        model_class=onevision_modeling.FlowCutLlavaOnevisionForConditionalGeneration,
+        inner_model_class=onevision_modeling.FlowCutLlavaOnevisionModel,
+        config_class=onevision_config.FlowCutLlavaOnevisionConfig,
+        auto_map=onevision_modeling.AUTO_MAP,
+        remote_code_entry_files=onevision_modeling.REMOTE_CODE_ENTRY_FILES,
+        processor_for=unchanged_stock_processor(LlavaOnevisionProcessor),
+        processor_class_name="LlavaOnevisionProcessor",
+        unpruned_image_tokens=onevision_unpruned_image_tokens,
+        field_validators=onevision_config.VFLOWOPT_FIELD_VALIDATORS,
+        default_target_num=None,
+        llm_stage=True,
+        check_vision_tower=any_vision_tower,
+        copies_processor_files=True,
+        methods=("vflowopt",),
     ),
 )
 

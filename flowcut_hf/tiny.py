@@ -225,6 +225,20 @@ def build_tiny_qwen_tokenizer() -> TokenizersBackend:
     return byte_level_tokenizer(QWEN_SPECIAL_TOKENS, "<|im_end|>", special, QWEN_CHAT_TEMPLATE)
 
 
+def image_only_processor_class(stock_class: type) -> type:
+    """``stock_class`` (a processor with a video processor) usable without one: without torchvision transformers
+    cannot even look the video processor class up, so the tiny processors leave it out."""
+
+    class ImageOnlyProcessor(stock_class):
+        def check_argument_for_proper_class(self, attribute_name, arg):
+            if attribute_name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(attribute_name, arg)
+
+    ImageOnlyProcessor.__name__ = ImageOnlyProcessor.__qualname__ = stock_class.__name__
+    return ImageOnlyProcessor
+
+
 TINY_QWEN_PIXELS = {"shortest_edge": 4 * 28 * 28, "longest_edge": 64 * 28 * 28}  # 4 to 64 merge units per image
 STOCK_QWEN_PIXELS = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}  # Qwen2-VL-7B-Instruct's defaults
 
@@ -241,15 +255,7 @@ def build_tiny_qwen_processor(
 
     tokenizer = tokenizer if tokenizer is not None else build_tiny_qwen_tokenizer()
     stock_class = Qwen2VLProcessor if version == "2" else Qwen2_5_VLProcessor
-
-    class ImageOnlyProcessor(stock_class):
-        def check_argument_for_proper_class(self, attribute_name, arg):
-            # Without torchvision transformers cannot even look the video processor class up.
-            if attribute_name == "video_processor" and arg is None:
-                return None
-            return super().check_argument_for_proper_class(attribute_name, arg)
-
-    ImageOnlyProcessor.__name__ = stock_class.__name__
+    ImageOnlyProcessor = image_only_processor_class(stock_class)
     return ImageOnlyProcessor(
         image_processor=Qwen2VLImageProcessorPil(size=pixels),
         tokenizer=tokenizer,
@@ -302,3 +308,57 @@ def build_tiny_qwen_vl(version: str = "2", seed: int = 0, qk_weight_scale: float
     config = tiny_qwen_vl_config(version, vocab_size=len(tokenizer), **qwen_token_ids(tokenizer))
     model = build_random_qwen_vl(config, tokenizer, seed, qk_weight_scale)
     return model, build_tiny_qwen_processor(tokenizer, version)
+
+
+SIGLIP_IMAGE_MEAN = SIGLIP_IMAGE_STD = [0.5, 0.5, 0.5]
+ONEVISION_CHAT_TEMPLATE = QWEN_CHAT_TEMPLATE.replace("<|vision_start|><|image_pad|><|vision_end|>", "<image>\n").replace(
+    "<|vision_start|><|video_pad|><|vision_end|>", "<video>\n"
+)
+
+
+def build_tiny_onevision_tokenizer() -> TokenizersBackend:
+    """A byte-level tokenizer with LLaVA-OneVision's chat tokens and ``<image>`` / ``<video>`` placeholders."""
+    added = ["<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+    return byte_level_tokenizer(added, "<|im_end|>", {"image_token": "<image>", "video_token": "<video>"}, ONEVISION_CHAT_TEMPLATE)
+
+
+# SigLIP's random attention needs less sharpening than CLIP's for a realistic map: at 2 the importance spans five orders
+# of magnitude, and VFlowOpt's 10% preset recycles into the spec's 20 cells on the square 2x2-grid image.
+ONEVISION_QK_WEIGHT_SCALE = 2.0
+
+
+def build_tiny_llava_onevision(seed: int = 0, qk_weight_scale: float = ONEVISION_QK_WEIGHT_SCALE):
+    """A random tiny stock ``LlavaOnevisionForConditionalGeneration`` with the real geometry (SigLIP at 384 px / 14 px:
+    729 patches per crop, 26 layers; anyres_max_9 with the standard pinpoints; a 28-layer Qwen2), and its stock
+    processor (images only, see :func:`image_only_processor_class`)."""
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+
+    from .presets import tiny_llava_onevision_config
+
+    tokenizer = build_tiny_onevision_tokenizer()
+    config = tiny_llava_onevision_config(
+        vocab_size=len(tokenizer),
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+    )
+    for holder in (config, config.text_config):
+        holder.pad_token_id, holder.bos_token_id, holder.eos_token_id = (
+            tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id,
+        )
+    torch.manual_seed(seed)
+    model = LlavaOnevisionForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.model.vision_tower.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                parameter.mul_(qk_weight_scale)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    image_processor = LlavaOnevisionImageProcessorPil(
+        image_grid_pinpoints=config.image_grid_pinpoints, image_mean=SIGLIP_IMAGE_MEAN, image_std=SIGLIP_IMAGE_STD,
+        size={"height": 384, "width": 384},
+    )
+    processor = image_only_processor_class(LlavaOnevisionProcessor)(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=None, num_image_tokens=729,
+        vision_feature_select_strategy="full", chat_template=ONEVISION_CHAT_TEMPLATE,
+    )
+    return model, processor

@@ -298,6 +298,8 @@ def visualize_kept_tokens(
     if isinstance(image, (str, Path)):
         image = Image.open(image)
     family = family_for_model(model)
+    if "flowcut" not in family.methods:
+        raise ValueError(f"visualize draws FlowCut's kept tokens; {family.display_name} runs {list(family.methods)} only so far.")
     if family.default_retain_ratio is not None:
         from .visualize_qwen import kept_tokens_qwen, render_kept_tokens_qwen
 

@@ -480,7 +480,7 @@ class LayerGroupsGenerationMixin:
     """``generate()`` support for models that run their decoder with :func:`run_layer_groups`.
 
     Decoding steps continue the pruned per-group layout (``flowcut_state``), and the prompt is read in one forward
-    call, since the LLM stage scores with its last token. ``self.model.flowcut_settings()`` says whether pruning is on.
+    call, since the LLM stage scores with its last token. ``self.model.pruning_enabled()`` says whether pruning is on.
     """
 
     def logits_and_loss(self, outputs, labels, logits_to_keep, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -503,10 +503,10 @@ class LayerGroupsGenerationMixin:
         return model_kwargs
 
     def _prefill(self, input_ids, generation_config, model_kwargs, is_first_iteration=True):
-        if generation_config.prefill_chunk_size is not None and self.model.flowcut_settings().enabled:
+        if generation_config.prefill_chunk_size is not None and self.model.pruning_enabled():
             raise ValueError(
-                "FlowCut scores visual tokens with the last prompt token, so the prompt must be read in one forward "
-                "call: pass prefill_chunk_size=None."
+                "Pruning replaces each image's placeholders and ranks its tokens with the whole prompt in view, so "
+                "the prompt must be read in one forward call: pass prefill_chunk_size=None."
             )
         return super()._prefill(input_ids, generation_config, model_kwargs, is_first_iteration=is_first_iteration)
 

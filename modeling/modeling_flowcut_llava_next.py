@@ -269,6 +269,9 @@ class FlowCutLlavaNextModel(LlavaNextModel):
     def flowcut_settings(self) -> FlowCutSettings:
         return FlowCutSettings.from_config(self.config, DEFAULT_NEXT_TARGET_NUM)
 
+    def pruning_enabled(self) -> bool:
+        return self.flowcut_settings().enabled
+
     def configure_flowcut(
         self, target_num: int | None = None, enabled: bool | None = None, llm_prune_layer: int | None = None
     ) -> None:

@@ -314,6 +314,9 @@ class FlowCutQwenVLModelMixin:
     def flowcut_settings(self) -> FlowCutSettings:
         return FlowCutSettings.from_config(self.config, None)
 
+    def pruning_enabled(self) -> bool:
+        return self.flowcut_settings().enabled
+
     def configure_flowcut(
         self,
         retain_ratio: float | None = None,

@@ -1,0 +1,477 @@
+"""LLaVA-OneVision with VFlowOpt visual-token pruning, as Hugging Face remote code.
+
+1. **Importance map** (:meth:`FlowCutLlavaOnevisionModel.get_image_features`): the SigLIP tower runs unchanged; the
+   q/k projections of the layer whose output is the image feature are read with hooks, and each crop's map is the
+   attention its patches receive from the relatively important patches (:func:`vflowopt_core.importance_map`). The
+   crop maps are packed exactly as the features are, by the stock ``pack_image_features`` itself: base crop, the
+   unpadded and interpolated grid, and a newline column whose importance is 1.0.
+2. **Stage 0**: after the projector, each image keeps ``vflowopt_vision_keep`` of its packed tokens, the dropped ones
+   of each spatial cell recycled into one importance-weighted token (:func:`vflowopt_core.recycle_stage0`).
+3. **LLM stages**: before each layer of ``vflowopt_llm_layers`` an image keeps its share of its then-current tokens by
+   their carried importance (:class:`vflowopt_core.ImportanceDropper`), the survivors at their positions.
+
+Each image is pruned on its own, so a row of a batch gives what it gives alone. The stock processor is used
+unchanged: the model replaces each image's placeholder span by its kept tokens; positions are contiguous over the
+sequence after stage 0, as in the authors' code, and then stay with each token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import accumulate
+from types import SimpleNamespace
+
+import torch
+from torch import nn
+from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionModel
+from transformers.cache_utils import DynamicCache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava_onevision.modeling_llava_onevision import (
+    LlavaOnevisionCausalLMOutputWithPast,
+    LlavaOnevisionModelOutputWithPast,
+    LlavaOnevisionPreTrainedModel,
+    image_size_to_num_patches,
+)
+from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
+
+from .configuration_flowcut_llava_onevision import FlowCutLlavaOnevisionConfig, VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
+from .flowcut_core import record_module_outputs
+from .flowcut_llm_stage import (
+    CONTINUE,
+    IMAGE_INDEX,
+    IMPORTANCE,
+    INPUT_POSITION,
+    ROPE_POSITION,
+    STOCK,
+    WHOLE,
+    LayerGroupsGenerationMixin,
+    LayerGroupsState,
+    continuation_layout,
+    forward_route,
+    resolved_use_cache,
+    run_layer_groups,
+    splice_image_features,
+)
+from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
+from .vflowopt_core import ImportanceDropper, TokenGrid, combine_importance, importance_map, patch_entropy, recycle_stage0
+
+AUTO_MAP = {
+    "AutoConfig": "configuration_flowcut_llava_onevision.FlowCutLlavaOnevisionConfig",
+    "AutoModel": "modeling_flowcut_llava_onevision.FlowCutLlavaOnevisionModel",
+    "AutoModelForImageTextToText": "modeling_flowcut_llava_onevision.FlowCutLlavaOnevisionForConditionalGeneration",
+}
+REMOTE_CODE_ENTRY_FILES = ("modeling_flowcut_llava_onevision.py",)
+
+register_stock_checkpoint_conversion(
+    {"FlowCutLlavaOnevisionForConditionalGeneration": "llava_onevision", "FlowCutLlavaOnevisionModel": "LlavaOnevisionModel"}
+)
+
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # LLaVA-OneVision's image normalisation, for the entropy term
+
+
+@dataclass
+class FlowCutOnevisionImageFeaturesOutput(BaseModelOutputWithPooling):
+    r"""
+    Output of `FlowCutLlavaOnevisionModel.get_image_features`. Every field holds one entry per image.
+
+    pooler_output (`list[torch.FloatTensor]`):
+        The tokens that enter the language model after stage 0, `[kept, text_hidden_size]`.
+    placeholder_counts (`list[int]`):
+        The image's stock packed token count (its placeholders from the stock processor).
+    kept_positions (`list[torch.LongTensor]`):
+        Ascending positions, among the image's packed tokens, of the tokens that entered the language model.
+    recycled_positions (`list[torch.LongTensor]`):
+        Those of them that hold a recycled token (a cell's dropped tokens, averaged by importance).
+    importance (`list[torch.FloatTensor]`):
+        The importance of each packed token (`[placeholder_count]`; newline tokens 1.0).
+    prunable (`list[bool]`):
+        Always True here; the LLM stages may drop the image's tokens.
+    """
+
+    placeholder_counts: list[int] | None = None
+    kept_positions: list[torch.LongTensor] | None = None
+    recycled_positions: list[torch.LongTensor] | None = None
+    importance: list[torch.FloatTensor] | None = None
+    prunable: list[bool] | None = None
+
+
+PER_IMAGE_FIELDS = ("pooler_output", "placeholder_counts", "kept_positions", "recycled_positions", "importance", "prunable")
+
+
+@dataclass
+class FlowCutOnevisionModelOutputWithPast(LlavaOnevisionModelOutputWithPast):
+    r"""
+    flowcut_state ([`LayerGroupsState`], *optional*):
+        The per-layer-group token layout a later forward call (a decoding step) needs; `generate()` passes it back.
+    input_positions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        For each position of `last_hidden_state`, the input column it comes from, -1 for padding.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+@dataclass
+class FlowCutOnevisionCausalLMOutputWithPast(LlavaOnevisionCausalLMOutputWithPast):
+    r"""
+    flowcut_state, input_positions:
+        See [`FlowCutOnevisionModelOutputWithPast`]; `logits` and the loss follow the pruned sequence.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+def packed_grids(packed_length: int, local_width: int | None, side: int) -> list[TokenGrid]:
+    """The spatial grids of one image's packed tokens: the ``side x side`` base crop, then the local grid whose rows
+    end with a newline (``local_width`` includes it), or the single newline of a one-crop image."""
+    if local_width is None:
+        return [TokenGrid(0, side, side), TokenGrid(side * side, 1, packed_length - side * side)]
+    return [TokenGrid(0, side, side), TokenGrid(side * side, (packed_length - side * side) // local_width, local_width)]
+
+
+class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
+    """[`LlavaOnevisionModel`] that prunes visual tokens with VFlowOpt after the projector and inside the LLM."""
+
+    config_class = FlowCutLlavaOnevisionConfig
+
+    def pruning_enabled(self) -> bool:
+        return bool(getattr(self.config, "vflowopt_enabled", True))
+
+    def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
+        """Changes VFlowOpt settings (short names: ``vision_keep``, ``threshold``, ``llm_keeps``, ...) or switches
+        pruning on or off; all values are checked, together, before any is changed."""
+        changes = {f"vflowopt_{k}": v for k, v in {"enabled": enabled, **settings}.items() if v is not None}
+        for name, value in changes.items():
+            validator = VFLOWOPT_FIELD_VALIDATORS.get(name)
+            if validator is None:
+                known = sorted(k.removeprefix("vflowopt_") for k in VFLOWOPT_FIELD_VALIDATORS if k.startswith("vflowopt_"))
+                raise ValueError(f"{name.removeprefix('vflowopt_')} is not a VFlowOpt setting; known: {known}.")
+            validator(value)
+        merged = SimpleNamespace(**{**{k: getattr(self.config, k) for k in VFLOWOPT_FIELD_VALIDATORS}, **changes})
+        vflowopt_settings(merged)
+        for name, value in changes.items():
+            setattr(self.config, name, value)
+
+    def map_layer(self, vision_feature_layer) -> int:
+        if isinstance(vision_feature_layer, bool) or not isinstance(vision_feature_layer, int):
+            raise ValueError(
+                f"VFlowOpt builds its map at one vision layer; vision_feature_layer={vision_feature_layer!r} selects "
+                "several. Set vflowopt_enabled=False to run this model unpruned."
+            )
+        num_layers = self.config.vision_config.num_hidden_layers
+        return vision_feature_layer - 1 if vision_feature_layer > 0 else num_layers + vision_feature_layer
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        **kwargs,
+    ) -> FlowCutOnevisionImageFeaturesOutput:
+        stock_kwargs = dict(
+            vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=vision_feature_select_strategy,
+            vision_aspect_ratio=vision_aspect_ratio, batch_num_images=batch_num_images, return_dict=True, **kwargs,
+        )
+        if not self.pruning_enabled():
+            # The stock forward calls this method too: with pruning off it must give the stock features.
+            return LlavaOnevisionModel.get_image_features(self, pixel_values, image_sizes, **stock_kwargs)
+        settings = vflowopt_settings(self.config)
+        if vision_feature_select_strategy != "full":
+            raise ValueError(
+                f"VFlowOpt on LLaVA-OneVision needs vision_feature_select_strategy='full' (SigLIP has no CLS), got "
+                f"{vision_feature_select_strategy!r}; set vflowopt_enabled=False to run this model unpruned."
+            )
+        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
+        attention = tower.encoder.layers[self.map_layer(vision_feature_layer)].self_attn
+        with record_module_outputs(attention.q_proj, attention.k_proj) as captured:
+            stock = LlavaOnevisionModel.get_image_features(self, pixel_values, image_sizes, **stock_kwargs)
+        queries, keys = captured
+        crops, patches, _ = queries.shape
+        heads = attention.num_heads
+        side = self.config.vision_config.image_size // self.config.vision_config.patch_size
+        with torch.no_grad():
+            maps = torch.stack([
+                importance_map(
+                    queries[crop].view(patches, heads, -1), keys[crop].view(patches, heads, -1), attention.scale,
+                    settings.threshold,
+                )
+                for crop in range(crops)
+            ])
+            if settings.entropy_weight:
+                crop_pixels = self.crop_pixels(pixel_values, image_sizes, batch_num_images)
+                entropy = torch.stack([
+                    patch_entropy(pixels, self.config.vision_config.patch_size, SIGLIP_MEAN, SIGLIP_STD)
+                    for pixels in crop_pixels
+                ])
+                maps = combine_importance(maps, entropy.to(maps.device), settings.entropy_weight)
+            per_image = torch.split(maps, self.crops_per_image(image_sizes, batch_num_images))
+            packed_maps, _ = self.pack_image_features(
+                [m[..., None] for m in per_image], image_sizes, image_newline=torch.ones(1, device=maps.device),
+                vision_aspect_ratio=vision_aspect_ratio,
+            )
+            marked, _ = self.pack_image_features(
+                [torch.zeros_like(m[..., None]) for m in per_image], image_sizes,
+                image_newline=torch.ones(1, device=maps.device), vision_aspect_ratio=vision_aspect_ratio,
+            )
+        fields = {name: [] for name in PER_IMAGE_FIELDS}
+        for features, packed_map, newline_marks, image_crops in zip(
+            stock.pooler_output, packed_maps, marked, [len(m) for m in per_image]
+        ):
+            importance = packed_map[:, 0].float()
+            newlines = (newline_marks[side * side :, 0] > 0).nonzero().squeeze(-1)
+            local_width = int(newlines[0]) + 1 if image_crops > 1 and len(newlines) else None
+            grids = packed_grids(len(features), local_width, side)
+            result = recycle_stage0(features, importance, settings.vision_keep, settings.cell_side, grids)
+            fields["pooler_output"].append(result.features)
+            fields["placeholder_counts"].append(len(features))
+            fields["kept_positions"].append(result.kept)
+            fields["recycled_positions"].append(result.recycled)
+            fields["importance"].append(importance)
+            fields["prunable"].append(True)
+        return FlowCutOnevisionImageFeaturesOutput(**fields)
+
+    def crops_per_image(self, image_sizes, batch_num_images) -> list[int]:
+        need_patching = (
+            [True] * len(image_sizes) if batch_num_images is None else [n == 1 for n in batch_num_images for _ in range(n)]
+        )
+        return [
+            image_size_to_num_patches(size, self.config.image_grid_pinpoints, self.config.vision_config.image_size)
+            if patch else 1
+            for size, patch in zip(image_sizes, need_patching)
+        ]
+
+    def crop_pixels(self, pixel_values, image_sizes, batch_num_images) -> torch.Tensor:
+        if pixel_values.dim() == 5:
+            counts = self.crops_per_image(image_sizes, batch_num_images)
+            return torch.cat([pixels[:count] for pixels, count in zip(pixel_values, counts)])
+        return pixel_values
+
+    @merge_with_config_defaults
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_sizes_videos: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutOnevisionModelOutputWithPast:
+        r"""
+        flowcut_state ([`LayerGroupsState`], *optional*):
+            The `flowcut_state` of the previous call's output, when continuing from its `past_key_values` (decoding
+            steps; `generate()` passes it). Positions then continue from the pruned prompt's.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        if pixel_values_videos is not None and self.pruning_enabled():
+            raise ValueError("VFlowOpt on LLaVA-OneVision prunes images; set vflowopt_enabled=False to run videos.")
+        stock_kwargs = dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+            past_key_values=past_key_values, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images, use_cache=use_cache, **kwargs,
+        )
+        image_output = None
+        if self.pruning_enabled():
+            image_output = (mm_encoder_outputs or {}).get("image")
+            if image_output is None and pixel_values is not None and pixel_values.size(0) > 0:
+                image_output = self.get_image_features(
+                    pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
+                    vision_feature_select_strategy=vision_feature_select_strategy,
+                    vision_aspect_ratio=vision_aspect_ratio, batch_num_images=batch_num_images, return_dict=True,
+                )
+        outputs = {"image": image_output} if image_output is not None else {}
+        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        route = forward_route(self.pruning_enabled(), flowcut_state, outputs, past_key_values, new_tokens, attention_mask)
+        if route == STOCK:
+            return LlavaOnevisionModel.forward(
+                self, pixel_values=pixel_values, image_sizes=image_sizes, pixel_values_videos=pixel_values_videos,
+                image_sizes_videos=image_sizes_videos, mm_encoder_outputs=mm_encoder_outputs, **stock_kwargs,
+            )
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        if route == CONTINUE:
+            output = run_layer_groups(
+                self.language_model, continuation_layout(inputs_embeds, attention_mask), flowcut_state.group_starts,
+                past_state=flowcut_state, past_key_values=past_key_values,
+                use_cache=resolved_use_cache(self, self.config.text_config, use_cache), **kwargs,
+            )
+            return self.pruned_output(output, None)
+        if route == WHOLE:
+            return LlavaOnevisionModel.forward(self, **{**stock_kwargs, "input_ids": None, "inputs_embeds": inputs_embeds})
+        return self.prefill_pruned_sequence(
+            input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, kwargs
+        )
+
+    def prefill_pruned_sequence(
+        self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, kwargs
+    ) -> FlowCutOnevisionModelOutputWithPast:
+        settings = vflowopt_settings(self.config)
+        if settings.llm_layers and settings.llm_layers[-1] >= self.config.text_config.num_hidden_layers:
+            raise ValueError(
+                f"vflowopt_llm_layers {list(settings.llm_layers)} reach past the language model's "
+                f"{self.config.text_config.num_hidden_layers} layers."
+            )
+        placeholders = self.placeholder_mask(input_ids, inputs_embeds)
+        found, expected = int(placeholders.sum()), list(image_output.placeholder_counts)
+        if found != sum(expected):
+            raise ValueError(
+                f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need {sum(expected)} "
+                f"({expected} per image). Build the inputs with the stock LlavaOnevisionProcessor of this repo from the "
+                "same images."
+            )
+        prompt_length = flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1]
+        layout = splice_image_features(
+            inputs_embeds, placeholders, attention_mask, image_output.pooler_output, image_output.placeholder_counts,
+            image_output.prunable, prompt_length=prompt_length, kept_offsets=image_output.kept_positions,
+        )
+        kept_importance = torch.cat([
+            importance[kept] for importance, kept in zip(image_output.importance, image_output.kept_positions)
+        ])
+        is_image = layout.info[IMAGE_INDEX] >= 0
+        importance = torch.zeros(is_image.shape, dtype=torch.float32, device=is_image.device)
+        importance[is_image] = kept_importance.to(importance.device)
+        layout.info[IMPORTANCE] = importance
+        # As in the authors' code, positions run over the sequence after stage 0, then stay with every token.
+        layout.info[ROPE_POSITION] = (layout.mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(~layout.mask, 0)
+        use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
+        if use_cache and past_key_values is None:
+            past_key_values = DynamicCache(config=self.config)
+        dropper = ImportanceDropper(settings.llm_layers, settings.llm_keeps)
+        output = run_layer_groups(
+            self.language_model, layout, dropper.group_starts, past_state=None, past_key_values=past_key_values,
+            use_cache=use_cache, dropper=dropper, prompt_length=prompt_length, **kwargs,
+        )
+        return self.pruned_output(output, torch.cat(image_output.pooler_output))
+
+    def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        embedding = self.get_input_embeddings()(torch.tensor(self.config.image_token_id, device=inputs_embeds.device))
+        return (inputs_embeds == embedding).all(-1)
+
+    @staticmethod
+    def pruned_output(output, image_features) -> FlowCutOnevisionModelOutputWithPast:
+        return FlowCutOnevisionModelOutputWithPast(
+            last_hidden_state=output.last_hidden_state,
+            past_key_values=output.past_key_values,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            image_hidden_states=image_features,
+            flowcut_state=output.state,
+            input_positions=output.token_info[INPUT_POSITION],
+        )
+
+
+class FlowCutLlavaOnevisionForConditionalGeneration(
+    LayerGroupsGenerationMixin, RemoteCodeSavingMixin, LlavaOnevisionForConditionalGeneration
+):
+    """[`LlavaOnevisionForConditionalGeneration`] that prunes visual tokens with VFlowOpt (see
+    [`FlowCutLlavaOnevisionModel`])."""
+
+    config_class = FlowCutLlavaOnevisionConfig
+    _auto_class = "AutoModelForImageTextToText"
+    flowcut_auto_map = AUTO_MAP
+    flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+
+    def __init__(self, config: FlowCutLlavaOnevisionConfig):
+        # Not super().__init__: it would build (and initialise) a stock model only to throw it away.
+        LlavaOnevisionPreTrainedModel.__init__(self, config)
+        self.model = FlowCutLlavaOnevisionModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
+        """See [`FlowCutLlavaOnevisionModel.configure_vflowopt`]; the stock processor needs no change."""
+        self.model.configure_vflowopt(enabled=enabled, **settings)
+
+    @can_return_tuple
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_sizes: torch.LongTensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        image_sizes_videos: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
+        batch_num_images: torch.LongTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutOnevisionCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
+            pixel_values_videos=pixel_values_videos, image_sizes_videos=image_sizes_videos,
+            attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
+            batch_num_images=batch_num_images, use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs,
+            flowcut_state=flowcut_state, return_dict=True, **kwargs,
+        )
+        logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
+        return FlowCutOnevisionCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+            flowcut_state=getattr(outputs, "flowcut_state", None),
+            input_positions=getattr(outputs, "input_positions", None),
+        )
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        image_output = mm_encoder_output.get("image")
+        if getattr(image_output, "placeholder_counts", None) is None:
+            return super()._expand_multimodal_outputs(
+                input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
+            )
+        placeholders = self.model.placeholder_mask(input_ids if input_ids is not None and input_ids.numel() else None, inputs_embeds)
+        per_prompt = list(accumulate(int(n) for n in placeholders.sum(-1)))
+        per_image = list(accumulate(image_output.placeholder_counts))
+        offsets = [0] + [i + 1 for i, total in enumerate(per_image) if total in per_prompt]
+        for name in PER_IMAGE_FIELDS:
+            values = getattr(image_output, name)
+            setattr(
+                image_output,
+                name,
+                [value for start, end in zip(offsets[:-1], offsets[1:]) for value in list(values[start:end]) * expand_size],
+            )
+        return mm_encoder_output
+
+
+__all__ = [
+    "AUTO_MAP",
+    "FlowCutLlavaOnevisionForConditionalGeneration",
+    "FlowCutLlavaOnevisionModel",
+    "FlowCutOnevisionCausalLMOutputWithPast",
+    "FlowCutOnevisionImageFeaturesOutput",
+    "FlowCutOnevisionModelOutputWithPast",
+]
