@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
 import torch
@@ -493,6 +494,31 @@ class LayerGroupsGenerationMixin:
         if input_positions is not None:
             labels = follow_input_positions(labels, input_positions, -100)
         return logits, self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+
+    per_image_fields: tuple[str, ...] = ()
+    """The per-image fields of the family's image features, which beam search and ``num_return_sequences`` repeat."""
+
+    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
+        image_output = mm_encoder_output.get("image")
+        if getattr(image_output, "placeholder_counts", None) is None:
+            return super()._expand_multimodal_outputs(
+                input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
+            )
+        # The stock helper matches placeholder counts with feature lengths, which differ once tokens are pruned;
+        # the placeholder counts say which images belong to which prompt.
+        ids = input_ids if input_ids is not None and input_ids.numel() else None
+        placeholders = self.model.placeholder_mask(ids, inputs_embeds)
+        per_prompt = list(accumulate(int(n) for n in placeholders.sum(-1)))
+        per_image = list(accumulate(image_output.placeholder_counts))
+        offsets = [0] + [i + 1 for i, total in enumerate(per_image) if total in per_prompt]
+        for name in self.per_image_fields:
+            values = getattr(image_output, name)
+            setattr(
+                image_output,
+                name,
+                [value for start, end in zip(offsets[:-1], offsets[1:]) for value in list(values[start:end]) * expand_size],
+            )
+        return mm_encoder_output
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
         model_kwargs = super()._update_model_kwargs_for_generation(

@@ -21,7 +21,6 @@ as the stock model sees it; if every image is, or pruning is off, the forward is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
 
 import torch
 from torch import nn
@@ -533,6 +532,7 @@ class FlowCutLlavaNextForConditionalGeneration(
     _auto_class = "AutoModelForImageTextToText"
     flowcut_auto_map = AUTO_MAP
     flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+    per_image_fields = PER_IMAGE_FIELDS
 
     def __init__(self, config: FlowCutLlavaNextConfig):
         # Not super().__init__: it would build (and initialise) a stock LlavaNextModel only to throw it away.
@@ -605,30 +605,6 @@ class FlowCutLlavaNextForConditionalGeneration(
             llm_keep_indices=getattr(outputs, "llm_keep_indices", None),
             input_positions=getattr(outputs, "input_positions", None),
         )
-
-    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
-        image_output = mm_encoder_output.get("image")
-        if getattr(image_output, "placeholder_counts", None) is None:
-            return super()._expand_multimodal_outputs(
-                input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
-            )
-        # The stock helper matches placeholder counts with feature lengths, which differ once tokens are pruned;
-        # the placeholder counts say which images belong to which prompt.
-        if input_ids is None or input_ids.numel() == 0:
-            placeholders = self.model.placeholder_mask(None, inputs_embeds)
-        else:
-            placeholders = self.model.placeholder_mask(input_ids, None)
-        per_prompt = list(accumulate(int(n) for n in placeholders.sum(-1)))
-        per_image = list(accumulate(image_output.placeholder_counts))
-        offsets = [0] + [i + 1 for i, total in enumerate(per_image) if total in per_prompt]
-        for name in PER_IMAGE_FIELDS:
-            values = getattr(image_output, name)
-            setattr(
-                image_output,
-                name,
-                [value for start, end in zip(offsets[:-1], offsets[1:]) for value in list(values[start:end]) * expand_size],
-            )
-        return mm_encoder_output
 
 
 __all__ = [

@@ -18,7 +18,6 @@ sequence after stage 0, as in the authors' code, and then stay with each token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import accumulate
 from types import SimpleNamespace
 
 import torch
@@ -391,6 +390,7 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
     _auto_class = "AutoModelForImageTextToText"
     flowcut_auto_map = AUTO_MAP
     flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+    per_image_fields = PER_IMAGE_FIELDS
 
     def __init__(self, config: FlowCutLlavaOnevisionConfig):
         # Not super().__init__: it would build (and initialise) a stock model only to throw it away.
@@ -446,25 +446,6 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
             flowcut_state=getattr(outputs, "flowcut_state", None),
             input_positions=getattr(outputs, "input_positions", None),
         )
-
-    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
-        image_output = mm_encoder_output.get("image")
-        if getattr(image_output, "placeholder_counts", None) is None:
-            return super()._expand_multimodal_outputs(
-                input_ids, mm_encoder_output, expand_size=expand_size, inputs_embeds=inputs_embeds
-            )
-        placeholders = self.model.placeholder_mask(input_ids if input_ids is not None and input_ids.numel() else None, inputs_embeds)
-        per_prompt = list(accumulate(int(n) for n in placeholders.sum(-1)))
-        per_image = list(accumulate(image_output.placeholder_counts))
-        offsets = [0] + [i + 1 for i, total in enumerate(per_image) if total in per_prompt]
-        for name in PER_IMAGE_FIELDS:
-            values = getattr(image_output, name)
-            setattr(
-                image_output,
-                name,
-                [value for start, end in zip(offsets[:-1], offsets[1:]) for value in list(values[start:end]) * expand_size],
-            )
-        return mm_encoder_output
 
 
 __all__ = [

@@ -165,3 +165,13 @@ print(json.dumps({"class": type(model).__name__, "keys_ok": not info["missing_ke
             torch.testing.assert_close(torch.load(folder / "logits_True.pt"), expected)
         else:
             assert result["length"] == inputs["input_ids"].shape[1], "stock keeps every visual token"
+
+
+def test_beam_search_and_several_returned_sequences_expand_each_prompts_images(onevision):
+    model, _, processor = onevision
+    images = [synthetic_image(0, SQUARE), synthetic_image(1, (400, 600)), synthetic_image(2, (500, 300))]
+    inputs = processor(text=[chat(processor, 1), chat(processor, 2)], images=images, padding=True, return_tensors="pt")
+    beams = greedy(model, inputs, max_new_tokens=3, num_beams=2)
+    assert torch.equal(beams, greedy(model, inputs, max_new_tokens=3, num_beams=2, use_cache=False))
+    several = greedy(model, inputs, max_new_tokens=2, num_beams=2, num_return_sequences=2)
+    assert several.shape[0] == 4 and torch.equal(several[0::2, :-2], inputs["input_ids"])
