@@ -11,13 +11,19 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-SUBCOMMAND_MODULES = ("flowcut_hf.demo", "flowcut_hf.export_cli", "flowcut_hf.bench", "flowcut_hf.visualize")
+SUBCOMMAND_MODULES = (
+    "flowcut_hf.demo",
+    "flowcut_hf.export_cli",
+    "flowcut_hf.bench",
+    "flowcut_hf.visualize",
+    "flowcut_hf.search",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="flowcut-hf",
-        description="FlowCut visual-token pruning for Hugging Face LLaVA models.",
+        description="FlowCut (and VFlowOpt) visual-token pruning for Hugging Face vision-language models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
