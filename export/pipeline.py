@@ -34,6 +34,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from ..modeling.flowcut_remote_code import copy_remote_code_files
@@ -43,6 +44,7 @@ from .convert import convert_original_llava, is_original_llava, load_pickle_stat
 logger = logging.getLogger(__name__)
 
 DEFAULT_NAME_PATTERN = "{base}-flowcut{n}"
+VFLOWOPT_NAME_PATTERN = "{base}-vflowopt{n}"
 METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.md", "*.tiktoken"]
 MANIFEST_NAME = ".flowcut-export.json"
 
@@ -84,18 +86,58 @@ class ResolvedSource:
 
 
 @dataclass(frozen=True)
+class VFlowOptPreset:
+    """VFlowOpt settings for a variant: a released preset or a search result (``flowcut-hf search``)."""
+
+    label: str
+    """The ``{n}`` of variant names (``10`` for the released 10% preset, the file's stem for a search result)."""
+    settings: dict[str, Any]
+    """The ``vflowopt_*`` config fields."""
+    search: dict[str, Any] | None = None
+    """How a searched preset was found (budget, trials, data, objective), recorded in the card."""
+    budget: float | None = None
+    """The share of visual tokens kept, averaged over the decoder layers."""
+
+
+def load_vflowopt_preset(spec: str) -> VFlowOptPreset:
+    """``spec`` is a released preset name (``10%``, ``25%``, ``50%``) or a preset JSON written by ``flowcut-hf search``."""
+    from ..modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS, vflowopt_fields
+
+    if spec in ONEVISION_PRESETS:
+        budget = float(spec.rstrip("%")) / 100
+        return VFlowOptPreset(spec.rstrip("%"), vflowopt_fields(ONEVISION_PRESETS[spec]), None, budget)
+    path = Path(spec)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"--preset {spec!r} is neither a released preset ({', '.join(ONEVISION_PRESETS)}) nor a preset JSON file"
+        )
+    data = json.loads(path.read_text())
+    if data.get("method") != "vflowopt" or not isinstance(data.get("settings"), dict):
+        raise ValueError(f"{path} is not a VFlowOpt preset (write one with `flowcut-hf search`)")
+    search = data.get("search")
+    return VFlowOptPreset(path.stem, dict(data["settings"]), search, (search or {}).get("budget"))
+
+
+@dataclass(frozen=True)
 class RetainedAmount:
-    """How many visual tokens a variant keeps per image: a count, or (Qwen) a share of each image's tokens."""
+    """How many visual tokens a variant keeps per image: a count, (Qwen) a share of each image's tokens, or (VFlowOpt)
+    the stages of a preset."""
 
     target_num: int | None = None
     retain_ratio: float | None = None
+    preset: VFlowOptPreset | None = None
 
     @property
     def label(self) -> str:
-        """The ``{n}`` of variant names: ``64``, or ``0.111`` for a ratio."""
+        """The ``{n}`` of variant names: ``64``, ``0.111`` for a ratio, ``10`` for VFlowOpt's 10% preset."""
+        if self.preset is not None:
+            return self.preset.label
         return str(self.target_num) if self.target_num is not None else f"{self.retain_ratio:g}"
 
     def describe(self, full: int) -> str:
+        if self.preset is not None:
+            budget = f", {self.preset.budget:.0%} of the visual tokens averaged over the layers" if self.preset.budget else ""
+            return f"VFlowOpt preset {self.preset.label}{budget}"
         if self.target_num is not None:
             return f"{self.target_num} of {full} visual tokens per image"
         return f"{self.retain_ratio:.1%} of each image's visual tokens"
@@ -144,6 +186,8 @@ class ExportOptions:
     target_nums: Sequence[int]
     out: Path
     retain_ratios: Sequence[float] = ()
+    vflowopt_presets: Sequence[str] = ()
+    """VFlowOpt variants (LLaVA-OneVision): released preset names or preset JSON files."""
     push: str | None = None
     private: bool = False
     revision: str | None = None
@@ -269,15 +313,44 @@ def image_tokens_per_image(config: dict[str, Any]) -> int:
     return family.unpruned_image_tokens(family.config_from_dict(config))
 
 
+def _vflowopt_amounts(specs: Sequence[str], config: dict[str, Any]) -> list[RetainedAmount]:
+    from ..modeling.configuration_flowcut_llava_onevision import VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
+
+    amounts = []
+    for spec in specs:
+        preset = load_vflowopt_preset(spec)
+        unknown = sorted(set(preset.settings) - set(VFLOWOPT_FIELD_VALIDATORS))
+        if unknown:
+            raise ValueError(f"preset {spec} has fields that are not VFlowOpt settings: {unknown}")
+        for name, value in preset.settings.items():
+            VFLOWOPT_FIELD_VALIDATORS[name](value)
+        settings = vflowopt_settings(SimpleNamespace(**preset.settings))
+        num_layers = family_for_config(config).config_from_dict(config).text_config.num_hidden_layers
+        if settings.llm_layers and settings.llm_layers[-1] >= num_layers:
+            raise ValueError(f"preset {spec}: vflowopt_llm_layers {list(settings.llm_layers)} reach past the {num_layers} layers")
+        amount = RetainedAmount(preset=preset)
+        if any(other.label == amount.label for other in amounts):
+            raise ValueError(f"--preset {spec} is given twice.")
+        amounts.append(amount)
+    return amounts
+
+
 def validate_targets(
-    target_nums: Sequence[int], config: dict[str, Any], retain_ratios: Sequence[float] = ()
+    target_nums: Sequence[int], config: dict[str, Any], retain_ratios: Sequence[float] = (),
+    vflowopt_presets: Sequence[str] = (),
 ) -> list[RetainedAmount]:
     """The variants' amounts: every ``--target-num``, then every ``--retain-ratio`` (Qwen families only)."""
     family = family_for_config(config)
+    if vflowopt_presets:
+        if "vflowopt" not in family.methods:
+            raise ValueError(f"--method vflowopt applies to LLaVA-OneVision; {family.display_name} runs {list(family.methods)}.")
+        if target_nums or retain_ratios:
+            raise ValueError("--target-num and --retain-ratio are FlowCut's; a VFlowOpt export takes --preset.")
+        return _vflowopt_amounts(vflowopt_presets, config)
     if "flowcut" not in family.methods:
         raise ValueError(
-            f"The exporter writes FlowCut variants; {family.display_name} runs {list(family.methods)} only, which it "
-            "cannot export yet. Load the model, call flowcut_hf.prune(...) and save_pretrained() instead."
+            f"{family.display_name} runs {list(family.methods)}: export it with --method vflowopt --preset 10% (or a "
+            "preset JSON from `flowcut-hf search`)."
         )
     if not target_nums and not retain_ratios:
         what = "--target-num or --retain-ratio" if family.default_retain_ratio is not None else "--target-num"
@@ -318,8 +391,12 @@ def flowcut_config(config: dict[str, Any], amount: RetainedAmount | int) -> dict
         if f"flowcut_{name}" in family.field_validators
     }
     amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
-    fields = amount.fields()
     updated = dict(config)
+    if amount.preset is not None:
+        updated.update(amount.preset.settings, pruning_method="vflowopt", vflowopt_enabled=True, auto_map=dict(family.auto_map))
+        updated["architectures"] = [family.stock_model_class.__name__]
+        return updated
+    fields = amount.fields()
     updated.update(
         family.flowcut_fields(fields.pop("target_num"), enabled=True, **fields, **settings), auto_map=dict(family.auto_map)
     )
@@ -552,6 +629,77 @@ torch.save(logits, out_path)
 print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
 '''
 
+VERIFY_REMOTE_CODE_VFLOWOPT = BLOCK_FLOWCUT_HF + r'''
+import torch
+from PIL import Image
+import transformers
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+folder, image_path, out_path, inputs_path = sys.argv[1:5]
+model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+try:
+    processor = AutoProcessor.from_pretrained(folder)
+except ImportError:
+    # The stock processor needs torchvision for its video processor; without it, the same class without one.
+    with open(f"{folder}/processor_config.json") as handle:
+        settings = json.load(handle)
+    stock = getattr(transformers, settings.pop("processor_class"))
+    class ImageOnly(stock):
+        def check_argument_for_proper_class(self, name, arg):
+            if name == "video_processor" and arg is None:
+                return None
+            return super().check_argument_for_proper_class(name, arg)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    kept = {k: v for k, v in settings.items() if k in ("num_image_tokens", "vision_feature_select_strategy")}
+    processor = ImageOnly(image_processor=AutoImageProcessor.from_pretrained(folder), tokenizer=tokenizer,
+                          video_processor=None, chat_template=tokenizer.chat_template, **kept)
+    processor_class = stock.__name__
+else:
+    processor_class = type(processor).__name__
+image = Image.open(image_path)
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
+prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
+torch.save(inputs, inputs_path)
+forward_error, lengths = None, None
+with torch.no_grad():
+    features = model.model.get_image_features(inputs["pixel_values"].to(model.dtype), inputs["image_sizes"])
+    try:
+        output = model(**inputs, use_cache=True)
+        torch.save(output.logits[0, -1].float(), out_path)
+        lengths = [output.past_key_values.get_seq_length(layer) for layer in range(len(output.past_key_values.layers))]
+    except Exception as error:
+        forward_error = f"{type(error).__name__}: {error}"
+print(json.dumps({
+    "forward_error": forward_error,
+    "model_class": type(model).__name__, "processor_class": processor_class,
+    "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
+    "prompt": prompt, "image_size": [image.height, image.width],
+    "placeholders": int((inputs["input_ids"] == model.config.image_token_id).sum()),
+    "text_tokens": int((inputs["input_ids"] != model.config.image_token_id).sum()),
+    "kept": [int(f.shape[0]) for f in features.pooler_output],
+    "recycled": [int(r.numel()) for r in features.recycled_positions],
+    "layer_lengths": lengths,
+    "token_schedule": None,
+    "input_ids": inputs["input_ids"][0].tolist(),
+}))
+'''
+
+VERIFY_REFERENCE_VFLOWOPT = r'''
+import json, sys
+import torch
+from transformers import AutoModelForImageTextToText
+import flowcut_hf
+source, inputs_path, settings_json, out_path = sys.argv[1:5]
+model = AutoModelForImageTextToText.from_pretrained(source)
+settings = {k.removeprefix("vflowopt_"): v for k, v in json.loads(settings_json).items()}
+flowcut_hf.prune(model, method="vflowopt", **settings)
+inputs = torch.load(inputs_path)
+with torch.no_grad():
+    logits = model(**inputs).logits[0, -1].float()
+torch.save(logits, out_path)
+print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
+'''
+
 # Wide enough that LLaVA-NeXT tiles it into several anyres crops (a 2x2 grid plus the base image).
 VERIFY_IMAGE_SIZE = (600, 800)
 
@@ -589,6 +737,8 @@ def expected_visual_tokens(
     the ``grid_thw`` patch grid the processor gave the image."""
     amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
     target_num = amount.target_num
+    if amount.preset is not None:
+        return {}  # VFlowOpt's counts depend on the map: _vflowopt_problems checks them against its own stage rule
     if family.default_retain_ratio is not None:
         t, h, w = grid_thw
         units = t * h * w // 4
@@ -617,8 +767,12 @@ def _run_checks(
     image_path = check_dir / "synthetic.png"
     synthetic_image(0, size=VERIFY_IMAGE_SIZE).save(image_path)
     qwen = family.default_retain_ratio is not None
+    vflowopt = amount.preset is not None
     inputs_path = check_dir / "inputs.pt"
-    if qwen:
+    if vflowopt:
+        remote_args = [str(folder), str(image_path), str(check_dir / "remote.pt"), str(inputs_path)]
+        remote = _run_python(VERIFY_REMOTE_CODE_VFLOWOPT, remote_args, check_dir, clean=True)
+    elif qwen:
         remote_args = [str(folder), str(image_path), str(check_dir / "remote.pt"), str(inputs_path)]
         remote = _run_python(VERIFY_REMOTE_CODE_QWEN, remote_args, check_dir, clean=True)
     else:
@@ -631,7 +785,9 @@ def _run_checks(
     if remote["missing"] or remote["unexpected"]:
         problems.append(f"missing keys {remote['missing'][:5]}, unexpected keys {remote['unexpected'][:5]}")
     expected = expected_visual_tokens(family, config, amount, VERIFY_IMAGE_SIZE, remote.get("grid_thw"))
-    if remote["placeholders"] != expected["placeholders"]:
+    if vflowopt and not remote["forward_error"]:
+        problems += _vflowopt_problems(remote, config)
+    if "placeholders" in expected and remote["placeholders"] != expected["placeholders"]:
         problems.append(
             f"the processor emitted {remote['placeholders']} image placeholders, expected {expected['placeholders']}"
         )
@@ -641,7 +797,10 @@ def _run_checks(
     if remote["forward_error"]:
         problems.append(f"the forward pass failed: {remote['forward_error']}")
     if not problems:
-        if qwen:
+        if vflowopt:
+            reference_args = [str(source_dir), str(inputs_path), json.dumps(amount.preset.settings), str(check_dir / "reference.pt")]
+            reference = _run_python(VERIFY_REFERENCE_VFLOWOPT, reference_args, check_dir, clean=False)
+        elif qwen:
             kind = "target_num" if amount.target_num is not None else "retain_ratio"
             reference_args = [str(source_dir), str(inputs_path), f"{kind}={amount.label}", str(check_dir / "reference.pt")]
             reference = _run_python(VERIFY_REFERENCE_QWEN, reference_args, check_dir, clean=False)
@@ -658,6 +817,27 @@ def _run_checks(
             difference = float((remote_logits - reference_logits).abs().max())
             problems.append(f"a forward pass differs from the library's model on the source weights by {difference:.3g}")
     return problems, remote
+
+
+def _vflowopt_problems(remote: dict, config: dict[str, Any]) -> list[str]:
+    """What a VFlowOpt variant's check run must show: stage 0 and the LLM stages keep what their settings say."""
+    from ..modeling.configuration_flowcut_llava_onevision import vflowopt_settings
+
+    settings = vflowopt_settings(SimpleNamespace(**config))
+    length, recycled, kept = remote["placeholders"], remote["recycled"][0], remote["kept"][0]
+    removed = round(length * (1 - settings.vision_keep)) + int(length / settings.cell_side**2)
+    problems = []
+    if kept != length - removed + recycled:
+        problems.append(f"stage 0 kept {kept} of {length} tokens, its settings give {length - removed + recycled}")
+    counts, current = [kept], kept
+    for keep in settings.llm_keeps:
+        current -= round(current * (1 - keep))
+        counts.append(current)
+    bounds = [0, *settings.llm_layers, len(remote["layer_lengths"])]
+    expected = [remote["text_tokens"] + counts[stage] for stage in range(len(bounds) - 1) for _ in range(bounds[stage], bounds[stage + 1])]
+    if remote["layer_lengths"] != expected:
+        problems.append(f"the decoder layers cached {remote['layer_lengths']} tokens, the LLM stages give {expected}")
+    return problems
 
 
 def verify_variant(folder: Path, source_dir: Path, amount: RetainedAmount | int, work_dir: Path) -> dict:
@@ -686,7 +866,7 @@ def verify_variant(folder: Path, source_dir: Path, amount: RetainedAmount | int,
 
 def verification_summary(report: dict[str, Any]) -> dict[str, Any]:
     """The part of a verification report the model card counts FLOPs from."""
-    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens", "grid_thw")
+    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens", "grid_thw", "layer_lengths", "placeholders")
     return {key: report.get(key) for key in keys}
 
 
@@ -700,6 +880,8 @@ def prefill_accounts(variant_config: dict[str, Any], verification: dict[str, Any
 
     family = family_for_config(variant_config)
     config = family.config_from_dict(variant_config)
+    if variant_config.get("pruning_method") == "vflowopt":
+        return vflowopt_prefill_flops(config, variant_config, verification, prompt_tokens)
     target_num = variant_config["flowcut_target_num"]
     measured = "the vision schedule is the one measured on a synthetic image during export"
     upper_bound = "the vision encoder is counted unpruned, an upper bound (the export was not verified)"
@@ -773,6 +955,35 @@ def qwen_prefill_flops(config, amount: RetainedAmount, llm_prune_layer: int, ver
     return PrefillFlops(unpruned), PrefillFlops(pruned), what
 
 
+def vflowopt_prefill_flops(config, variant_config: dict[str, Any], verification, prompt_tokens: int):
+    """``(unpruned, pruned, what)`` of the LLM prefill of a VFlowOpt variant: its vision tower and projector run
+    unchanged, so only the decoder layers' lengths differ (those verified on the check image, or the square 2x2-grid
+    image's stage counts without a verification, with importance ties resolved by the stage rule)."""
+    from ..accounting import llm_prefill_flops
+    from ..modeling.configuration_flowcut_llava_onevision import vflowopt_settings
+
+    layers = config.text_config.num_hidden_layers
+    if verification and verification.get("layer_lengths"):
+        images = verification["placeholders"]
+        text = verification["text_tokens"]
+        lengths = [prompt_tokens + n - text for n in verification["layer_lengths"]]
+        what = f"the LLM, for the {images}-token check image measured during export and a {prompt_tokens}-token prompt"
+    else:
+        settings = vflowopt_settings(SimpleNamespace(**variant_config))
+        images = config.vision_config.image_size // config.vision_config.patch_size
+        images = images * images + 2 * images * (2 * images + 1)
+        current = images - round(images * (1 - settings.vision_keep))
+        bounds, counts = [0, *settings.llm_layers, layers], [current]
+        for keep in settings.llm_keeps:
+            current -= round(current * (1 - keep))
+            counts.append(current)
+        lengths = [prompt_tokens + counts[s] for s in range(len(bounds) - 1) for _ in range(bounds[s], bounds[s + 1])]
+        what = f"the LLM, for a square {images}-token image and a {prompt_tokens}-token prompt (the export was not verified)"
+    unpruned = llm_prefill_flops(config.text_config, [prompt_tokens + images] * layers)
+    pruned = llm_prefill_flops(config.text_config, lengths)
+    return PrefillFlops(unpruned), PrefillFlops(pruned), what + "; the vision tower and projector run unchanged"
+
+
 def write_card(
     folder: Path,
     resolved: ResolvedSource,
@@ -788,7 +999,9 @@ def write_card(
     # The variant's own config: it is in the HF layout even when the source was an original-LLaVA checkpoint.
     variant_config = json.loads((variant_folder / "config.json").read_text())
     unpruned, pruned, what = prefill_accounts(variant_config, verification, prompt_tokens=64)
-    settings = {k: v for k, v in variant_config.items() if k.startswith("flowcut_")}
+    settings = {
+        k: v for k, v in variant_config.items() if k.startswith(("flowcut_", "vflowopt_")) or k == "pruning_method"
+    }
     info = VariantCardInfo(
         # Unpushed folders get a placeholder namespace; the snippet is only final once the repo id is known.
         repo_id=plan.repo_id or f"your-namespace/{plan.name}",
@@ -798,6 +1011,9 @@ def write_card(
         base_license_link=resolved.license_link if resolved.license == "other" else None,
         target_num=plan.target_num,
         retain_ratio=plan.amount.retain_ratio,
+        method="vflowopt" if plan.amount.preset is not None else "flowcut",
+        budget=plan.amount.preset.budget if plan.amount.preset is not None else None,
+        search=plan.amount.preset.search if plan.amount.preset is not None else None,
         image_tokens=image_tokens_per_image(variant_config),
         settings=settings,
         family=resolved.family.name,
@@ -838,11 +1054,16 @@ def push_variant(
 
 
 def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[VariantPlan]:
-    amounts = validate_targets(list(options.target_nums), resolved.hf_config, list(options.retain_ratios))
+    amounts = validate_targets(
+        list(options.target_nums), resolved.hf_config, list(options.retain_ratios), list(options.vflowopt_presets)
+    )
+    pattern = options.name_pattern
+    if options.vflowopt_presets and pattern == DEFAULT_NAME_PATTERN:
+        pattern = VFLOWOPT_NAME_PATTERN
     protected = [p.resolve() for p in (resolved.local_dir, options.vision_tower) if p is not None]
     plans = []
     for amount in amounts:
-        name = options.name_pattern.format(base=resolved.base_name, n=amount.label)
+        name = pattern.format(base=resolved.base_name, n=amount.label)
         if name in ("", ".", "..") or Path(name).name != name or name.startswith("."):
             raise ValueError(f"--name-pattern gives {name!r}, which is not a plain folder name.")
         folder = (Path(options.out) / name).resolve()
@@ -852,7 +1073,7 @@ def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[Vari
                     f"The variant folder {folder} overlaps {read_from}, which the export reads from; choose another "
                     "--out or --name-pattern."
                 )
-        repo_id = push_repo_id(options.push, resolved.base_name, amount.label, len(amounts), options.name_pattern)
+        repo_id = push_repo_id(options.push, resolved.base_name, amount.label, len(amounts), pattern)
         if repo_id is not None and resolved.repo_id is not None and repo_id.lower() == resolved.repo_id.lower():
             raise ValueError(f"Refusing to push into the source repo {repo_id}; choose another --push repo id.")
         plans.append(VariantPlan(amount, name, Path(options.out) / name, repo_id))
@@ -1001,7 +1222,12 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
     for plan in plans:
         log(f"  {plan.name}: would write {plan.folder}")
         log(f"    weights (unchanged, byte-identical): {', '.join(weights)}")
-        field = f"flowcut_target_num={plan.target_num}" if plan.target_num is not None else f"flowcut_retain_ratio={plan.amount.retain_ratio:g}"
+        if plan.amount.preset is not None:
+            field = f"pruning_method=vflowopt and the preset's vflowopt_* fields ({plan.amount.describe(0)})"
+        elif plan.target_num is not None:
+            field = f"flowcut_target_num={plan.target_num}"
+        else:
+            field = f"flowcut_retain_ratio={plan.amount.retain_ratio:g}"
         log(f"    config.json with {field}, auto_map; remote code: {code_files}")
         processor = "the stock processor's files, copied" if resolved.family.copies_processor_files else "processor_config.json"
         log(f"    {processor}, tokenizer files, chat template, generation_config.json, README.md")

@@ -36,6 +36,10 @@ def register_cli(subparsers) -> None:
     parser.add_argument("source", help="local folder or Hub repo id of the base checkpoint")
     parser.add_argument("--target-num", type=int, action="append", default=[], dest="target_nums",
                         help="visual tokens kept per image; repeat for several variants")
+    parser.add_argument("--method", choices=("flowcut", "vflowopt"), default="flowcut",
+                        help="the pruning method (vflowopt: LLaVA-OneVision, with --preset)")
+    parser.add_argument("--preset", action="append", default=[], dest="presets",
+                        help="VFlowOpt: a released preset (10%%, 25%%, 50%%) or a preset JSON from `flowcut-hf search`; repeat for several")
     parser.add_argument("--retain-ratio", type=float, action="append", default=[], dest="retain_ratios",
                         help="Qwen2-VL / Qwen2.5-VL: share of each image's tokens kept (e.g. 0.111); repeat for several")
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per variant")
@@ -56,8 +60,12 @@ def register_cli(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.presets and args.method != "vflowopt":
+        raise ValueError("--preset is VFlowOpt's: pass --method vflowopt")
+    if args.method == "vflowopt" and not args.presets:
+        raise ValueError("--method vflowopt needs --preset (10%, 25%, 50% or a preset JSON from `flowcut-hf search`)")
     options = ExportOptions(
-        target_nums=args.target_nums, retain_ratios=args.retain_ratios, out=args.out, push=args.push, private=args.private, revision=args.revision,
+        target_nums=args.target_nums, retain_ratios=args.retain_ratios, vflowopt_presets=args.presets, out=args.out, push=args.push, private=args.private, revision=args.revision,
         overwrite=args.overwrite, dry_run=args.dry_run, commit_message=args.commit_message, create_pr=args.create_pr,
         allow_pickle=args.allow_pickle, vision_tower=args.vision_tower, eval_results=args.eval_results,
         name_pattern=args.name_pattern, base_model=args.base_model, verify=not args.skip_verify,

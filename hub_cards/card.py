@@ -28,6 +28,7 @@ FAMILY_DISPLAY_NAMES: Mapping[str, str] = {
     "llava_next": "LLaVA-NeXT",
     "qwen2_vl": "Qwen2-VL",
     "qwen2_5_vl": "Qwen2.5-VL",
+    "llava_onevision": "LLaVA-OneVision",
 }
 RATIO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # families whose variants may keep a share of each image's tokens
 
@@ -66,6 +67,9 @@ class VariantCardInfo:
             is rewritten to an absolute URL there, because the variant repo need not hold that file.
         target_num: visual tokens the variant keeps per image (K); None for a Qwen variant set by ``retain_ratio``.
         retain_ratio: Qwen2-VL / Qwen2.5-VL: the share of each image's tokens the variant keeps, in (0, 1).
+        method: ``"flowcut"`` or ``"vflowopt"`` (LLaVA-OneVision; then neither ``target_num`` nor ``retain_ratio``).
+        budget: VFlowOpt: the share of visual tokens kept, averaged over the decoder layers, if known.
+        search: VFlowOpt: how a searched preset was found (``budget``, ``trials``, ``data``, ``objective``, ...).
         image_tokens: visual tokens per image without pruning (N, 576 for LLaVA-1.5 at 336 px; for LLaVA-NeXT the
             most an image can have, 2928 with the standard grid); ``K < N``.
         settings: the FlowCut fields of the variant's ``config.json``, name → JSON value. Written as the card's
@@ -98,6 +102,9 @@ class VariantCardInfo:
     base_license_link: str | None = None
     base_citation: str | None = None
     retain_ratio: float | None = None
+    method: str = "flowcut"
+    budget: float | None = None
+    search: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         for name in ("repo_id", "base_model"):
@@ -126,7 +133,14 @@ class VariantCardInfo:
 
         if self.family not in FAMILY_DISPLAY_NAMES:
             raise ValueError(f"family must be one of {sorted(FAMILY_DISPLAY_NAMES)}, got {self.family!r}")
-        if (self.target_num is None) == (self.retain_ratio is None):
+        if self.method not in ("flowcut", "vflowopt"):
+            raise ValueError(f"method must be 'flowcut' or 'vflowopt', got {self.method!r}")
+        if self.method == "vflowopt":
+            if self.target_num is not None or self.retain_ratio is not None:
+                raise ValueError("a VFlowOpt variant has no target_num or retain_ratio: its settings say what it keeps")
+            if self.budget is not None and not (_is_real(self.budget) and 0 < self.budget < 1):
+                raise ValueError(f"budget must be a share in (0, 1), got {self.budget!r}")
+        elif (self.target_num is None) == (self.retain_ratio is None):
             raise ValueError("give exactly one of target_num and retain_ratio")
         if self.retain_ratio is not None:
             if self.family not in RATIO_FAMILIES:
@@ -195,6 +209,8 @@ class VariantCardInfo:
 
     @property
     def kept_description(self) -> str:
+        if self.method == "vflowopt":
+            return "VFlowOpt's share of the tokens"
         if self.target_num is not None:
             return f"{self.target_num} of {self.image_tokens} tokens"
         return f"{self.retain_ratio:.1%} of each image's tokens"
@@ -299,15 +315,20 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         "base_url": f"{_HUB_URL}/{info.base_model}",
         "family_name": FAMILY_DISPLAY_NAMES[info.family],
         "family_id": info.family,
-        "kept_tokens": info.target_num if info.target_num is not None else f"{info.retain_ratio:.1%} of them",
+        "kept_tokens": info.target_num if info.target_num is not None else (
+            f"{info.retain_ratio:.1%} of them" if info.retain_ratio is not None else None
+        ),
         "half_kept_tokens": info.target_num // 2 if info.target_num is not None else None,
         "retain_percent": _percent(info.retain_ratio) if info.retain_ratio is not None else None,
         "vision_percent": _percent(min(1.0, 2 * info.retain_ratio)) if info.retain_ratio is not None else None,
         "llm_prune_layer": info.settings.get("flowcut_llm_prune_layer"),
         "unpruned_tokens": info.image_tokens,
         "token_cut_percent": _percent(
-            1 - (info.target_num / info.image_tokens if info.target_num is not None else info.retain_ratio)
+            1 - (info.target_num / info.image_tokens if info.target_num is not None else (info.retain_ratio or info.budget or 1.0))
         ),
+        "method": info.method,
+        "budget_percent": _percent(info.budget) if info.budget is not None else None,
+        "search": dict(info.search) if info.search else None,
         "repo_id_literal": json.dumps(info.repo_id),
         "revision_literal": json.dumps(info.revision or "main"),
         "revision_pinned": info.revision is not None,
