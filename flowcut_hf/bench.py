@@ -1085,13 +1085,26 @@ def _cli(args: argparse.Namespace) -> int:
             from .bench_qwen import load_qwen_model
 
             model, processor = load_qwen_model(args.model, qwen_version, device, dtype)
+        elif args.preset == "llava-onevision":
+            from .bench_onevision import load_onevision_model
+
+            model, processor = load_onevision_model(args.model, device, dtype)
         elif args.preset == "llava-next":
             model, processor = load_next_model(args.model, device, dtype)
         else:
             model, processor = load_model(args.model, device=device, dtype=dtype, attn_implementation=args.attn_implementation)
     family = family_for_model(model) if model is not None else None
-    if family is not None and "flowcut" not in family.methods:
-        raise ValueError(f"bench compares FlowCut rows; {family.display_name} runs {list(family.methods)} only so far.")
+    if family is not None and family.name == "llava_onevision":
+        from .bench_onevision import format_onevision_table, run_onevision_bench
+
+        if args.target_num or args.retain_ratio:
+            raise ValueError("LLaVA-OneVision rows are VFlowOpt's released presets; --target-num and --retain-ratio do not apply")
+        report = run_onevision_bench(
+            model, processor, repeats=args.repeats, warmup=args.warmup, progress=not args.no_progress,
+            spec=f"{args.model} (llava-onevision)" if args.model in (PRESET, TINY) else args.model,
+        )
+        print(format_onevision_table(report))
+        return _write_json(args, report)
     if args.retain_ratio and (family is None or family.default_retain_ratio is None):
         raise ValueError("--retain-ratio applies to Qwen2-VL / Qwen2.5-VL models; use --target-num for LLaVA families")
     if family is not None and family.default_retain_ratio is not None:
@@ -1117,6 +1130,10 @@ def _cli(args: argparse.Namespace) -> int:
     else:
         report = _run_llava_cli(args, model, processor)
         print(format_table(report))
+    return _write_json(args, report)
+
+
+def _write_json(args: argparse.Namespace, report: dict) -> int:
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}", file=sys.stderr)
@@ -1155,10 +1172,11 @@ def register_cli(subparsers) -> None:
         "a repo id (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL, told apart by its config)",
     )
     parser.add_argument(
-        "--preset", choices=("llava", "llava-next", *QWEN_PRESETS), default="llava",
+        "--preset", choices=("llava", "llava-next", *QWEN_PRESETS, "llava-onevision"), default="llava",
         help="family of 'preset' and 'tiny': LLaVA-1.5 (default), LLaVA-NeXT (a 672x672 image, 5 crops, 2928 "
         "stock visual tokens; stock vs FlowCut vs oracle at 160, 320 and 640), or Qwen2-VL (a 1288x980 image, 1610 "
-        "stock visual tokens; stock vs FlowCut vs oracle at retain ratios 0.333, 0.222 and 0.111; qwen2.5-vl: 'tiny' only)",
+        "stock visual tokens; stock vs FlowCut vs oracle at retain ratios 0.333, 0.222 and 0.111; qwen2.5-vl: 'tiny' "
+        "only), or LLaVA-OneVision (a 768x768 image, 3699 stock visual tokens; stock vs VFlowOpt's 10/25/50%% presets)",
     )
     parser.add_argument(
         "--retain-ratio", type=float, action="append", metavar="R",

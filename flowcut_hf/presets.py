@@ -20,6 +20,7 @@ from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaNextCo
 
 __all__ = [
     "bench_preset_config",
+    "bench_preset_llava_onevision_config",
     "bench_preset_next_config",
     "bench_preset_qwen2_vl_config",
     "tiny_llava_config",
@@ -306,6 +307,37 @@ def tiny_llava_onevision_config(vocab_size: int = 300, **token_ids: int):
     text_config = dict(
         model_type="qwen2", vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=28,
         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192, bos_token_id=None, eos_token_id=None,
+    )
+    return LlavaOnevisionConfig(
+        vision_config=vision_config, text_config=text_config, vision_feature_layer=-1,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9", **token_ids,
+    )
+
+
+def bench_preset_llava_onevision_config(vocab_size: int = 300, **token_ids: int):
+    """LLaVA-OneVision-7B at 1/4 width, full depth and full token geometry, for ``flowcut-hf bench --preset
+    llava-onevision``.
+
+    ======================  ====================  ===============
+    component               LLaVA-OV-7B           this preset
+    ======================  ====================  ===============
+    SigLIP layers / heads   26 / 16               26 / 4
+    SigLIP width / MLP      1152 / 4304           288 / 1076
+    LLM layers / heads      28 / 28 (kv 4)        28 / 7 (kv 1)
+    LLM width / MLP         3584 / 18944          896 / 4736
+    ======================  ====================  ===============
+
+    Head widths are preserved (SigLIP 72, Qwen2 128), and so are the 384 px / 14 px crops and anyres_max_9.
+    """
+    from transformers import LlavaOnevisionConfig
+
+    vision_config = dict(
+        model_type="siglip_vision_model", hidden_size=288, intermediate_size=1076, num_hidden_layers=26,
+        num_attention_heads=4, image_size=384, patch_size=14,
+    )
+    text_config = dict(
+        model_type="qwen2", vocab_size=vocab_size, hidden_size=896, intermediate_size=4736, num_hidden_layers=28,
+        num_attention_heads=7, num_key_value_heads=1, max_position_embeddings=32768, bos_token_id=None, eos_token_id=None,
     )
     return LlavaOnevisionConfig(
         vision_config=vision_config, text_config=text_config, vision_feature_layer=-1,

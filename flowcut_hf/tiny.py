@@ -331,12 +331,18 @@ def build_tiny_llava_onevision(seed: int = 0, qk_weight_scale: float = ONEVISION
     """A random tiny stock ``LlavaOnevisionForConditionalGeneration`` with the real geometry (SigLIP at 384 px / 14 px:
     729 patches per crop, 26 layers; anyres_max_9 with the standard pinpoints; a 28-layer Qwen2), and its stock
     processor (images only, see :func:`image_only_processor_class`)."""
-    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
-
     from .presets import tiny_llava_onevision_config
 
+    return build_random_llava_onevision(tiny_llava_onevision_config, seed, qk_weight_scale)
+
+
+def build_random_llava_onevision(config_for, seed: int = 0, qk_weight_scale: float = ONEVISION_QK_WEIGHT_SCALE):
+    """A random stock ``LlavaOnevisionForConditionalGeneration`` for ``config_for(vocab_size=..., <token ids>)`` and
+    its stock processor (images only)."""
+    from transformers import LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessorPil, LlavaOnevisionProcessor
+
     tokenizer = build_tiny_onevision_tokenizer()
-    config = tiny_llava_onevision_config(
+    config = config_for(
         vocab_size=len(tokenizer),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         video_token_id=tokenizer.convert_tokens_to_ids("<video>"),

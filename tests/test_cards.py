@@ -260,7 +260,7 @@ def test_precomputed_flops_reduction_is_shown():
         (dict(prefill_flops_pruned=9e12), "prefill_flops_pruned"),
         (dict(prefill_flops_reduction=0.5), "prefill_flops_reduction"),
         (dict(target_num=576), "target_num"),
-        (dict(family="llava_onevision"), "family"),
+        (dict(family="idefics3"), "family"),
         (dict(retain_ratio=0.2), "exactly one of target_num and retain_ratio"),
         (dict(target_num=None, retain_ratio=0.2), "retain_ratio applies"),
         (dict(target_num=None, retain_ratio=1.0, family="qwen2_vl"), "retain_ratio must be a share"),

@@ -1,0 +1,261 @@
+"""``flowcut-hf bench --preset llava-onevision``: VFlowOpt on LLaVA-OneVision against the stock model.
+
+One square 768x768 image by default: the 2x2 anyres grid, 3699 stock visual tokens (the spec's worked example). The
+rows, in one process, on ONE copy of the weights, interleaved round-robin as the other benches do:
+
+``stock``
+    the stock ``LlavaOnevisionForConditionalGeneration``: every token through every decoder layer.
+``vflowopt@P``
+    VFlowOpt's released preset P (10%, 25%, 50%: the share of visual tokens kept, averaged over the decoder layers).
+
+Each row reports the prefill time, the tokens each decoder stage holds, the KV cache (measured per layer, compared with
+:func:`flowcut_hf.accounting.kv_cache_bytes`, and its reduction against stock), the LLM's analytic FLOPs and the peak
+memory. Targets (the paper's headline): at 10%, the KV cache 89% smaller (within 1 point) and the prefill 3.8x faster.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import accounting
+from .api import prune
+from .bench import DeviceTimer, aligned_rows, cache_nbytes, compact_schedule, paired_ratio, stats_ms, time_interleaved
+from .registry import family_named
+
+PRESET_IMAGE_SIZE = (768, 768)
+DEFAULT_PRESETS = ("10%", "25%", "50%")
+HEADLINE = "10%"
+TARGET_KV_REDUCTION = 0.89
+TARGET_SPEEDUP = 3.8
+
+
+@dataclass
+class OnevisionRow:
+    name: str
+    preset: str | None
+    samples: list[float] = field(default_factory=list)
+    measured: dict = field(default_factory=dict)
+
+
+class OnevisionModes:
+    """Switches ONE LLaVA-OneVision instance between the stock classes and VFlowOpt presets; :meth:`restore` undoes it."""
+
+    def __init__(self, model: nn.Module):
+        self.family = family_named("llava_onevision")
+        self.model = model
+        self.original = (type(model), type(model.model), type(model.config), dict(model.config.__dict__))
+        prune(model, method="vflowopt")
+        self.pruning_classes = (type(model), type(model.model))
+
+    @contextmanager
+    def mode(self, row: OnevisionRow):
+        model = self.model
+        try:
+            if row.preset is None:
+                model.__class__, model.model.__class__ = self.family.stock_model_class, self.family.stock_inner_class
+            else:
+                prune(model, method="vflowopt", preset=row.preset)
+            yield
+        finally:
+            model.__class__, model.model.__class__ = self.pruning_classes
+
+    def restore(self) -> None:
+        model_class, inner_class, config_class, settings = self.original
+        self.model.__class__, self.model.model.__class__ = model_class, inner_class
+        self.model.config.__class__ = config_class
+        self.model.config.__dict__.clear()
+        self.model.config.__dict__.update(settings)
+
+
+def build_onevision_preset(seed: int = 0):
+    """LLaVA-OneVision-7B geometry at 1/4 width (:func:`flowcut_hf.presets.bench_preset_llava_onevision_config`)."""
+    from .presets import bench_preset_llava_onevision_config
+    from .tiny import build_random_llava_onevision
+
+    return build_random_llava_onevision(bench_preset_llava_onevision_config, seed)
+
+
+def load_onevision_model(spec: str, device: torch.device, dtype: torch.dtype):
+    from .bench import PRESET, TINY, load_model
+
+    if spec == PRESET:
+        model, processor = build_onevision_preset()
+    elif spec == TINY:
+        from .tiny import build_tiny_llava_onevision
+
+        model, processor = build_tiny_llava_onevision()
+    else:
+        return load_model(spec, device=device, dtype=dtype)
+    return model.to(device=device, dtype=dtype).eval(), processor
+
+
+def run_onevision_bench(
+    model: nn.Module | None = None,
+    processor=None,
+    *,
+    presets=DEFAULT_PRESETS,
+    repeats: int = 3,
+    warmup: int = 1,
+    image=None,
+    image_size: tuple[int, int] = PRESET_IMAGE_SIZE,
+    question: str = "Describe this image in detail.",
+    progress: bool = True,
+    spec: str = "preset (llava-onevision)",
+) -> dict:
+    """Runs the LLaVA-OneVision benchmark and returns its report (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    import transformers
+
+    from . import __version__
+    from .modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
+    from .tiny import synthetic_image
+
+    unknown = [p for p in presets if p not in ONEVISION_PRESETS]
+    if unknown:
+        raise ValueError(f"unknown VFlowOpt presets {unknown}; released: {sorted(ONEVISION_PRESETS)}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError("need repeats >= 1 and warmup >= 0")
+    if model is None:
+        model, processor = build_onevision_preset()
+    model.eval()
+    parameter = next(model.parameters())
+    timer = DeviceTimer(parameter.device)
+    image = (image or synthetic_image(0, size=image_size)).convert("RGB")
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True
+    )
+    inputs = {k: v.to(parameter.device) for k, v in processor(text=[prompt], images=[image], return_tensors="pt").items()}
+    inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
+    visual_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
+    rows = [OnevisionRow("stock", None)] + [OnevisionRow(f"vflowopt@{p}", p) for p in presets]
+    modes = OnevisionModes(model)
+    bar = tqdm(total=(warmup + repeats + 1) * len(rows), file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
+
+    def prefill(row: OnevisionRow):
+        return model(**inputs, use_cache=True, logits_to_keep=1)
+
+    try:
+        with torch.inference_mode():
+            time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
+            for row in rows:
+                with modes.mode(row):
+                    memory, output = timer.peak_memory(lambda: prefill(row))
+                    kv_bytes, _ = cache_nbytes(output.past_key_values)
+                    row.measured = {
+                        "memory": memory,
+                        "kv_bytes": kv_bytes,
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.past_key_values.layers],
+                    }
+                    del output
+                bar.update()
+    finally:
+        bar.close()
+        modes.restore()
+
+    text = model.config.text_config
+    stock_stats = stats_ms(rows[0].samples)
+    stock_kv = rows[0].measured["kv_bytes"]
+    text_tokens = inputs["input_ids"].shape[1] - visual_tokens
+    configs = []
+    for row in rows:
+        stats = stats_ms(row.samples)
+        lengths = row.measured["layer_lengths"]
+        analytic_kv = accounting.kv_cache_bytes(text, lengths, dtype=parameter.dtype)
+        configs.append({
+            "name": row.name,
+            "preset": row.preset,
+            "visual_tokens_per_layer": [n - text_tokens for n in lengths],
+            "llm_layer_seq_lens": lengths,
+            "prefill_ms": stats,
+            "speedup_vs_stock": stock_stats["median"] / stats["median"],
+            "paired_speedup_vs_stock": paired_ratio(rows[0].samples, row.samples),
+            "llm_flops": accounting.llm_prefill_flops(text, lengths),
+            "kv_cache": {"measured_bytes": row.measured["kv_bytes"], "analytic_bytes": analytic_kv,
+                         "match": row.measured["kv_bytes"] == analytic_kv,
+                         "reduction_vs_stock": 1 - row.measured["kv_bytes"] / stock_kv},
+            "peak_memory": row.measured["memory"],
+        })
+    headline = next((c for c in configs if c["preset"] == HEADLINE), None)
+    kv_reduction = headline and headline["kv_cache"]["reduction_vs_stock"]
+    speed = headline and headline["speedup_vs_stock"]
+    device_name = torch.cuda.get_device_name(timer.device) if timer.cuda else (platform.processor() or platform.machine())
+    vision = model.config.vision_config
+    return {
+        "schema_version": 1,
+        "tool": "flowcut-hf bench",
+        "family": "llava_onevision",
+        "versions": {"flowcut_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+                     "python": platform.python_version()},
+        "model": {"spec": spec, "num_parameters": int(sum(p.numel() for p in model.parameters())),
+                  "vision": {"layers": vision.num_hidden_layers, "hidden": vision.hidden_size},
+                  "text": {"layers": text.num_hidden_layers, "hidden": text.hidden_size}},
+        "device": {"type": timer.device.type, "name": device_name, "torch_threads": torch.get_num_threads()},
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "settings": {"repeats": repeats, "warmup": warmup, "question": question, "image_size": [image.height, image.width],
+                     "stock_image_tokens": visual_tokens, "num_text_tokens": int(text_tokens), "presets": list(presets),
+                     "order": "interleaved, rotating", "timer": "cuda_events" if timer.cuda else "perf_counter"},
+        "configs": configs,
+        "targets": {
+            "kv_reduction_at_10%": {"value": kv_reduction, "limit": TARGET_KV_REDUCTION,
+                                     "met": None if kv_reduction is None else abs(kv_reduction - TARGET_KV_REDUCTION) <= 0.01},
+            "speedup_at_10%": {"value": speed, "paired": headline and headline["paired_speedup_vs_stock"],
+                               "limit": TARGET_SPEEDUP, "met": None if speed is None else speed >= TARGET_SPEEDUP},
+            "kv_cache_matches_analytic": {"value": all(c["kv_cache"]["match"] for c in configs),
+                                          "met": all(c["kv_cache"]["match"] for c in configs)},
+        },
+    }
+
+
+def format_onevision_table(report: dict) -> str:
+    settings, model = report["settings"], report["model"]
+    mib = 1024**2
+    header = ("config", "visual tok per stage", "median ms", "IQR ms", "speed-up", "LLM GFLOP", "KV MiB", "KV saved", "peak MiB")
+    data = []
+    for c in report["configs"]:
+        p = c["prefill_ms"]
+        data.append((
+            c["name"], compact_schedule(c["visual_tokens_per_layer"]), f"{p['median']:.0f}", f"{p['iqr']:.0f}",
+            f"{c['speedup_vs_stock']:.2f}x", f"{c['llm_flops'] / 1e9:.0f}", f"{c['kv_cache']['measured_bytes'] / mib:.2f}",
+            f"{c['kv_cache']['reduction_vs_stock']:.1%}", f"{c['peak_memory']['bytes'] / mib:.0f}",
+        ))
+    table, _ = aligned_rows(header, data)
+    threads = report["device"]["torch_threads"]
+    height, width = settings["image_size"]
+    targets = report["targets"]
+    kv, speed = targets["kv_reduction_at_10%"], targets["speedup_at_10%"]
+
+    def verdict(entry):
+        return "n/a (row not run)" if entry["met"] is None else ("met" if entry["met"] else "MISSED")
+
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    return "\n".join([
+        f"flowcut-hf bench: {model['spec']} ({model['num_parameters'] / 1e6:.0f}M params; SigLIP {model['vision']['layers']}L "
+        f"d{model['vision']['hidden']}, LLM {model['text']['layers']}L d{model['text']['hidden']}) on "
+        f"{report['device']['type']} ({report['device']['name']}, {threads} torch thread{'s' if threads != 1 else ''}), "
+        f"{report['dtype']}",
+        f"one {width}x{height} image: {settings['stock_image_tokens']} stock visual tokens; {settings['num_text_tokens']} "
+        f"text tokens; prefill with use_cache=True, logits_to_keep=1; {settings['repeats']} timed rounds after "
+        f"{settings['warmup']} warm-up, configurations interleaved",
+        "",
+        *table,
+        "",
+        "KV cache: measured from the returned cache (every layer's own length), "
+        f"{'equal to' if targets['kv_cache_matches_analytic']['met'] else 'DIFFERENT from'} the analytic count for every row.",
+        "",
+        "targets (measured, not asserted):",
+        f"  VFlowOpt@10% KV cache saved       {number(kv['value'], '.1%')}, target 89% +- 1 point: {verdict(kv)}",
+        f"  VFlowOpt@10% speed-up vs stock    {number(speed['value'], '.2f')}x (paired {number(speed['paired'], '.2f')}x), "
+        f"limit >= {speed['limit']:.1f}x: {verdict(speed)}",
+    ])
+
+
+__all__ = ["OnevisionModes", "build_onevision_preset", "format_onevision_table", "load_onevision_model", "run_onevision_bench"]
