@@ -612,22 +612,6 @@ print(json.dumps({
 }))
 '''
 
-VERIFY_REFERENCE_QWEN = r'''
-import json, sys
-import torch
-from transformers import AutoModelForImageTextToText
-import flowcut_hf
-source, inputs_path, amount, out_path = sys.argv[1:5]
-model = AutoModelForImageTextToText.from_pretrained(source)
-kind, value = amount.split("=")
-flowcut_hf.flowcut(model, **({"target_num": int(value)} if kind == "target_num" else {"retain_ratio": float(value)}))
-inputs = torch.load(inputs_path)
-inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-with torch.no_grad():
-    logits = model(**inputs).logits[0, -1].float()
-torch.save(logits, out_path)
-print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
-'''
 
 VERIFY_REMOTE_CODE_VFLOWOPT = BLOCK_FLOWCUT_HF + r'''
 import torch
@@ -684,16 +668,19 @@ print(json.dumps({
 }))
 '''
 
-VERIFY_REFERENCE_VFLOWOPT = r'''
+
+# The library's model on the source weights, on the inputs the remote-code run saved (families whose processor the
+# clean run may have had to assemble itself): prune(model, METHOD, **SETTINGS).
+VERIFY_REFERENCE_SAVED_INPUTS = r'''
 import json, sys
 import torch
 from transformers import AutoModelForImageTextToText
 import flowcut_hf
-source, inputs_path, settings_json, out_path = sys.argv[1:5]
+source, inputs_path, method, settings_json, out_path = sys.argv[1:6]
 model = AutoModelForImageTextToText.from_pretrained(source)
-settings = {k.removeprefix("vflowopt_"): v for k, v in json.loads(settings_json).items()}
-flowcut_hf.prune(model, method="vflowopt", **settings)
+flowcut_hf.prune(model, method=method, **json.loads(settings_json))
 inputs = torch.load(inputs_path)
+inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
 with torch.no_grad():
     logits = model(**inputs).logits[0, -1].float()
 torch.save(logits, out_path)
@@ -797,13 +784,13 @@ def _run_checks(
     if remote["forward_error"]:
         problems.append(f"the forward pass failed: {remote['forward_error']}")
     if not problems:
-        if vflowopt:
-            reference_args = [str(source_dir), str(inputs_path), json.dumps(amount.preset.settings), str(check_dir / "reference.pt")]
-            reference = _run_python(VERIFY_REFERENCE_VFLOWOPT, reference_args, check_dir, clean=False)
-        elif qwen:
-            kind = "target_num" if amount.target_num is not None else "retain_ratio"
-            reference_args = [str(source_dir), str(inputs_path), f"{kind}={amount.label}", str(check_dir / "reference.pt")]
-            reference = _run_python(VERIFY_REFERENCE_QWEN, reference_args, check_dir, clean=False)
+        if vflowopt or qwen:
+            if vflowopt:
+                method, settings = "vflowopt", {k.removeprefix("vflowopt_"): v for k, v in amount.preset.settings.items()}
+            else:
+                method, settings = "flowcut", {k: v for k, v in amount.fields().items() if v is not None}
+            reference_args = [str(source_dir), str(inputs_path), method, json.dumps(settings), str(check_dir / "reference.pt")]
+            reference = _run_python(VERIFY_REFERENCE_SAVED_INPUTS, reference_args, check_dir, clean=False)
         else:
             reference_args = [str(source_dir), str(folder), str(image_path), str(amount.target_num), remote["prompt"],
                               str(check_dir / "reference.pt")]

@@ -334,6 +334,19 @@ class ModelModes:
                 config.__dict__.pop(name, None)
 
 
+def instance_snapshot(model: nn.Module) -> tuple:
+    """What per-instance class swaps change on ``model``: its classes, its inner model's and config's, the config."""
+    return type(model), type(model.model), type(model.config), dict(model.config.__dict__)
+
+
+def restore_instance(model: nn.Module, snapshot: tuple) -> None:
+    """Puts ``model`` back as :func:`instance_snapshot` saw it."""
+    model_class, inner_class, config_class, settings = snapshot
+    model.__class__, model.model.__class__, model.config.__class__ = model_class, inner_class, config_class
+    model.config.__dict__.clear()
+    model.config.__dict__.update(settings)
+
+
 def uniform_indices(total: int, keep: int) -> torch.Tensor:
     """``keep`` distinct, evenly spaced indices in ``range(total)``, ascending (the oracle's selection)."""
     if not 1 <= keep <= total:

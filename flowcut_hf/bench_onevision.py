@@ -25,7 +25,17 @@ from torch import nn
 
 from . import accounting
 from .api import prune
-from .bench import DeviceTimer, aligned_rows, cache_nbytes, compact_schedule, paired_ratio, stats_ms, time_interleaved
+from .bench import (
+    DeviceTimer,
+    aligned_rows,
+    cache_nbytes,
+    compact_schedule,
+    instance_snapshot,
+    paired_ratio,
+    restore_instance,
+    stats_ms,
+    time_interleaved,
+)
 from .registry import family_named
 
 PRESET_IMAGE_SIZE = (768, 768)
@@ -49,7 +59,7 @@ class OnevisionModes:
     def __init__(self, model: nn.Module):
         self.family = family_named("llava_onevision")
         self.model = model
-        self.original = (type(model), type(model.model), type(model.config), dict(model.config.__dict__))
+        self.original = instance_snapshot(model)
         prune(model, method="vflowopt")
         self.pruning_classes = (type(model), type(model.model))
 
@@ -66,11 +76,7 @@ class OnevisionModes:
             model.__class__, model.model.__class__ = self.pruning_classes
 
     def restore(self) -> None:
-        model_class, inner_class, config_class, settings = self.original
-        self.model.__class__, self.model.model.__class__ = model_class, inner_class
-        self.model.config.__class__ = config_class
-        self.model.config.__dict__.clear()
-        self.model.config.__dict__.update(settings)
+        restore_instance(self.model, self.original)
 
 
 def build_onevision_preset(seed: int = 0):

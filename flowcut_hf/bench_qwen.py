@@ -43,6 +43,8 @@ from . import accounting
 from .api import flowcut
 from .bench import (
     DeviceTimer,
+    instance_snapshot,
+    restore_instance,
     aligned_rows,
     cache_nbytes,
     compact_schedule,
@@ -102,7 +104,7 @@ class QwenModelModes:
     def __init__(self, model: nn.Module):
         self.family = family_for_model(model)
         self.model = model
-        self.original = (type(model), type(model.model), type(model.config), dict(model.config.__dict__))
+        self.original = instance_snapshot(model)
         if not isinstance(model, self.family.model_class):
             flowcut(model)
         self.flowcut_classes = (type(model), type(model.model))
@@ -124,11 +126,7 @@ class QwenModelModes:
             model.__class__, model.model.__class__ = self.flowcut_classes
 
     def restore(self) -> None:
-        model_class, inner_class, config_class, settings = self.original
-        self.model.__class__, self.model.model.__class__ = model_class, inner_class
-        self.model.config.__class__ = config_class
-        self.model.config.__dict__.clear()
-        self.model.config.__dict__.update(settings)
+        restore_instance(self.model, self.original)
 
 
 def build_qwen_preset(seed: int = 0):

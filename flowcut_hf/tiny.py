@@ -110,6 +110,13 @@ def with_tokenizer_ids(config, tokenizer: TokenizersBackend):
     return config
 
 
+def set_generation_token_ids(model, tokenizer: TokenizersBackend) -> None:
+    """``generate()`` pads, stops and starts with ``tokenizer``'s special tokens."""
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+
+
 def build_random_model(model_class, config, tokenizer: TokenizersBackend, seed: int, qk_weight_scale: float):
     """A random ``model_class(config)`` in eval mode, with sharpened vision attention and the tokenizer's ids."""
     if config.text_config.vocab_size < len(tokenizer):
@@ -121,9 +128,7 @@ def build_random_model(model_class, config, tokenizer: TokenizersBackend, seed: 
         for name, parameter in model.model.vision_tower.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 parameter.mul_(qk_weight_scale)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    set_generation_token_ids(model, tokenizer)
     return model
 
 
@@ -295,9 +300,7 @@ def build_random_qwen_vl(config, tokenizer: TokenizersBackend, seed: int = 0, qk
                 # Scale the query and key rows only (the value rows stay): the same sharpening as CLIP's q/k.
                 third = parameter.shape[0] // 3
                 parameter[: 2 * third].mul_(qk_weight_scale)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    set_generation_token_ids(model, tokenizer)
     return model
 
 
@@ -357,8 +360,7 @@ def build_random_llava_onevision(config_for, seed: int = 0, qk_weight_scale: flo
         for name, parameter in model.model.vision_tower.named_parameters():
             if name.endswith(("q_proj.weight", "k_proj.weight")):
                 parameter.mul_(qk_weight_scale)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    set_generation_token_ids(model, tokenizer)
     image_processor = LlavaOnevisionImageProcessorPil(
         image_grid_pinpoints=config.image_grid_pinpoints, image_mean=SIGLIP_IMAGE_MEAN, image_std=SIGLIP_IMAGE_STD,
         size={"height": 384, "width": 384},

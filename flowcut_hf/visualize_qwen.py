@@ -40,8 +40,9 @@ class QwenKeptTokens:
 def flowcut_mode(model, retain_ratio: float | None, target_num: int | None) -> Iterator[None]:
     """``model`` switched to FlowCut (per instance) with the given amount for the block, then put back as it was."""
     from .api import flowcut
+    from .bench import instance_snapshot, restore_instance
 
-    original = (type(model), type(model.model), type(model.config), dict(model.config.__dict__))
+    original = instance_snapshot(model)
     try:
         if target_num is not None:
             flowcut(model, target_num=target_num)
@@ -49,9 +50,7 @@ def flowcut_mode(model, retain_ratio: float | None, target_num: int | None) -> I
             flowcut(model, retain_ratio=retain_ratio)
         yield
     finally:
-        model.__class__, model.model.__class__, model.config.__class__ = original[:3]
-        model.config.__dict__.clear()
-        model.config.__dict__.update(original[3])
+        restore_instance(model, original)
 
 
 def kept_tokens_qwen(
