@@ -334,6 +334,28 @@ class ModelModes:
                 config.__dict__.pop(name, None)
 
 
+def versions_and_device(timer: DeviceTimer) -> dict:
+    """The ``versions`` and ``device`` entries every bench report states."""
+    import transformers
+
+    from . import __version__
+
+    cuda_name = torch.cuda.get_device_name(timer.device) if timer.cuda else None
+    return {
+        "versions": {
+            "flowcut_hf": __version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "device": {
+            "type": timer.device.type,
+            "name": cuda_name or platform.processor() or platform.machine(),
+            "torch_threads": torch.get_num_threads(),
+        },
+    }
+
+
 def instance_snapshot(model: nn.Module) -> tuple:
     """What per-instance class swaps change on ``model``: its classes, its inner model's and config's, the config."""
     return type(model), type(model.model), type(model.config), dict(model.config.__dict__)
@@ -991,7 +1013,6 @@ def report_headline(report: dict) -> str:
 def format_table(report: dict) -> str:
     """The human-readable table (what the CLI prints) for a report from :func:`run_bench`."""
     settings = report["settings"]
-    model = report["model"]
     mib = 1024**2
     header = (
         "config", "img tok", "LLM seq", "median ms", "IQR ms", "min-max ms", "speed-up", "/oracle",

@@ -45,7 +45,6 @@ JSON (``--json FILE``)::
 
 from __future__ import annotations
 
-import platform
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -59,6 +58,7 @@ from . import accounting
 from .accounting import AnyresImageTokens
 from .api import flowcut
 from .bench import (
+    versions_and_device,
     DEFAULT_PROMPT,
     aligned_rows,
     report_headline,
@@ -205,9 +205,6 @@ def run_next_bench(
     """
     from tqdm.auto import tqdm
 
-    import transformers
-
-    from . import __version__
     from .tiny import synthetic_image
 
     family = family_named("llava_next")
@@ -322,19 +319,12 @@ def run_next_bench(
         return {"value": value, "paired": paired, "limit": limit, "met": met}
 
     kv_match = all(c["kv_cache"]["match"] for c in configs)
-    device_name = torch.cuda.get_device_name(timer.device) if timer.cuda else (platform.processor() or platform.machine())
     return {
         "schema_version": 1,
         "tool": "flowcut-hf bench",
         "family": family.name,
-        "versions": {
-            "flowcut_hf": __version__,
-            "torch": torch.__version__,
-            "transformers": transformers.__version__,
-            "python": platform.python_version(),
-        },
         "model": model_summary(spec, model),
-        "device": {"type": timer.device.type, "name": device_name, "torch_threads": torch.get_num_threads()},
+        **versions_and_device(timer),
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "settings": {
             "repeats": repeats,

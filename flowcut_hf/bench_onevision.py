@@ -15,7 +15,6 @@ memory. Targets (the paper's headline): at 10%, the KV cache 89% smaller (within
 
 from __future__ import annotations
 
-import platform
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from torch import nn
 from . import accounting
 from .api import prune
 from .bench import (
+    versions_and_device,
     DeviceTimer,
     aligned_rows,
     cache_nbytes,
@@ -117,9 +117,6 @@ def run_onevision_bench(
     """Runs the LLaVA-OneVision benchmark and returns its report (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    import transformers
-
-    from . import __version__
     from .modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
     from .tiny import synthetic_image
 
@@ -191,18 +188,15 @@ def run_onevision_bench(
     headline = next((c for c in configs if c["preset"] == HEADLINE), None)
     kv_reduction = headline and headline["kv_cache"]["reduction_vs_stock"]
     speed = headline and headline["speedup_vs_stock"]
-    device_name = torch.cuda.get_device_name(timer.device) if timer.cuda else (platform.processor() or platform.machine())
     vision = model.config.vision_config
     return {
         "schema_version": 1,
         "tool": "flowcut-hf bench",
         "family": "llava_onevision",
-        "versions": {"flowcut_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
         "model": {"spec": spec, "num_parameters": int(sum(p.numel() for p in model.parameters())),
                   "vision": {"layers": vision.num_hidden_layers, "hidden": vision.hidden_size},
                   "text": {"layers": text.num_hidden_layers, "hidden": text.hidden_size}},
-        "device": {"type": timer.device.type, "name": device_name, "torch_threads": torch.get_num_threads()},
+        **versions_and_device(timer),
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "settings": {"repeats": repeats, "warmup": warmup, "question": question, "image_size": [image.height, image.width],
                      "stock_image_tokens": visual_tokens, "num_text_tokens": int(text_tokens), "presets": list(presets),

@@ -30,7 +30,6 @@ and ``settings.grid_thw``, per config ``retain_ratio``, ``vit_schedule`` (patche
 
 from __future__ import annotations
 
-import platform
 import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from torch import nn
 from . import accounting
 from .api import flowcut
 from .bench import (
+    versions_and_device,
     DeviceTimer,
     instance_snapshot,
     restore_instance,
@@ -192,9 +192,6 @@ def run_qwen_bench(
     """
     from tqdm.auto import tqdm
 
-    import transformers
-
-    from . import __version__
     from .tiny import synthetic_image
 
     if repeats < 1 or warmup < 0:
@@ -298,14 +295,11 @@ def run_qwen_bench(
         return {"value": value, "paired": headline and headline[paired_key], "limit": limit, "met": met}
 
     kv_match = all(c["kv_cache"]["match"] for c in configs)
-    device_name = torch.cuda.get_device_name(timer.device) if timer.cuda else (platform.processor() or platform.machine())
     vision, text = model.config.vision_config, model.config.text_config
     return {
         "schema_version": 1,
         "tool": "flowcut-hf bench",
         "family": family.name,
-        "versions": {"flowcut_hf": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-                     "python": platform.python_version()},
         "model": {
             "spec": spec,
             "class": family.stock_model_class.__name__,
@@ -315,7 +309,7 @@ def run_qwen_bench(
             "text": {"layers": text.num_hidden_layers, "hidden": text.hidden_size, "heads": text.num_attention_heads,
                      "kv_heads": text.num_key_value_heads, "mlp": text.intermediate_size, "vocab": text.vocab_size},
         },
-        "device": {"type": timer.device.type, "name": device_name, "torch_threads": torch.get_num_threads()},
+        **versions_and_device(timer),
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "settings": {
             "repeats": repeats, "warmup": warmup, "question": question, "image_size": [image.height, image.width],

@@ -39,7 +39,6 @@ from transformers.utils.generic import can_return_tuple, merge_with_config_defau
 from .configuration_flowcut_llava_next import DEFAULT_NEXT_TARGET_NUM, NEXT_FIELD_VALIDATORS, FlowCutLlavaNextConfig
 from .flowcut_clip import check_clip_vision_tower, encode_clip_with_flowcut, feature_layer_index, num_image_patches
 from .flowcut_llm_stage import (
-    IMAGE_INDEX,
     INPUT_POSITION,
     FlowCutLLMPruner,
     LayerGroupsGenerationMixin,

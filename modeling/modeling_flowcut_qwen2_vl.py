@@ -34,7 +34,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutp
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 from transformers.utils.generic import can_return_tuple
-from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from .configuration_flowcut_qwen2_vl import FlowCutQwen2_5_VLConfig, FlowCutQwen2VLConfig, QWEN_FIELD_VALIDATORS
 from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_outputs
