@@ -97,6 +97,8 @@ class VFlowOptPreset:
     """How a searched preset was found (budget, trials, data, objective), recorded in the card."""
     budget: float | None = None
     """The share of visual tokens kept, averaged over the decoder layers."""
+    source: str = ""
+    """What the user named: ``10%`` or the preset file."""
 
 
 def load_vflowopt_preset(spec: str) -> VFlowOptPreset:
@@ -105,7 +107,7 @@ def load_vflowopt_preset(spec: str) -> VFlowOptPreset:
 
     if spec in ONEVISION_PRESETS:
         budget = float(spec.rstrip("%")) / 100
-        return VFlowOptPreset(spec.rstrip("%"), vflowopt_fields(ONEVISION_PRESETS[spec]), None, budget)
+        return VFlowOptPreset(spec.rstrip("%"), vflowopt_fields(ONEVISION_PRESETS[spec]), None, budget, spec)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -115,7 +117,7 @@ def load_vflowopt_preset(spec: str) -> VFlowOptPreset:
     if data.get("method") != "vflowopt" or not isinstance(data.get("settings"), dict):
         raise ValueError(f"{path} is not a VFlowOpt preset (write one with `flowcut-hf search`)")
     search = data.get("search")
-    return VFlowOptPreset(path.stem, dict(data["settings"]), search, (search or {}).get("budget"))
+    return VFlowOptPreset(path.stem, dict(data["settings"]), search, (search or {}).get("budget"), path.name)
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,7 @@ class RetainedAmount:
     def describe(self, full: int) -> str:
         if self.preset is not None:
             budget = f", {self.preset.budget:.0%} of the visual tokens averaged over the layers" if self.preset.budget else ""
-            return f"VFlowOpt preset {self.preset.label}{budget}"
+            return f"VFlowOpt preset {self.preset.source or self.preset.label}{budget}"
         if self.target_num is not None:
             return f"{self.target_num} of {full} visual tokens per image"
         return f"{self.retain_ratio:.1%} of each image's visual tokens"
@@ -1216,8 +1218,11 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
         else:
             field = f"flowcut_retain_ratio={plan.amount.retain_ratio:g}"
         log(f"    config.json with {field}, auto_map; remote code: {code_files}")
-        processor = "the stock processor's files, copied" if resolved.family.copies_processor_files else "processor_config.json"
-        log(f"    {processor}, tokenizer files, chat template, generation_config.json, README.md")
+        if resolved.family.copies_processor_files:
+            log("    the stock processor's files, copied byte for byte (configs, tokenizer files, chat template); "
+                "generation_config.json, README.md")
+        else:
+            log("    processor_config.json, tokenizer files, chat template, generation_config.json, README.md")
         if plan.folder.exists() and not options.overwrite:
             log(f"    note: {plan.folder} exists; the real run needs --overwrite")
         if plan.repo_id:
