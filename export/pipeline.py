@@ -652,7 +652,7 @@ with torch.no_grad():
     try:
         output = model(**inputs, use_cache=True)
         torch.save(output.logits[0, -1].float(), out_path)
-        lengths = [output.past_key_values.get_seq_length(layer) for layer in range(len(output.past_key_values.layers))]
+        lengths = [output.cache.get_seq_length(layer) for layer in range(len(output.cache.layers))]
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
 print(json.dumps({

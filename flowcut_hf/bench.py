@@ -779,7 +779,7 @@ def run_bench(
                 with modes.mode(row):
                     with record_vision_schedule(model) as lengths:
                         memory, output = dev.peak_memory(lambda: prefill(row))
-                    kv_bytes, cached = cache_nbytes(output.past_key_values)
+                    kv_bytes, cached = cache_nbytes(output.cache)
                     del output
                     row.measured = {"schedule": list(lengths), "memory": memory, "kv_bytes": kv_bytes, "cached": cached}
                     if row.kind == "flowcut":

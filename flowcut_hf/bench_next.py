@@ -249,12 +249,12 @@ def run_next_bench(
                 with modes.mode(row):
                     with record_vision_schedule(model) as lengths:
                         memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(output.past_key_values)
+                    kv_bytes, _ = cache_nbytes(output.cache)
                     row.measured = {
                         "schedule": list(lengths),
                         "memory": memory,
                         "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.past_key_values.layers],
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.cache.layers],
                     }
                     if row.kind == "flowcut":
                         features = model.model.get_image_features(

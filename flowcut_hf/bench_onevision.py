@@ -150,11 +150,11 @@ def run_onevision_bench(
             for row in rows:
                 with modes.mode(row):
                     memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(output.past_key_values)
+                    kv_bytes, _ = cache_nbytes(output.cache)
                     row.measured = {
                         "memory": memory,
                         "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.past_key_values.layers],
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.cache.layers],
                     }
                     del output
                 bar.update()

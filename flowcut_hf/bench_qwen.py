@@ -230,11 +230,11 @@ def run_qwen_bench(
                 bar.set_postfix_str(f"{row.name} memory", refresh=False)
                 with modes.mode(row):
                     memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(output.past_key_values)
+                    kv_bytes, _ = cache_nbytes(output.cache)
                     row.measured = {
                         "memory": memory,
                         "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.past_key_values.layers],
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.cache.layers],
                         "vit_schedule": [4 * units] * len(model.model.visual.blocks),
                         "tokens_into_llm": units,
                         "merged_units": units,

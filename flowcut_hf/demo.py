@@ -86,7 +86,7 @@ def run_demo(target_num: int = 64, repeats: int = 5, max_new_tokens: int = 12, s
 
 def print_cache_answer_and_timing(output, inputs, answer: str, repeats: int, unpruned: float, pruned: float) -> list[int]:
     """The closing lines of the two-stage demos; returns the KV-cache length of every LLM layer."""
-    lengths = [layer.keys.shape[2] for layer in output.past_key_values.layers]
+    lengths = [layer.keys.shape[2] for layer in output.cache.layers]
     print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
     print(f"  generated (random weights, so gibberish): {answer!r}")
     print(

@@ -267,10 +267,10 @@ def layer_attention_kinds(text_config) -> list[str]:
     return kinds
 
 
-def check_supported_cache(past_key_values) -> None:
-    if past_key_values is not None and getattr(past_key_values, "is_compileable", False):
+def check_supported_cache(cache) -> None:
+    if cache is not None and getattr(cache, "is_compileable", False):
         raise ValueError(
-            f"{type(past_key_values).__name__} holds one length for every layer, but with pruning inside the LLM the "
+            f"{type(cache).__name__} holds one length for every layer, but with pruning inside the LLM the "
             "layers cache different lengths. Use the default DynamicCache (do not pass cache_implementation='static')."
         )
 
@@ -281,7 +281,7 @@ def run_layer_groups(
     layout: TokenLayout,
     group_starts: Sequence[int],
     past_state: LayerGroupsState | None,
-    past_key_values=None,
+    cache=None,
     use_cache: bool | None = None,
     dropper: TokenDropper | None = None,
     prompt_length: int = 0,
@@ -304,7 +304,7 @@ def run_layer_groups(
     kinds = layer_attention_kinds(config)
     if list(group_starts[:1]) != [0] or list(group_starts) != sorted(set(group_starts)) or group_starts[-1] >= len(layers):
         raise ValueError(f"layer groups must start at 0 and increase within the {len(layers)} layers, got {group_starts}")
-    check_supported_cache(past_key_values)
+    check_supported_cache(cache)
     if past_state is not None and tuple(past_state.group_starts) != tuple(group_starts):
         raise ValueError(
             f"the cached state was built with layer groups starting at {past_state.group_starts}, this call uses "
@@ -349,7 +349,7 @@ def run_layer_groups(
                     config=config,
                     inputs_embeds=hidden_states,
                     attention_mask=full_mask,
-                    past_key_values=past_key_values,
+                    cache=cache,
                     position_ids=positions,
                     layer_idx=layer_idx,
                 )
@@ -360,7 +360,7 @@ def run_layer_groups(
                     attention_mask=causal_masks[kind],
                     position_embeddings=position_embeddings,
                     position_ids=positions,
-                    past_key_values=past_key_values,
+                    cache=cache,
                     use_cache=use_cache,
                     **layer_kwargs,
                 )
@@ -375,7 +375,7 @@ def run_layer_groups(
     )
     return LayerGroupsOutput(
         last_hidden_state=language_model.norm(layout.hidden_states),
-        past_key_values=past_key_values if use_cache else None,
+        cache=cache if use_cache else None,
         token_mask=layout.mask,
         token_info=layout.info,
         state=state,
@@ -419,18 +419,18 @@ def resolved_use_cache(model: nn.Module, text_config, use_cache: bool | None) ->
     return use_cache and not (model.training and getattr(language_model, "gradient_checkpointing", False))
 
 
-def check_stock_continuation(past_key_values, new_tokens: int, attention_mask: torch.Tensor | None) -> None:
+def check_stock_continuation(cache, new_tokens: int, attention_mask: torch.Tensor | None) -> None:
     """A cache whose layers differ in length came from a pruned prefill; continuing it needs its flowcut_state."""
-    past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+    past_length = cache.get_seq_length() if cache is not None else 0
     if past_length == 0:
         return
-    lengths = {past_key_values.get_seq_length(layer) for layer in range(len(past_key_values.layers))}
+    lengths = {cache.get_seq_length(layer) for layer in range(len(cache.layers))}
     mismatched_mask = attention_mask is not None and attention_mask.shape[1] != past_length + new_tokens
     if len(lengths) > 1 or mismatched_mask:
         raise ValueError(
-            "past_key_values comes from a forward call that pruned visual tokens, so its layers hold a shortened "
+            "cache comes from a forward call that pruned visual tokens, so its layers hold a shortened "
             "sequence: pass that call's output.flowcut_state as flowcut_state= together with its "
-            "past_key_values (generate() does this itself)."
+            "cache (generate() does this itself)."
         )
 
 
@@ -441,7 +441,7 @@ def forward_route(
     enabled: bool,
     flowcut_state: LayerGroupsState | None,
     encoder_outputs: dict,
-    past_key_values,
+    cache,
     new_tokens: int,
     attention_mask: torch.Tensor | None,
 ) -> str:
@@ -463,7 +463,7 @@ def forward_route(
                 "chunked prefill, or come from a stock model). FlowCut needs the whole prompt in one forward call: do "
                 "not use prefill_chunk_size, and pass pixel values or this model's own features."
             )
-    past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+    past_length = cache.get_seq_length() if cache is not None else 0
     if past_length > 0 and flowcut_state is not None:
         if encoder_outputs:
             raise ValueError(
@@ -472,7 +472,7 @@ def forward_route(
             )
         return CONTINUE
     if not any(any(output.prunable) for output in encoder_outputs.values()):
-        check_stock_continuation(past_key_values, new_tokens, attention_mask)
+        check_stock_continuation(cache, new_tokens, attention_mask)
         return WHOLE
     return PRUNE
 

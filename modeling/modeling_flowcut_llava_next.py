@@ -34,6 +34,7 @@ from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
     image_size_to_num_patches,
 )
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_flowcut_llava_next import DEFAULT_NEXT_TARGET_NUM, NEXT_FIELD_VALIDATORS, FlowCutLlavaNextConfig
@@ -373,6 +374,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
 
     @merge_with_config_defaults
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -380,7 +382,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         image_sizes: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -391,7 +393,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
     ) -> FlowCutLlavaNextModelOutputWithPast:
         r"""
         flowcut_state ([`LayerGroupsState`], *optional*):
-            The `flowcut_state` of the previous call's output, when continuing from its `past_key_values` (decoding
+            The `flowcut_state` of the previous call's output, when continuing from its `cache` (decoding
             steps; `generate()` passes it). With pruning, `position_ids` are rebuilt from the attention mask: the
             positions are compacted within each layer group, as in the authors' code.
         """
@@ -404,7 +406,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
@@ -424,14 +426,14 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 )
         outputs = {"image": image_output} if image_output is not None else {}
         new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        route = forward_route(settings.enabled, flowcut_state, outputs, past_key_values, new_tokens, attention_mask)
+        route = forward_route(settings.enabled, flowcut_state, outputs, cache, new_tokens, attention_mask)
         if route == STOCK:
             return LlavaNextModel.forward(
                 self, pixel_values=pixel_values, image_sizes=image_sizes, mm_encoder_outputs=mm_encoder_outputs, **stock_kwargs
             )
         if route == CONTINUE:
             return self.continue_pruned_sequence(
-                input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, flowcut_state, settings, kwargs
+                input_ids, inputs_embeds, attention_mask, cache, use_cache, flowcut_state, settings, kwargs
             )
         if route == WHOLE:
             output = LlavaNextModel.forward(self, mm_encoder_outputs=outputs or None, **stock_kwargs)
@@ -441,11 +443,11 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 **output, llm_keep_indices=[torch.arange(len(t)) for t in image_output.pooler_output]
             )
         return self.prefill_pruned_sequence(
-            input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, settings, kwargs
+            input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, settings, kwargs
         )
 
     def prefill_pruned_sequence(
-        self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, settings, kwargs
+        self, input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, settings, kwargs
     ) -> FlowCutLlavaNextModelOutputWithPast:
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -462,15 +464,15 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             prompt_length=prompt_length,
         )
         use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         pruner = FlowCutLLMPruner(settings.llm_prune_layer, settings.target_num)
         output = run_layer_groups(
             self.language_model,
             layout,
             pruner.group_starts,
             past_state=None,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             dropper=pruner,
             prompt_length=prompt_length,
@@ -480,10 +482,10 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             pruner.keep_indices.get(image, torch.arange(len(tokens), device=tokens.device))
             for image, tokens in enumerate(image_output.pooler_output)
         ]
-        return self.pruned_output(output, llm_keep_indices, torch.cat(image_output.pooler_output))
+        return self.pruned_output(output, llm_keep_indices, image_output)
 
     def continue_pruned_sequence(
-        self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, flowcut_state, settings, kwargs
+        self, input_ids, inputs_embeds, attention_mask, cache, use_cache, flowcut_state, settings, kwargs
     ) -> FlowCutLlavaNextModelOutputWithPast:
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -492,20 +494,20 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             continuation_layout(inputs_embeds, attention_mask),
             flowcut_state.group_starts,
             past_state=flowcut_state,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=resolved_use_cache(self, self.config.text_config, use_cache),
             **kwargs,
         )
         return self.pruned_output(output, None, None)
 
     @staticmethod
-    def pruned_output(output, llm_keep_indices, image_features) -> FlowCutLlavaNextModelOutputWithPast:
+    def pruned_output(output, llm_keep_indices, image_output) -> FlowCutLlavaNextModelOutputWithPast:
         return FlowCutLlavaNextModelOutputWithPast(
             last_hidden_state=output.last_hidden_state,
-            past_key_values=output.past_key_values,
+            cache=output.cache,
             hidden_states=output.hidden_states,
             attentions=output.attentions,
-            image_hidden_states=image_features,
+            image_outputs=image_output,
             flowcut_state=output.state,
             llm_keep_indices=llm_keep_indices,
             input_positions=output.token_info[INPUT_POSITION],
@@ -551,6 +553,7 @@ class FlowCutLlavaNextForConditionalGeneration(
 
     @merge_with_config_defaults
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -558,7 +561,7 @@ class FlowCutLlavaNextForConditionalGeneration(
         image_sizes: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -584,7 +587,7 @@ class FlowCutLlavaNextForConditionalGeneration(
             vision_feature_select_strategy=vision_feature_select_strategy,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             mm_encoder_outputs=mm_encoder_outputs,
@@ -596,10 +599,10 @@ class FlowCutLlavaNextForConditionalGeneration(
         return FlowCutLlavaNextCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             flowcut_state=getattr(outputs, "flowcut_state", None),
             llm_keep_indices=getattr(outputs, "llm_keep_indices", None),
             input_positions=getattr(outputs, "input_positions", None),

@@ -31,6 +31,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionPreTrainedModel,
     image_size_to_num_patches,
 )
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_flowcut_llava_onevision import FlowCutLlavaOnevisionConfig, VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
@@ -253,6 +254,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
 
     @merge_with_config_defaults
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -262,7 +264,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         image_sizes_videos: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -275,7 +277,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
     ) -> FlowCutOnevisionModelOutputWithPast:
         r"""
         flowcut_state ([`LayerGroupsState`], *optional*):
-            The `flowcut_state` of the previous call's output, when continuing from its `past_key_values` (decoding
+            The `flowcut_state` of the previous call's output, when continuing from its `cache` (decoding
             steps; `generate()` passes it). Positions then continue from the pruned prompt's.
         """
         if (input_ids is None) ^ (inputs_embeds is not None):
@@ -284,7 +286,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
             raise ValueError("VFlowOpt on LLaVA-OneVision prunes images; set vflowopt_enabled=False to run videos.")
         stock_kwargs = dict(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            past_key_values=past_key_values, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            cache=cache, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
             batch_num_images=batch_num_images, use_cache=use_cache, **kwargs,
         )
@@ -299,7 +301,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
                 )
         outputs = {"image": image_output} if image_output is not None else {}
         new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        route = forward_route(self.pruning_enabled(), flowcut_state, outputs, past_key_values, new_tokens, attention_mask)
+        route = forward_route(self.pruning_enabled(), flowcut_state, outputs, cache, new_tokens, attention_mask)
         if route == STOCK:
             return LlavaOnevisionModel.forward(
                 self, pixel_values=pixel_values, image_sizes=image_sizes, pixel_values_videos=pixel_values_videos,
@@ -310,18 +312,18 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         if route == CONTINUE:
             output = run_layer_groups(
                 self.language_model, continuation_layout(inputs_embeds, attention_mask), flowcut_state.group_starts,
-                past_state=flowcut_state, past_key_values=past_key_values,
+                past_state=flowcut_state, cache=cache,
                 use_cache=resolved_use_cache(self, self.config.text_config, use_cache), **kwargs,
             )
             return self.pruned_output(output, None)
         if route == WHOLE:
             return LlavaOnevisionModel.forward(self, **{**stock_kwargs, "input_ids": None, "inputs_embeds": inputs_embeds})
         return self.prefill_pruned_sequence(
-            input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, kwargs
+            input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
         )
 
     def prefill_pruned_sequence(
-        self, input_ids, inputs_embeds, attention_mask, past_key_values, use_cache, image_output, flowcut_state, kwargs
+        self, input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
     ) -> FlowCutOnevisionModelOutputWithPast:
         settings = vflowopt_settings(self.config)
         if settings.llm_layers and settings.llm_layers[-1] >= self.config.text_config.num_hidden_layers:
@@ -352,14 +354,14 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         # As in the authors' code, positions run over the sequence after stage 0, then stay with every token.
         layout.info[ROPE_POSITION] = (layout.mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(~layout.mask, 0)
         use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         dropper = ImportanceDropper(settings.llm_layers, settings.llm_keeps)
         output = run_layer_groups(
-            self.language_model, layout, dropper.group_starts, past_state=None, past_key_values=past_key_values,
+            self.language_model, layout, dropper.group_starts, past_state=None, cache=cache,
             use_cache=use_cache, dropper=dropper, prompt_length=prompt_length, **kwargs,
         )
-        return self.pruned_output(output, torch.cat(image_output.pooler_output))
+        return self.pruned_output(output, image_output)
 
     def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
         if input_ids is not None:
@@ -368,13 +370,13 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         return (inputs_embeds == embedding).all(-1)
 
     @staticmethod
-    def pruned_output(output, image_features) -> FlowCutOnevisionModelOutputWithPast:
+    def pruned_output(output, image_output) -> FlowCutOnevisionModelOutputWithPast:
         return FlowCutOnevisionModelOutputWithPast(
             last_hidden_state=output.last_hidden_state,
-            past_key_values=output.past_key_values,
+            cache=output.cache,
             hidden_states=output.hidden_states,
             attentions=output.attentions,
-            image_hidden_states=image_features,
+            image_outputs=image_output,
             flowcut_state=output.state,
             input_positions=output.token_info[INPUT_POSITION],
         )
@@ -404,6 +406,7 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         self.model.configure_vflowopt(enabled=enabled, **settings)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -413,7 +416,7 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         image_sizes_videos: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -429,7 +432,7 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
             pixel_values_videos=pixel_values_videos, image_sizes_videos=image_sizes_videos,
-            attention_mask=attention_mask, position_ids=position_ids, past_key_values=past_key_values,
+            attention_mask=attention_mask, position_ids=position_ids, cache=cache,
             inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
             batch_num_images=batch_num_images, use_cache=use_cache, mm_encoder_outputs=mm_encoder_outputs,
@@ -439,10 +442,10 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         return FlowCutOnevisionCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
             flowcut_state=getattr(outputs, "flowcut_state", None),
             input_positions=getattr(outputs, "input_positions", None),
         )

@@ -30,9 +30,14 @@ from transformers import (
 )
 from torch import nn
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+)
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
@@ -271,7 +276,7 @@ PER_ITEM_FIELDS = ("pooler_output", "placeholder_counts", "kept_units", "token_s
 
 
 @dataclass
-class FlowCutQwenModelOutputWithPast(BaseModelOutputWithPast):
+class FlowCutQwenModelOutputWithPast(MultimodalBaseModelOutputWithPast):
     r"""
     flowcut_state ([`LayerGroupsState`], *optional*):
         The per-layer-group token layout a later forward call (a decoding step) needs; pass it back as
@@ -290,7 +295,7 @@ class FlowCutQwenModelOutputWithPast(BaseModelOutputWithPast):
 
 
 @dataclass
-class FlowCutQwenCausalLMOutputWithPast(CausalLMOutputWithPast):
+class FlowCutQwenCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
     r"""
     flowcut_state, image_kept_units, video_kept_units, input_positions:
         See [`FlowCutQwenModelOutputWithPast`]. `logits` follow `input_positions` (the pruned sequence), and so does
@@ -390,12 +395,13 @@ class FlowCutQwenVLModelMixin:
         return self.stock_model_class.forward(self, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         pixel_values: torch.Tensor | None = None,
@@ -410,7 +416,7 @@ class FlowCutQwenVLModelMixin:
     ) -> FlowCutQwenModelOutputWithPast:
         r"""
         flowcut_state ([`LayerGroupsState`], *optional*):
-            The `flowcut_state` of the previous call's output, when continuing from its `past_key_values` (decoding
+            The `flowcut_state` of the previous call's output, when continuing from its `cache` (decoding
             steps; `generate()` passes it). Positions are the stock ones: pass `position_ids` as `generate()` does,
             or none, and the next positions follow the prompt's.
         """
@@ -421,7 +427,7 @@ class FlowCutQwenVLModelMixin:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             image_grid_thw=image_grid_thw,
@@ -438,7 +444,7 @@ class FlowCutQwenVLModelMixin:
                 outputs["video"] = self.get_video_features(pixel_values_videos, video_grid_thw, return_dict=True)
             outputs = {name: output for name, output in outputs.items() if output is not None}
         new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        route = forward_route(settings.enabled, flowcut_state, outputs, past_key_values, new_tokens, attention_mask)
+        route = forward_route(settings.enabled, flowcut_state, outputs, cache, new_tokens, attention_mask)
         if route == STOCK:
             return self.stock_forward(
                 mm_encoder_outputs, second_per_grid_ts, pixel_values=pixel_values,
@@ -446,7 +452,7 @@ class FlowCutQwenVLModelMixin:
             )
         if route == CONTINUE:
             return self.continue_pruned_sequence(
-                input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, flowcut_state, kwargs
+                input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, flowcut_state, kwargs
             )
         if route == WHOLE:
             output = self.stock_forward(outputs or None, second_per_grid_ts, **stock_kwargs)
@@ -458,7 +464,7 @@ class FlowCutQwenVLModelMixin:
                 video_kept_units=outputs["video"].kept_units if "video" in outputs else None,
             )
         return self.prefill_pruned_sequence(
-            input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, outputs,
+            input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, outputs,
             mm_token_type_ids, second_per_grid_ts, flowcut_state, settings, kwargs,
         )
 
@@ -487,7 +493,7 @@ class FlowCutQwenVLModelMixin:
         return position_ids.permute(1, 2, 0).to(inputs_embeds.device)
 
     def prefill_pruned_sequence(
-        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, outputs,
+        self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, outputs,
         mm_token_type_ids, second_per_grid_ts, flowcut_state, settings, kwargs,
     ) -> FlowCutQwenModelOutputWithPast:
         if inputs_embeds is None:
@@ -512,8 +518,8 @@ class FlowCutQwenVLModelMixin:
         layout.info[ROPE_POSITION] = rope.masked_fill((columns < 0).unsqueeze(-1), 0)
 
         use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         targets = {order: outputs[name].llm_targets[index] for order, (name, index) in enumerate(items)}
         pruner = FlowCutLLMPruner(settings.llm_prune_layer, target_num=0, image_targets=targets)
         output = run_layer_groups(
@@ -521,7 +527,7 @@ class FlowCutQwenVLModelMixin:
             layout,
             pruner.group_starts,
             past_state=None,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             dropper=pruner,
             prompt_length=prompt_length,
@@ -534,9 +540,11 @@ class FlowCutQwenVLModelMixin:
             kept_units[name][index] = vision_kept if llm_keep is None else vision_kept[llm_keep.to(vision_kept.device)]
         return FlowCutQwenModelOutputWithPast(
             last_hidden_state=output.last_hidden_state,
-            past_key_values=output.past_key_values,
+            cache=output.cache,
             hidden_states=output.hidden_states,
             attentions=output.attentions,
+            image_outputs=outputs.get("image"),
+            video_outputs=outputs.get("video"),
             flowcut_state=output.state,
             image_kept_units=kept_units.get("image"),
             video_kept_units=kept_units.get("video"),
@@ -571,7 +579,7 @@ class FlowCutQwenVLModelMixin:
         return masks[0] | masks[1], items
 
     def continue_pruned_sequence(
-        self, input_ids, inputs_embeds, attention_mask, position_ids, past_key_values, use_cache, flowcut_state, kwargs
+        self, input_ids, inputs_embeds, attention_mask, position_ids, cache, use_cache, flowcut_state, kwargs
     ) -> FlowCutQwenModelOutputWithPast:
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -587,13 +595,13 @@ class FlowCutQwenVLModelMixin:
             continuation_layout(inputs_embeds, attention_mask, rope_positions),
             flowcut_state.group_starts,
             past_state=flowcut_state,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=resolved_use_cache(self, self.config.text_config, use_cache),
             **kwargs,
         )
         return FlowCutQwenModelOutputWithPast(
             last_hidden_state=output.last_hidden_state,
-            past_key_values=output.past_key_values,
+            cache=output.cache,
             hidden_states=output.hidden_states,
             attentions=output.attentions,
             flowcut_state=output.state,
@@ -634,12 +642,13 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
         )
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -665,7 +674,7 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             pixel_values=pixel_values,
@@ -683,9 +692,11 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
         return FlowCutQwenCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=getattr(outputs, "image_outputs", None),
+            video_outputs=getattr(outputs, "video_outputs", None),
             flowcut_state=getattr(outputs, "flowcut_state", None),
             image_kept_units=getattr(outputs, "image_kept_units", None),
             video_kept_units=getattr(outputs, "video_kept_units", None),

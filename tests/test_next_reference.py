@@ -93,7 +93,7 @@ def test_llm_stage_keeps_the_authors_tokens_and_shortens_the_sequence(reference_
     case, tensors, _, _, _, output = reference_run
     assert torch.equal(output.llm_keep_indices[0], tensors["llm_keep_indices"])
     assert output.logits.shape[1] == case["seq_len_after_llm_prune"]
-    layers = output.past_key_values.layers
+    layers = output.cache.layers
     prune_layer = 1
     assert [layer.keys.shape[2] for layer in layers] == [case["prefill_len"]] * (prune_layer + 1) + [
         case["seq_len_after_llm_prune"]

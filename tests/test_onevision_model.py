@@ -69,7 +69,7 @@ def test_each_preset_prunes_the_square_image_stage_by_stage(preset):
     after_9 = kept - round(kept * (1 - settings.llm_keeps[0]))
     after_18 = after_9 - round(after_9 * (1 - settings.llm_keeps[1]))
     text = inputs["input_ids"].shape[1] - length
-    lengths = [output.past_key_values.get_seq_length(layer) for layer in range(28)]
+    lengths = [output.cache.get_seq_length(layer) for layer in range(28)]
     assert lengths == [text + kept] * 9 + [text + after_9] * 9 + [text + after_18] * 10
     if preset in SPEC_COUNTS:
         assert (kept, after_9, after_18) == SPEC_COUNTS[preset]

@@ -218,7 +218,7 @@ def test_manual_decoding_loop_without_position_ids_matches_generate(qwen):
             token = output.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(token))
             attention_mask = torch.cat([attention_mask, torch.ones_like(token)], dim=1)
-            output = model(input_ids=token, attention_mask=attention_mask, past_key_values=output.past_key_values,
+            output = model(input_ids=token, attention_mask=attention_mask, cache=output.cache,
                            flowcut_state=output.flowcut_state)
     assert tokens == expected
 

@@ -110,3 +110,12 @@ def test_without_trust_remote_code_the_next_folder_is_stock_unpruned_llava_next(
     stock_model, stock_processor = tiny_next_stock
     inputs = stock_processor(images=Image.open(next_image_file), text=PROMPT, return_tensors="pt")
     assert result["tokens"] == greedy(stock_model, inputs)[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def test_remote_code_names_the_transformers_it_needs():
+    from flowcut_hf.modeling.flowcut_settings import check_transformers_version
+
+    check_transformers_version("5.25.0")
+    check_transformers_version("5.30.0.dev0")
+    with pytest.raises(ImportError, match=r"pip install -U 'transformers>=5.25'"):
+        check_transformers_version("5.23.0")

@@ -67,7 +67,7 @@ def stack(layouts: list[TokenLayout]) -> TokenLayout:
 def prefill(model, layout: TokenLayout, cache=None):
     dropper = ImportanceDropper(LAYERS, KEEPS)
     with torch.no_grad():
-        return run_layer_groups(model.model, layout, dropper.group_starts, None, past_key_values=cache,
+        return run_layer_groups(model.model, layout, dropper.group_starts, None, cache=cache,
                                 use_cache=cache is not None, dropper=dropper, prompt_length=layout.mask.shape[1])
 
 
@@ -113,7 +113,7 @@ def test_cached_decoding_equals_recomputing_the_prompt_and_rows_decode_as_alone(
             attention_mask = torch.cat([attention_mask, torch.ones_like(token, dtype=torch.bool)], dim=1)
             with torch.no_grad():
                 output = run_layer_groups(model.model, continuation_layout(model.model.embed_tokens(token), attention_mask),
-                                          output.state.group_starts, output.state, past_key_values=cache, use_cache=True)
+                                          output.state.group_starts, output.state, cache=cache, use_cache=True)
         return torch.cat(tokens, dim=1)
 
     def uncached(ids, importance, steps=4):
