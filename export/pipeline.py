@@ -316,7 +316,7 @@ def image_tokens_per_image(config: dict[str, Any]) -> int:
 
 
 def _vflowopt_amounts(specs: Sequence[str], config: dict[str, Any]) -> list[RetainedAmount]:
-    from ..modeling.configuration_flowcut_llava_onevision import VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
+    from ..modeling.vflowopt_core import VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
 
     amounts = []
     for spec in specs:
@@ -810,7 +810,7 @@ def _run_checks(
 
 def _vflowopt_problems(remote: dict, config: dict[str, Any]) -> list[str]:
     """What a VFlowOpt variant's check run must show: stage 0 and the LLM stages keep what their settings say."""
-    from ..modeling.configuration_flowcut_llava_onevision import vflowopt_settings
+    from ..modeling.vflowopt_core import vflowopt_settings
 
     settings = vflowopt_settings(SimpleNamespace(**config))
     length, recycled, kept = remote["placeholders"], remote["recycled"][0], remote["kept"][0]
@@ -949,7 +949,7 @@ def vflowopt_prefill_flops(config, variant_config: dict[str, Any], verification,
     unchanged, so only the decoder layers' lengths differ (those verified on the check image, or the square 2x2-grid
     image's stage counts without a verification, with importance ties resolved by the stage rule)."""
     from ..accounting import llm_prefill_flops
-    from ..modeling.configuration_flowcut_llava_onevision import vflowopt_settings
+    from ..modeling.vflowopt_core import vflowopt_settings
 
     layers = config.text_config.num_hidden_layers
     if verification and verification.get("layer_lengths"):

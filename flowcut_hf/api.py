@@ -71,6 +71,8 @@ def flowcut(
         history_weight=history_weight,
         llm_prune_layer=llm_prune_layer,
     )
+    if "pruning_method" in family.field_validators:  # a model that ran VFlowOpt switches back
+        settings["pruning_method"] = "flowcut"
     # Validate the settings on a throwaway config before touching the live model.
     family.config_class(**{**model.config.to_dict(), **settings})
     install_family_classes(model, family)
@@ -121,9 +123,12 @@ def prune(
     """Makes a loaded model prune its visual tokens with ``method``, in place (this instance only), and returns it.
 
     ``method="flowcut"`` is :func:`flowcut` (``settings`` are its keyword arguments). ``method="vflowopt"`` runs
-    VFlowOpt (LLaVA-OneVision): ``preset`` names a released setting (``"10%"``, ``"25%"``, ``"50%"``, the share of
-    visual tokens kept averaged over the decoder layers; 10% by default), and ``settings`` override its fields by
-    short name (``vision_keep``, ``threshold``, ``cell_side``, ``entropy_weight``, ``llm_layers``, ``llm_keeps``).
+    VFlowOpt (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT; all with their stock processors): ``preset`` names a released
+    setting (``"10%"``, ``"25%"``, ``"50%"``, the share of visual tokens kept averaged over the decoder layers; 10% by
+    default), and ``settings`` override its fields by short name (``vision_keep``, ``threshold``, ``cell_side``,
+    ``entropy_weight``, ``llm_layers``, ``llm_keeps``). The presets were searched on LLaVA-OneVision-7B (28 layers);
+    on a language model of another depth they are moved to it with the same budget
+    (:func:`~flowcut_hf.modeling.vflowopt_core.preset_for_depth`), and ``flowcut-hf search`` finds the model's own.
     The saved model runs the method its config names.
     """
     if method == "flowcut":
@@ -136,12 +141,14 @@ def prune(
     if "vflowopt" not in family.methods:
         supported = [f.display_name for f in FAMILIES if "vflowopt" in f.methods]
         raise ValueError(f"VFlowOpt is available for {supported}; {family.display_name} supports {list(family.methods)}.")
-    from .modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS, vflowopt_fields, vflowopt_settings
+    from .modeling.vflowopt_core import check_llm_layers, preset_for_depth, vflowopt_fields, vflowopt_settings
 
-    name = preset or "10%"
-    if name not in ONEVISION_PRESETS:
-        raise ValueError(f"unknown VFlowOpt preset {name!r}; released: {sorted(ONEVISION_PRESETS)}.")
-    fields = {**vflowopt_fields(ONEVISION_PRESETS[name]), "pruning_method": "vflowopt", "vflowopt_enabled": enabled}
+    num_layers = model.config.text_config.num_hidden_layers
+    fields = {
+        **vflowopt_fields(preset_for_depth(preset or "10%", num_layers)),
+        "pruning_method": "vflowopt",
+        "vflowopt_enabled": enabled,
+    }
     for short, value in settings.items():
         key = f"vflowopt_{short}"
         if key not in family.field_validators:
@@ -151,12 +158,7 @@ def prune(
     for key, value in fields.items():
         family.field_validators[key](value)
     # The fields together (one keep share per LLM layer, layers inside the model) before touching the live model.
-    settings_check = vflowopt_settings(family.config_class(**{**model.config.to_dict(), **fields}))
-    if settings_check.llm_layers and settings_check.llm_layers[-1] >= model.config.text_config.num_hidden_layers:
-        raise ValueError(
-            f"vflowopt_llm_layers {list(settings_check.llm_layers)} reach past the language model's "
-            f"{model.config.text_config.num_hidden_layers} layers."
-        )
+    check_llm_layers(vflowopt_settings(family.config_class(**{**model.config.to_dict(), **fields})), num_layers)
     install_family_classes(model, family)
     for key, value in fields.items():
         setattr(model.config, key, value)

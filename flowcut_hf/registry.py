@@ -124,7 +124,8 @@ class FlowCutFamily:
         processor_class_name: the class of the processor a saved folder loads as, with ``trust_remote_code``.
         unpruned_image_tokens: ``config -> int``, the visual tokens of an image without pruning (the most an image
             can have, for families whose count depends on the image size).
-        field_validators: every ``flowcut_*`` config field of the family and its validator.
+        field_validators: every pruning config field of the family (``flowcut_*``, ``pruning_method``,
+            ``vflowopt_*``) and its validator.
         default_target_num: the paper's default for the family; None for families that default to a ratio.
         llm_stage: whether the family prunes inside the language model too (``flowcut_llm_prune_layer``).
         check_vision_tower: ``vision_config -> None``, raises if the adapter cannot prune this vision tower.
@@ -180,7 +181,7 @@ class FlowCutFamily:
         for name, value in fields.items():
             validator = self.field_validators.get(name)
             if validator is None:
-                known = sorted(k.removeprefix("flowcut_") for k in self.field_validators)
+                known = sorted(k.removeprefix("flowcut_") for k in self.field_validators if k.startswith("flowcut_"))
                 raise ValueError(f"{name.removeprefix('flowcut_')} is not a FlowCut setting of {self.display_name}; known: {known}.")
             validator(value)
         return fields
@@ -203,9 +204,10 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         processor_for=fixed_count_llava_processor,
         processor_class_name="FlowCutLlavaProcessor",
         unpruned_image_tokens=llava_unpruned_image_tokens,
-        field_validators={k: v for k, v in llava_config.FIELD_VALIDATORS.items() if k != "flowcut_llm_prune_layer"},
+        field_validators={k: v for k, v in llava_config.LLAVA_CONFIG_VALIDATORS.items() if k != "flowcut_llm_prune_layer"},
         default_target_num=llava_config.DEFAULT_TARGET_NUM,
         llm_stage=False,
+        methods=("flowcut", "vflowopt"),
     ),
     FlowCutFamily(
         name="llava_next",
@@ -223,9 +225,10 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         processor_for=unchanged_stock_processor(LlavaNextProcessor),
         processor_class_name="LlavaNextProcessor",
         unpruned_image_tokens=next_unpruned_image_tokens,
-        field_validators=next_config.NEXT_FIELD_VALIDATORS,
+        field_validators=next_config.NEXT_CONFIG_VALIDATORS,
         default_target_num=next_config.DEFAULT_NEXT_TARGET_NUM,
         llm_stage=True,
+        methods=("flowcut", "vflowopt"),
     ),
     *(
         FlowCutFamily(
@@ -274,7 +277,7 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         processor_for=unchanged_stock_processor(LlavaOnevisionProcessor),
         processor_class_name="LlavaOnevisionProcessor",
         unpruned_image_tokens=onevision_unpruned_image_tokens,
-        field_validators=onevision_config.VFLOWOPT_FIELD_VALIDATORS,
+        field_validators=onevision_config.ONEVISION_FIELD_VALIDATORS,
         default_target_num=None,
         llm_stage=True,
         check_vision_tower=any_vision_tower,

@@ -93,7 +93,7 @@ class Objective:
     """Scores VFlowOpt settings on ``samples``: the summed cosine similarity of the last prompt token's final state."""
 
     def __init__(self, model, processor, samples: list[CalibrationSample]):
-        from .modeling.configuration_flowcut_llava_onevision import vflowopt_fields
+        from .modeling.vflowopt_core import vflowopt_fields
 
         self.model, self.vflowopt_fields = model, vflowopt_fields
         parameter = next(model.parameters())
@@ -142,7 +142,7 @@ def run_search(
     from tqdm.auto import tqdm
 
     from .api import prune
-    from .modeling.configuration_flowcut_llava_onevision import vflowopt_fields
+    from .modeling.vflowopt_core import vflowopt_fields
 
     if not 0 < budget < 1:
         raise ValueError(f"--budget is the share of visual tokens kept, in (0, 1), got {budget}")

@@ -19,6 +19,7 @@ from .flowcut_settings import (
     ValidatedFlowCutFields,
     validate_target_num,
 )
+from .vflowopt_core import VFLOWOPT_FIELD_VALIDATORS, method_validator, preset_for_depth, vflowopt_fields
 
 DEFAULT_NEXT_TARGET_NUM = 160  # the paper's headline LLaVA-NeXT setting
 
@@ -31,6 +32,13 @@ def validate_next_target_num(target_num: object) -> int:
 
 
 NEXT_FIELD_VALIDATORS = {**FIELD_VALIDATORS, "flowcut_target_num": validate_next_target_num}
+NEXT_CONFIG_VALIDATORS = {
+    **NEXT_FIELD_VALIDATORS,
+    "pruning_method": method_validator(("flowcut", "vflowopt"), "LLaVA-NeXT"),
+    **VFLOWOPT_FIELD_VALIDATORS,
+}
+# VFlowOpt's 10% preset moved to a 32-layer LLM (Vicuna-7B / Mistral-7B); see vflowopt_core.preset_for_depth.
+_VFLOWOPT_DEFAULTS = vflowopt_fields(preset_for_depth("10%", 32))
 
 
 @strict
@@ -51,9 +59,12 @@ class FlowCutLlavaNextConfig(ValidatedFlowCutFields, LlavaNextConfig):
         flowcut_llm_prune_layer (`int`, defaults to 1):
             The decoder layer whose attention scores the visual tokens; layers up to it see every visual token,
             later layers only the kept ones (the paper prunes after the second layer, index 1).
+        pruning_method (`str`, defaults to `"flowcut"`):
+            `"vflowopt"` runs VFlowOpt instead, with the `vflowopt_*` fields (see `FlowCutLlavaOnevisionConfig` for
+            their meaning); `flowcut_hf.prune(model, method="vflowopt", preset="10%")` sets them.
     """
 
-    flowcut_field_validators = NEXT_FIELD_VALIDATORS
+    flowcut_field_validators = NEXT_CONFIG_VALIDATORS
 
     # Typed Any: see ValidatedFlowCutFields, which checks every assignment.
     flowcut_target_num: Any = DEFAULT_NEXT_TARGET_NUM
@@ -61,6 +72,20 @@ class FlowCutLlavaNextConfig(ValidatedFlowCutFields, LlavaNextConfig):
     flowcut_prune_interval: Any = DEFAULT_PRUNE_INTERVAL
     flowcut_history_weight: Any = DEFAULT_HISTORY_WEIGHT
     flowcut_llm_prune_layer: Any = DEFAULT_LLM_PRUNE_LAYER
+    pruning_method: Any = "flowcut"
+    vflowopt_enabled: Any = True
+    vflowopt_vision_keep: Any = _VFLOWOPT_DEFAULTS["vflowopt_vision_keep"]
+    vflowopt_threshold: Any = _VFLOWOPT_DEFAULTS["vflowopt_threshold"]
+    vflowopt_cell_side: Any = _VFLOWOPT_DEFAULTS["vflowopt_cell_side"]
+    vflowopt_entropy_weight: Any = _VFLOWOPT_DEFAULTS["vflowopt_entropy_weight"]
+    vflowopt_llm_layers: Any = tuple(_VFLOWOPT_DEFAULTS["vflowopt_llm_layers"])
+    vflowopt_llm_keeps: Any = tuple(_VFLOWOPT_DEFAULTS["vflowopt_llm_keeps"])
 
 
-__all__ = ["FlowCutLlavaNextConfig", "DEFAULT_NEXT_TARGET_NUM", "NEXT_FIELD_VALIDATORS", "validate_next_target_num"]
+__all__ = [
+    "DEFAULT_NEXT_TARGET_NUM",
+    "FlowCutLlavaNextConfig",
+    "NEXT_CONFIG_VALIDATORS",
+    "NEXT_FIELD_VALIDATORS",
+    "validate_next_target_num",
+]

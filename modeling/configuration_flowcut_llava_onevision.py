@@ -12,93 +12,23 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import LlavaOnevisionConfig
 
-from .flowcut_settings import ValidatedFlowCutFields, validate_enabled
-from .vflowopt_core import VFLOWOPT_PRESETS, VFlowOptSettings
+from .flowcut_settings import ValidatedFlowCutFields
+from .vflowopt_core import (
+    PRESET_MODEL,
+    VFLOWOPT_FIELD_VALIDATORS,
+    VFLOWOPT_PRESETS,
+    method_validator,
+    vflowopt_fields,
+    vflowopt_settings,
+)
 
-ONEVISION_PRESETS = VFLOWOPT_PRESETS["llava-onevision-qwen2-7b"]
+ONEVISION_PRESETS = VFLOWOPT_PRESETS[PRESET_MODEL]
 DEFAULT_PRESET = "10%"  # the paper's headline: 90% of the visual tokens pruned
 PRUNING_METHODS = ("vflowopt",)
-
-
-def validate_method(method: object) -> str:
-    if method not in PRUNING_METHODS:
-        raise ValueError(f"pruning_method must be one of {list(PRUNING_METHODS)} for LLaVA-OneVision, got {method!r}.")
-    return method
-
-
-def validate_share(name: str, upper: float = 1.0):
-    def validate(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value <= upper:
-            raise ValueError(f"{name} must be a number in (0, {upper:g}], got {value!r}.")
-        return float(value)
-
-    return validate
-
-
-def validate_non_negative(name: str, minimum: float = 0.0):
-    def validate(value: object) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
-            raise ValueError(f"{name} must be a number >= {minimum:g}, got {value!r}.")
-        return float(value)
-
-    return validate
-
-
-def validate_entropy_weight(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"vflowopt_entropy_weight must be a number (the search uses [-1, 1]), got {value!r}.")
-    return float(value)
-
-
-def validate_layers(value: object) -> list[int]:
-    if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value):
-        raise ValueError(f"vflowopt_llm_layers must be a list of decoder layer indices >= 1 (e.g. [9, 18]), got {value!r}.")
-    return list(value)
-
-
-def validate_keeps(value: object) -> list[float]:
-    if not isinstance(value, (list, tuple)) or any(
-        isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 1 for v in value
-    ):
-        raise ValueError(f"vflowopt_llm_keeps must be a list of shares in (0, 1] (e.g. [1.0, 0.6]), got {value!r}.")
-    return [float(v) for v in value]
-
-
-VFLOWOPT_FIELD_VALIDATORS = {
-    "pruning_method": validate_method,
-    "vflowopt_enabled": validate_enabled,
-    "vflowopt_vision_keep": validate_share("vflowopt_vision_keep"),
-    "vflowopt_threshold": validate_non_negative("vflowopt_threshold"),
-    "vflowopt_cell_side": validate_non_negative("vflowopt_cell_side", minimum=1.0),
-    "vflowopt_entropy_weight": validate_entropy_weight,
-    "vflowopt_llm_layers": validate_layers,
-    "vflowopt_llm_keeps": validate_keeps,
+ONEVISION_FIELD_VALIDATORS = {
+    "pruning_method": method_validator(PRUNING_METHODS, "LLaVA-OneVision"),
+    **VFLOWOPT_FIELD_VALIDATORS,
 }
-
-
-def vflowopt_fields(settings: VFlowOptSettings) -> dict[str, Any]:
-    """The config fields that store ``settings``."""
-    return {
-        "vflowopt_vision_keep": settings.vision_keep,
-        "vflowopt_threshold": settings.threshold,
-        "vflowopt_cell_side": settings.cell_side,
-        "vflowopt_entropy_weight": settings.entropy_weight,
-        "vflowopt_llm_layers": list(settings.llm_layers),
-        "vflowopt_llm_keeps": list(settings.llm_keeps),
-    }
-
-
-def vflowopt_settings(config) -> VFlowOptSettings:
-    """The settings a config stores (validated together: one LLM keep share per LLM layer, ...)."""
-    return VFlowOptSettings(
-        vision_keep=config.vflowopt_vision_keep,
-        threshold=config.vflowopt_threshold,
-        cell_side=config.vflowopt_cell_side,
-        entropy_weight=config.vflowopt_entropy_weight,
-        llm_layers=tuple(config.vflowopt_llm_layers),
-        llm_keeps=tuple(config.vflowopt_llm_keeps),
-    )
-
 
 _DEFAULTS = vflowopt_fields(ONEVISION_PRESETS[DEFAULT_PRESET])
 
@@ -120,7 +50,7 @@ class FlowCutLlavaOnevisionConfig(ValidatedFlowCutFields, LlavaOnevisionConfig):
         vflowopt_llm_keeps (`list[float]`): per LLM stage, the share of each image's then-current tokens kept.
     """
 
-    flowcut_field_validators = VFLOWOPT_FIELD_VALIDATORS
+    flowcut_field_validators = ONEVISION_FIELD_VALIDATORS
 
     # Typed Any: see ValidatedFlowCutFields, which checks every assignment.
     pruning_method: Any = "vflowopt"
@@ -136,8 +66,8 @@ class FlowCutLlavaOnevisionConfig(ValidatedFlowCutFields, LlavaOnevisionConfig):
 __all__ = [
     "DEFAULT_PRESET",
     "FlowCutLlavaOnevisionConfig",
+    "ONEVISION_FIELD_VALIDATORS",
     "ONEVISION_PRESETS",
-    "VFLOWOPT_FIELD_VALIDATORS",
     "vflowopt_fields",
     "vflowopt_settings",
 ]

@@ -513,6 +513,8 @@ class LayerGroupsGenerationMixin:
         offsets = [0] + [i + 1 for i, total in enumerate(per_image) if total in per_prompt]
         for name in self.per_image_fields:
             values = getattr(image_output, name)
+            if values is None:  # a field the running method does not fill
+                continue
             setattr(
                 image_output,
                 name,

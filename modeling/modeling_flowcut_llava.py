@@ -1,10 +1,14 @@
-"""LLaVA with FlowCut visual-token pruning, as Hugging Face remote code.
+"""LLaVA with FlowCut or VFlowOpt visual-token pruning, as Hugging Face remote code; ``config.pruning_method`` says
+which runs.
 
-The only behavioural change against stock LLaVA is in ``FlowCutLlavaModel.get_image_features``: the CLIP encoder
-runs layer by layer and :class:`FlowCutSelector` drops patch tokens as it goes, so each image yields
-``flowcut_target_num`` features instead of 576. Because the count per image is fixed, the matching processor emits
-the same number of ``<image>`` placeholders and everything downstream (masks, positions, KV cache, generate, beam
-search) is stock transformers.
+**FlowCut** (the default) changes only ``FlowCutLlavaModel.get_image_features``: the CLIP encoder runs layer by layer
+and :class:`FlowCutSelector` drops patch tokens as it goes, so each image yields ``flowcut_target_num`` features
+instead of 576. Because the count per image is fixed, the matching processor emits the same number of ``<image>``
+placeholders and everything downstream (masks, positions, KV cache, generate, beam search) is stock transformers.
+
+**VFlowOpt** takes the stock processor's 576 placeholders per image: the importance map of CLIP's feature layer (its
+important set chosen over all 577 tokens, CLS included, then the 576 patch columns), stage 0 on the 24 x 24 grid after
+the projector, and the LLM stages of ``vflowopt_llm_layers``, run by :func:`run_layer_groups` as for LLaVA-NeXT.
 """
 
 from __future__ import annotations
@@ -14,14 +18,40 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration, LlavaModel
-from transformers.models.llava.modeling_llava import LlavaPreTrainedModel
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.models.llava.modeling_llava import (
+    LlavaCausalLMOutputWithPast,
+    LlavaModelOutputWithPast,
+    LlavaPreTrainedModel,
+)
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .configuration_flowcut_llava import FlowCutLlavaConfig
+from .configuration_flowcut_llava import LLAVA_CONFIG_VALIDATORS, FlowCutLlavaConfig
 from .flowcut_clip import encode_clip_with_flowcut, feature_layer_index, num_image_patches
+from .flowcut_llm_stage import (
+    CONTINUE,
+    INPUT_POSITION,
+    STOCK,
+    LayerGroupsGenerationMixin,
+    LayerGroupsState,
+    continuation_layout,
+    forward_route,
+    resolved_use_cache,
+    run_layer_groups,
+)
 from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
 from .flowcut_settings import FIELD_VALIDATORS, FlowCutSettings, configure_flowcut_fields, validate_target_num
+from .vflowopt_core import (
+    combine_importance,
+    configure_vflowopt_fields,
+    crop_entropies,
+    run_with_importance_maps,
+    stage0_images,
+    vflowopt_prefill,
+    vflowopt_running,
+    vflowopt_settings,
+)
 
 AUTO_MAP = {
     "AutoConfig": "configuration_flowcut_llava.FlowCutLlavaConfig",
@@ -35,6 +65,9 @@ register_stock_checkpoint_conversion(
     {"FlowCutLlavaForConditionalGeneration": "llava", "FlowCutLlavaModel": "LlavaModel"}
 )
 
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # LLaVA-1.5's CLIP image normalisation, for VFlowOpt's entropy term
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
 
 @dataclass
 class FlowCutImageFeaturesOutput(BaseModelOutputWithPooling):
@@ -47,19 +80,57 @@ class FlowCutImageFeaturesOutput(BaseModelOutputWithPooling):
         Per image, the kept patch indices, 0-based among the patches (CLS excluded), sorted ascending (raster order).
     token_schedule (`list[int]`):
         The sequence length, CLS included, that each vision-encoder layer that ran processed.
+    placeholder_counts, kept_positions, recycled_positions, importance, prunable (`list`):
+        VFlowOpt only (`keep_indices` and `token_schedule` are then None), per image: its 576 placeholders, the
+        positions among its patches of the tokens that enter the language model after stage 0 and of those that hold
+        a recycled token, every patch's importance, and True (the LLM stages may drop its tokens).
     """
 
     keep_indices: list[torch.LongTensor] | None = None
     token_schedule: list[int] | None = None
+    placeholder_counts: list[int] | None = None
+    kept_positions: list[torch.LongTensor] | None = None
+    recycled_positions: list[torch.LongTensor] | None = None
+    importance: list[torch.FloatTensor] | None = None
+    prunable: list[bool] | None = None
+
+
+PER_IMAGE_FIELDS = ("pooler_output", "keep_indices", "placeholder_counts", "kept_positions", "recycled_positions", "importance", "prunable")
+
+
+@dataclass
+class FlowCutLlavaModelOutputWithPast(LlavaModelOutputWithPast):
+    r"""
+    flowcut_state ([`LayerGroupsState`], *optional*):
+        VFlowOpt: the per-layer-group token layout a later forward call (a decoding step) needs; `generate()` passes
+        it back. None when the forward was the stock one (FlowCut, or pruning off).
+    input_positions (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*):
+        VFlowOpt: for each position of `last_hidden_state`, the input column it comes from, -1 for padding.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    input_positions: torch.LongTensor | None = None
+
+
+@dataclass
+class FlowCutLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
+    r"""
+    flowcut_state, input_positions:
+        See [`FlowCutLlavaModelOutputWithPast`]; `logits` and the loss follow the pruned sequence.
+    """
+
+    flowcut_state: LayerGroupsState | None = None
+    input_positions: torch.LongTensor | None = None
 
 
 def retained_tokens_per_image(config) -> int:
-    """How many ``<image>`` tokens one image becomes in the language model under this config."""
+    """How many ``<image>`` placeholders one image needs under this config (FlowCut: the tokens it becomes in the
+    language model; VFlowOpt takes the stock count and shortens the sequence itself)."""
     settings = FlowCutSettings.from_config(config)
     full_count = num_image_patches(config.vision_config)
     if getattr(config, "vision_feature_select_strategy", "default") == "full":
         full_count += 1
-    if not settings.enabled:
+    if not settings.enabled or getattr(config, "pruning_method", "flowcut") == "vflowopt":
         return full_count
     return min(settings.target_num, full_count)
 
@@ -68,6 +139,17 @@ class FlowCutLlavaModel(LlavaModel):
     """[`LlavaModel`] whose `get_image_features` keeps `config.flowcut_target_num` visual tokens per image."""
 
     config_class = FlowCutLlavaConfig
+
+    def pruning_enabled(self) -> bool:
+        """Whether the forward shortens the sequence itself (VFlowOpt). FlowCut keeps a fixed count per image that
+        the processor matches, so its forward is the stock one."""
+        return vflowopt_running(self.config)
+
+    def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
+        """Changes VFlowOpt settings (short names: ``vision_keep``, ``threshold``, ``llm_keeps``, ...) or switches
+        it on or off; all values are checked, together, before any is changed. ``config.pruning_method`` says which
+        method runs (``flowcut_hf.prune(model, method="vflowopt")`` sets it)."""
+        configure_vflowopt_fields(self.config, LLAVA_CONFIG_VALIDATORS, enabled=enabled, **settings)
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -79,7 +161,11 @@ class FlowCutLlavaModel(LlavaModel):
         image_sizes: torch.Tensor | None = None,
         **kwargs,
     ) -> FlowCutImageFeaturesOutput:
+        if self.pruning_enabled():
+            return self.vflowopt_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
         settings = FlowCutSettings.from_config(self.config)
+        if self.config.pruning_method == "vflowopt":  # switched off: the stock features
+            settings = FlowCutSettings(enabled=False, target_num=settings.target_num)
         vision_config = self.config.vision_config
         patches = num_image_patches(vision_config)
         keeps_cls = vision_feature_select_strategy == "full"
@@ -101,6 +187,122 @@ class FlowCutLlavaModel(LlavaModel):
             pooler_output=list(image_features),
             keep_indices=list(keep_indices),
             token_schedule=schedule,
+        )
+
+    def vflowopt_image_features(
+        self, pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs
+    ) -> FlowCutImageFeaturesOutput:
+        """VFlowOpt's map and stage 0 on each image's 24 x 24 patch grid (no newline tokens in LLaVA-1.5)."""
+        settings = vflowopt_settings(self.config)
+        if vision_feature_select_strategy != "default":
+            raise ValueError(
+                f"VFlowOpt on LLaVA-1.5 needs vision_feature_select_strategy='default' (CLS dropped), got "
+                f"{vision_feature_select_strategy!r}; set vflowopt_enabled=False to run this model unpruned."
+            )
+        stock, maps = run_with_importance_maps(
+            self.vision_tower, vision_feature_layer, settings.threshold,
+            lambda: LlavaModel.get_image_features(
+                self, pixel_values=pixel_values, vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy, return_dict=True, **kwargs,
+            ),
+            leading_tokens=1,
+        )
+        vision = self.config.vision_config
+        if settings.entropy_weight:
+            entropy = crop_entropies(pixel_values, vision.patch_size, CLIP_MEAN, CLIP_STD)
+            maps = combine_importance(maps, entropy.to(maps.device), settings.entropy_weight)
+        no_newlines = [torch.zeros(len(m), dtype=torch.bool, device=maps.device) for m in maps]
+        stage0 = stage0_images(
+            stock.pooler_output, list(maps), no_newlines, [1] * len(maps), vision.image_size // vision.patch_size, settings
+        )
+        return FlowCutImageFeaturesOutput(last_hidden_state=stock.last_hidden_state, **vars(stage0))
+
+    def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        embedding = self.get_input_embeddings()(torch.tensor(self.config.image_token_id, device=inputs_embeds.device))
+        return (inputs_embeds == embedding).all(-1)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        use_cache: bool | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutLlavaModelOutputWithPast:
+        r"""
+        flowcut_state ([`LayerGroupsState`], *optional*):
+            VFlowOpt: the `flowcut_state` of the previous call's output, when continuing from its `cache` (decoding
+            steps; `generate()` passes it). FlowCut runs the stock forward and needs none.
+        """
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        stock_kwargs = dict(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, image_sizes=image_sizes, use_cache=use_cache,
+            **kwargs,
+        )
+        image_output = None
+        if self.pruning_enabled():
+            image_output = (mm_encoder_outputs or {}).get("image")
+            if image_output is None and pixel_values is not None and pixel_values.size(0) > 0:
+                image_output = self.get_image_features(
+                    pixel_values, vision_feature_layer=vision_feature_layer,
+                    vision_feature_select_strategy=vision_feature_select_strategy, return_dict=True,
+                )
+        outputs = {"image": image_output} if image_output is not None else {}
+        new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        route = forward_route(self.pruning_enabled(), flowcut_state, outputs, cache, new_tokens, attention_mask)
+        if route == STOCK:
+            return LlavaModel.forward(self, pixel_values=pixel_values, mm_encoder_outputs=mm_encoder_outputs, **stock_kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
+        if route == CONTINUE:
+            output = run_layer_groups(
+                self.language_model, continuation_layout(inputs_embeds, attention_mask), flowcut_state.group_starts,
+                past_state=flowcut_state, cache=cache, use_cache=use_cache, **kwargs,
+            )
+            return self.pruned_output(output, None)
+        if not outputs:  # text only: nothing to prune
+            return LlavaModel.forward(self, **{**stock_kwargs, "input_ids": None, "inputs_embeds": inputs_embeds})
+        placeholders = self.placeholder_mask(input_ids, inputs_embeds)
+        found, expected = int(placeholders.sum()), list(image_output.placeholder_counts)
+        if found != sum(expected):
+            raise ValueError(
+                f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need {sum(expected)} "
+                f"({expected} per image). VFlowOpt takes the stock LlavaProcessor's placeholders: build the inputs with "
+                "the stock processor (not a FlowCutLlavaProcessor, which emits FlowCut's pruned count)."
+            )
+        output = vflowopt_prefill(
+            self.language_model, self.config, inputs_embeds, placeholders, attention_mask, image_output,
+            vflowopt_settings(self.config), cache, use_cache,
+            flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1], **kwargs,
+        )
+        return self.pruned_output(output, image_output)
+
+    @staticmethod
+    def pruned_output(output, image_output) -> FlowCutLlavaModelOutputWithPast:
+        return FlowCutLlavaModelOutputWithPast(
+            last_hidden_state=output.last_hidden_state,
+            cache=output.cache,
+            hidden_states=output.hidden_states,
+            attentions=output.attentions,
+            image_outputs=image_output,
+            flowcut_state=output.state,
+            input_positions=output.token_info[INPUT_POSITION],
         )
 
     def _stock_image_features(
@@ -156,13 +358,15 @@ class FlowCutLlavaModel(LlavaModel):
         configure_flowcut_fields(self.config, FIELD_VALIDATORS, target_num=target_num, enabled=enabled)
 
 
-class FlowCutLlavaForConditionalGeneration(RemoteCodeSavingMixin, LlavaForConditionalGeneration):
-    """[`LlavaForConditionalGeneration`] that prunes visual tokens with FlowCut (see [`FlowCutLlavaModel`])."""
+class FlowCutLlavaForConditionalGeneration(LayerGroupsGenerationMixin, RemoteCodeSavingMixin, LlavaForConditionalGeneration):
+    """[`LlavaForConditionalGeneration`] that prunes visual tokens with FlowCut or VFlowOpt (see
+    [`FlowCutLlavaModel`])."""
 
     config_class = FlowCutLlavaConfig
     _auto_class = "AutoModelForImageTextToText"
     flowcut_auto_map = AUTO_MAP
     flowcut_remote_code_entry_files = REMOTE_CODE_ENTRY_FILES
+    per_image_fields = PER_IMAGE_FIELDS
 
     def __init__(self, config: FlowCutLlavaConfig):
         # Not super().__init__: it would build (and initialise) a stock LlavaModel only to throw it away.
@@ -178,6 +382,47 @@ class FlowCutLlavaForConditionalGeneration(RemoteCodeSavingMixin, LlavaForCondit
         """
         self.model.configure_flowcut(target_num=target_num, enabled=enabled)
 
+    def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
+        """See [`FlowCutLlavaModel.configure_vflowopt`]; VFlowOpt takes the stock processor."""
+        self.model.configure_vflowopt(enabled=enabled, **settings)
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.Tensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        image_sizes: torch.Tensor | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        flowcut_state: LayerGroupsState | None = None,
+        **kwargs,
+    ) -> FlowCutLlavaCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
+            cache=cache, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy, image_sizes=image_sizes,
+            mm_encoder_outputs=mm_encoder_outputs, flowcut_state=flowcut_state, return_dict=True, **kwargs,
+        )
+        logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
+        return FlowCutLlavaCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_outputs=outputs.image_outputs,
+            flowcut_state=getattr(outputs, "flowcut_state", None),
+            input_positions=getattr(outputs, "input_positions", None),
+        )
+
     @property
     def flowcut_tokens_per_image(self) -> int:
         """Visual tokens each image becomes under the current settings."""
@@ -185,7 +430,9 @@ class FlowCutLlavaForConditionalGeneration(RemoteCodeSavingMixin, LlavaForCondit
 
 
 __all__ = [
+    "FlowCutLlavaCausalLMOutputWithPast",
     "FlowCutLlavaForConditionalGeneration",
+    "FlowCutLlavaModelOutputWithPast",
     "FlowCutLlavaModel",
     "FlowCutImageFeaturesOutput",
     "retained_tokens_per_image",

@@ -37,7 +37,12 @@ from transformers.models.llava_next.modeling_llava_next import (
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .configuration_flowcut_llava_next import DEFAULT_NEXT_TARGET_NUM, NEXT_FIELD_VALIDATORS, FlowCutLlavaNextConfig
+from .configuration_flowcut_llava_next import (
+    DEFAULT_NEXT_TARGET_NUM,
+    NEXT_CONFIG_VALIDATORS,
+    NEXT_FIELD_VALIDATORS,
+    FlowCutLlavaNextConfig,
+)
 from .flowcut_clip import check_clip_vision_tower, encode_clip_with_flowcut, feature_layer_index, num_image_patches
 from .flowcut_llm_stage import (
     INPUT_POSITION,
@@ -55,6 +60,16 @@ from .flowcut_llm_stage import (
 )
 from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
 from .flowcut_settings import FlowCutSettings, configure_flowcut_fields
+from .vflowopt_core import (
+    combine_importance,
+    configure_vflowopt_fields,
+    crop_entropies,
+    run_with_importance_maps,
+    stage0_images,
+    vflowopt_prefill,
+    vflowopt_running,
+    vflowopt_settings,
+)
 
 AUTO_MAP = {
     "AutoConfig": "configuration_flowcut_llava_next.FlowCutLlavaNextConfig",
@@ -69,6 +84,8 @@ register_stock_checkpoint_conversion(
 )
 
 NEWLINE_SOURCE = (-1, -1)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # LLaVA's CLIP image normalisation, for VFlowOpt's entropy term
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 # ------------------------------------------------------------------------------------------------ anyres geometry
@@ -205,6 +222,10 @@ class FlowCutNextImageFeaturesOutput(BaseModelOutputWithPooling):
     prunable (`list[bool]`):
         False for an image kept whole (its stock count is at most the target): its tokens are the stock ones, and the
         LLM stage leaves them alone.
+    kept_positions, recycled_positions, importance (`list[torch.Tensor]`):
+        VFlowOpt only (`keep_indices`, `token_schedule` and `token_sources` are then None): the positions, among the
+        image's stock packed tokens, of the tokens that enter the language model after stage 0 and of those that hold
+        a recycled token, and every packed token's importance (newline tokens 1.0).
     """
 
     placeholder_counts: list[int] | None = None
@@ -212,6 +233,9 @@ class FlowCutNextImageFeaturesOutput(BaseModelOutputWithPooling):
     token_schedule: list[list[int]] | None = None
     token_sources: list[torch.LongTensor] | None = None
     prunable: list[bool] | None = None
+    kept_positions: list[torch.LongTensor] | None = None
+    recycled_positions: list[torch.LongTensor] | None = None
+    importance: list[torch.FloatTensor] | None = None
 
 
 PER_IMAGE_FIELDS = (
@@ -222,6 +246,9 @@ PER_IMAGE_FIELDS = (
     "token_schedule",
     "token_sources",
     "prunable",
+    "kept_positions",
+    "recycled_positions",
+    "importance",
 )
 
 
@@ -269,7 +296,15 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         return FlowCutSettings.from_config(self.config, DEFAULT_NEXT_TARGET_NUM)
 
     def pruning_enabled(self) -> bool:
+        if getattr(self.config, "pruning_method", "flowcut") == "vflowopt":
+            return vflowopt_running(self.config)
         return self.flowcut_settings().enabled
+
+    def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
+        """Changes VFlowOpt settings (short names: ``vision_keep``, ``threshold``, ``llm_keeps``, ...) or switches
+        it on or off; all values are checked, together, before any is changed. ``config.pruning_method`` says which
+        method runs (``flowcut_hf.prune(model, method="vflowopt")`` sets it)."""
+        configure_vflowopt_fields(self.config, NEXT_CONFIG_VALIDATORS, enabled=enabled, **settings)
 
     def configure_flowcut(
         self, target_num: int | None = None, enabled: bool | None = None, llm_prune_layer: int | None = None
@@ -304,7 +339,13 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> FlowCutNextImageFeaturesOutput:
+        if self.config.pruning_method == "vflowopt" and self.pruning_enabled():
+            return self.vflowopt_image_features(
+                pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, **kwargs
+            )
         settings = self.flowcut_settings()
+        if self.config.pruning_method == "vflowopt":  # switched off: the stock features, in the per-image fields
+            settings = FlowCutSettings(enabled=False, target_num=settings.target_num)
         crops_per_image = [
             image_size_to_num_patches(size, self.config.image_grid_pinpoints, self.config.vision_config.image_size)
             for size in image_sizes
@@ -334,6 +375,46 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             for name, value in entry.items():
                 fields[name].append(value)
         return FlowCutNextImageFeaturesOutput(**fields)
+
+    def vflowopt_image_features(
+        self, pixel_values, image_sizes, vision_feature_layer, vision_feature_select_strategy, **kwargs
+    ) -> FlowCutNextImageFeaturesOutput:
+        """VFlowOpt's map and stage 0: the stock features, packed by the stock code, each image cut to its share with
+        its dropped tokens recycled per spatial cell. The map is packed exactly as the features are."""
+        settings = vflowopt_settings(self.config)
+        if vision_feature_select_strategy != "default":
+            raise ValueError(
+                f"VFlowOpt on LLaVA-NeXT needs vision_feature_select_strategy='default' (CLS dropped), got "
+                f"{vision_feature_select_strategy!r}; set vflowopt_enabled=False to run this model unpruned."
+            )
+        vision = self.config.vision_config
+        crops_per_image = [image_size_to_num_patches(size, self.config.image_grid_pinpoints, vision.image_size) for size in image_sizes]
+        stock, maps = run_with_importance_maps(
+            self.vision_tower, vision_feature_layer, settings.threshold,
+            lambda: LlavaNextModel.get_image_features(
+                self, pixel_values, image_sizes, vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy, return_dict=True, **kwargs,
+            ),
+            leading_tokens=1,
+        )
+        with torch.no_grad():
+            if settings.entropy_weight:
+                pixels = pixel_values
+                if pixels.dim() == 5:
+                    pixels = torch.cat([p[:count] for p, count in zip(pixels, crops_per_image)])
+                entropy = crop_entropies(pixels, vision.patch_size, CLIP_MEAN, CLIP_STD)
+                maps = combine_importance(maps, entropy.to(maps.device), settings.entropy_weight)
+            per_image = [m[..., None] for m in torch.split(maps, crops_per_image)]
+            newline = torch.ones(1, device=maps.device)
+            packed_maps, _ = self.pack_image_features(per_image, image_sizes, "default", image_newline=newline)
+            marked, _ = self.pack_image_features(
+                [torch.zeros_like(m) for m in per_image], image_sizes, "default", image_newline=newline
+            )
+        stage0 = stage0_images(
+            stock.pooler_output, [m[:, 0] for m in packed_maps], [m[:, 0] > 0 for m in marked], crops_per_image,
+            vision.image_size // vision.patch_size, settings,
+        )
+        return FlowCutNextImageFeaturesOutput(**vars(stage0))
 
     def whole_image_features(self, pixels: torch.Tensor, size, stock_kwargs: dict) -> dict:
         """One image's stock features (every patch of every crop, newlines included), in the per-image fields."""
@@ -402,6 +483,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         if pixel_values is not None and mm_encoder_outputs is not None:
             raise ValueError("You cannot specify both pixel_values and mm_encoder_outputs at the same time")
         settings = self.flowcut_settings()
+        enabled = self.pruning_enabled()
         stock_kwargs = dict(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -414,7 +496,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             **kwargs,
         )
         image_output = None
-        if settings.enabled:
+        if enabled:
             image_output = (mm_encoder_outputs or {}).get("image")
             if image_output is None and pixel_values is not None and pixel_values.size(0) > 0:
                 image_output = self.get_image_features(
@@ -426,7 +508,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
                 )
         outputs = {"image": image_output} if image_output is not None else {}
         new_tokens = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        route = forward_route(settings.enabled, flowcut_state, outputs, cache, new_tokens, attention_mask)
+        route = forward_route(enabled, flowcut_state, outputs, cache, new_tokens, attention_mask)
         if route == STOCK:
             return LlavaNextModel.forward(
                 self, pixel_values=pixel_values, image_sizes=image_sizes, mm_encoder_outputs=mm_encoder_outputs, **stock_kwargs
@@ -442,9 +524,27 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             return FlowCutLlavaNextModelOutputWithPast(
                 **output, llm_keep_indices=[torch.arange(len(t)) for t in image_output.pooler_output]
             )
+        if self.config.pruning_method == "vflowopt":
+            return self.prefill_vflowopt(
+                input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
+            )
         return self.prefill_pruned_sequence(
             input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, settings, kwargs
         )
+
+    def prefill_vflowopt(
+        self, input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
+    ) -> FlowCutLlavaNextModelOutputWithPast:
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+        placeholders = self.placeholder_mask(input_ids, inputs_embeds)
+        self.check_placeholder_counts(placeholders, image_output)
+        output = vflowopt_prefill(
+            self.language_model, self.config, inputs_embeds, placeholders, attention_mask, image_output,
+            vflowopt_settings(self.config), cache, resolved_use_cache(self, self.config.text_config, use_cache),
+            flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1], **kwargs,
+        )
+        return self.pruned_output(output, None, image_output)
 
     def prefill_pruned_sequence(
         self, input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, settings, kwargs
@@ -550,6 +650,10 @@ class FlowCutLlavaNextForConditionalGeneration(
         The stock processor needs no change: its placeholder count does not depend on the FlowCut settings.
         """
         self.model.configure_flowcut(target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer)
+
+    def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
+        """See [`FlowCutLlavaNextModel.configure_vflowopt`]; the stock processor needs no change."""
+        self.model.configure_vflowopt(enabled=enabled, **settings)
 
     @merge_with_config_defaults
     @can_return_tuple

@@ -34,8 +34,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
-from .configuration_flowcut_llava_onevision import FlowCutLlavaOnevisionConfig, VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
-from .flowcut_core import record_module_outputs
+from .configuration_flowcut_llava_onevision import ONEVISION_FIELD_VALIDATORS, FlowCutLlavaOnevisionConfig
 from .flowcut_llm_stage import (
     CONTINUE,
     IMAGE_INDEX,
@@ -53,7 +52,15 @@ from .flowcut_llm_stage import (
     splice_image_features,
 )
 from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
-from .vflowopt_core import ImportanceDropper, TokenGrid, combine_importance, importance_map, patch_entropy, recycle_stage0
+from .vflowopt_core import (
+    combine_importance,
+    configure_vflowopt_fields,
+    crop_entropies,
+    run_with_importance_maps,
+    stage0_images,
+    vflowopt_prefill,
+    vflowopt_settings,
+)
 
 AUTO_MAP = {
     "AutoConfig": "configuration_flowcut_llava_onevision.FlowCutLlavaOnevisionConfig",
@@ -122,14 +129,6 @@ class FlowCutOnevisionCausalLMOutputWithPast(LlavaOnevisionCausalLMOutputWithPas
     input_positions: torch.LongTensor | None = None
 
 
-def packed_grids(packed_length: int, local_width: int | None, side: int) -> list[TokenGrid]:
-    """The spatial grids of one image's packed tokens: the ``side x side`` base crop, then the local grid whose rows
-    end with a newline (``local_width`` includes it), or the single newline of a one-crop image."""
-    if local_width is None:
-        return [TokenGrid(0, side, side), TokenGrid(side * side, 1, packed_length - side * side)]
-    return [TokenGrid(0, side, side), TokenGrid(side * side, (packed_length - side * side) // local_width, local_width)]
-
-
 class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
     """[`LlavaOnevisionModel`] that prunes visual tokens with VFlowOpt after the projector and inside the LLM."""
 
@@ -141,26 +140,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
     def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
         """Changes VFlowOpt settings (short names: ``vision_keep``, ``threshold``, ``llm_keeps``, ...) or switches
         pruning on or off; all values are checked, together, before any is changed."""
-        changes = {f"vflowopt_{k}": v for k, v in {"enabled": enabled, **settings}.items() if v is not None}
-        for name, value in changes.items():
-            validator = VFLOWOPT_FIELD_VALIDATORS.get(name)
-            if validator is None:
-                known = sorted(k.removeprefix("vflowopt_") for k in VFLOWOPT_FIELD_VALIDATORS if k.startswith("vflowopt_"))
-                raise ValueError(f"{name.removeprefix('vflowopt_')} is not a VFlowOpt setting; known: {known}.")
-            validator(value)
-        merged = SimpleNamespace(**{**{k: getattr(self.config, k) for k in VFLOWOPT_FIELD_VALIDATORS}, **changes})
-        vflowopt_settings(merged)
-        for name, value in changes.items():
-            setattr(self.config, name, value)
-
-    def map_layer(self, vision_feature_layer) -> int:
-        if isinstance(vision_feature_layer, bool) or not isinstance(vision_feature_layer, int):
-            raise ValueError(
-                f"VFlowOpt builds its map at one vision layer; vision_feature_layer={vision_feature_layer!r} selects "
-                "several. Set vflowopt_enabled=False to run this model unpruned."
-            )
-        num_layers = self.config.vision_config.num_hidden_layers
-        return vision_feature_layer - 1 if vision_feature_layer > 0 else num_layers + vision_feature_layer
+        configure_vflowopt_fields(self.config, ONEVISION_FIELD_VALIDATORS, enabled=enabled, **settings)
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -187,54 +167,30 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
                 f"VFlowOpt on LLaVA-OneVision needs vision_feature_select_strategy='full' (SigLIP has no CLS), got "
                 f"{vision_feature_select_strategy!r}; set vflowopt_enabled=False to run this model unpruned."
             )
-        tower = getattr(self.vision_tower, "vision_model", self.vision_tower)
-        attention = tower.encoder.layers[self.map_layer(vision_feature_layer)].self_attn
-        with record_module_outputs(attention.q_proj, attention.k_proj) as captured:
-            stock = LlavaOnevisionModel.get_image_features(self, pixel_values, image_sizes, **stock_kwargs)
-        queries, keys = captured
-        crops, patches, _ = queries.shape
-        heads = attention.num_heads
+        stock, maps = run_with_importance_maps(
+            self.vision_tower, vision_feature_layer, settings.threshold,
+            lambda: LlavaOnevisionModel.get_image_features(self, pixel_values, image_sizes, **stock_kwargs),
+        )
         side = self.config.vision_config.image_size // self.config.vision_config.patch_size
         with torch.no_grad():
-            maps = torch.stack([
-                importance_map(
-                    queries[crop].view(patches, heads, -1), keys[crop].view(patches, heads, -1), attention.scale,
-                    settings.threshold,
-                )
-                for crop in range(crops)
-            ])
             if settings.entropy_weight:
                 crop_pixels = self.crop_pixels(pixel_values, image_sizes, batch_num_images)
-                entropy = torch.stack([
-                    patch_entropy(pixels, self.config.vision_config.patch_size, SIGLIP_MEAN, SIGLIP_STD)
-                    for pixels in crop_pixels
-                ])
+                entropy = crop_entropies(crop_pixels, self.config.vision_config.patch_size, SIGLIP_MEAN, SIGLIP_STD)
                 maps = combine_importance(maps, entropy.to(maps.device), settings.entropy_weight)
             per_image = torch.split(maps, self.crops_per_image(image_sizes, batch_num_images))
+            newline = torch.ones(1, device=maps.device)
             packed_maps, _ = self.pack_image_features(
-                [m[..., None] for m in per_image], image_sizes, image_newline=torch.ones(1, device=maps.device),
-                vision_aspect_ratio=vision_aspect_ratio,
+                [m[..., None] for m in per_image], image_sizes, image_newline=newline, vision_aspect_ratio=vision_aspect_ratio
             )
             marked, _ = self.pack_image_features(
-                [torch.zeros_like(m[..., None]) for m in per_image], image_sizes,
-                image_newline=torch.ones(1, device=maps.device), vision_aspect_ratio=vision_aspect_ratio,
+                [torch.zeros_like(m[..., None]) for m in per_image], image_sizes, image_newline=newline,
+                vision_aspect_ratio=vision_aspect_ratio,
             )
-        fields = {name: [] for name in PER_IMAGE_FIELDS}
-        for features, packed_map, newline_marks, image_crops in zip(
-            stock.pooler_output, packed_maps, marked, [len(m) for m in per_image]
-        ):
-            importance = packed_map[:, 0].float()
-            newlines = (newline_marks[side * side :, 0] > 0).nonzero().squeeze(-1)
-            local_width = int(newlines[0]) + 1 if image_crops > 1 and len(newlines) else None
-            grids = packed_grids(len(features), local_width, side)
-            result = recycle_stage0(features, importance, settings.vision_keep, settings.cell_side, grids)
-            fields["pooler_output"].append(result.features)
-            fields["placeholder_counts"].append(len(features))
-            fields["kept_positions"].append(result.kept)
-            fields["recycled_positions"].append(result.recycled)
-            fields["importance"].append(importance)
-            fields["prunable"].append(True)
-        return FlowCutOnevisionImageFeaturesOutput(**fields)
+        stage0 = stage0_images(
+            stock.pooler_output, [m[:, 0] for m in packed_maps], [m[:, 0] > 0 for m in marked],
+            [len(m) for m in per_image], side, settings,
+        )
+        return FlowCutOnevisionImageFeaturesOutput(**vars(stage0))
 
     def crops_per_image(self, image_sizes, batch_num_images) -> list[int]:
         need_patching = (
@@ -325,12 +281,6 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
     def prefill_pruned_sequence(
         self, input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
     ) -> FlowCutOnevisionModelOutputWithPast:
-        settings = vflowopt_settings(self.config)
-        if settings.llm_layers and settings.llm_layers[-1] >= self.config.text_config.num_hidden_layers:
-            raise ValueError(
-                f"vflowopt_llm_layers {list(settings.llm_layers)} reach past the language model's "
-                f"{self.config.text_config.num_hidden_layers} layers."
-            )
         placeholders = self.placeholder_mask(input_ids, inputs_embeds)
         found, expected = int(placeholders.sum()), list(image_output.placeholder_counts)
         if found != sum(expected):
@@ -339,27 +289,10 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
                 f"({expected} per image). Build the inputs with the stock LlavaOnevisionProcessor of this repo from the "
                 "same images."
             )
-        prompt_length = flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1]
-        layout = splice_image_features(
-            inputs_embeds, placeholders, attention_mask, image_output.pooler_output, image_output.placeholder_counts,
-            image_output.prunable, prompt_length=prompt_length, kept_offsets=image_output.kept_positions,
-        )
-        kept_importance = torch.cat([
-            importance[kept] for importance, kept in zip(image_output.importance, image_output.kept_positions)
-        ])
-        is_image = layout.info[IMAGE_INDEX] >= 0
-        importance = torch.zeros(is_image.shape, dtype=torch.float32, device=is_image.device)
-        importance[is_image] = kept_importance.to(importance.device)
-        layout.info[IMPORTANCE] = importance
-        # As in the authors' code, positions run over the sequence after stage 0, then stay with every token.
-        layout.info[ROPE_POSITION] = (layout.mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(~layout.mask, 0)
-        use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        dropper = ImportanceDropper(settings.llm_layers, settings.llm_keeps)
-        output = run_layer_groups(
-            self.language_model, layout, dropper.group_starts, past_state=None, cache=cache,
-            use_cache=use_cache, dropper=dropper, prompt_length=prompt_length, **kwargs,
+        output = vflowopt_prefill(
+            self.language_model, self.config, inputs_embeds, placeholders, attention_mask, image_output,
+            vflowopt_settings(self.config), cache, resolved_use_cache(self, self.config.text_config, use_cache),
+            flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1], **kwargs,
         )
         return self.pruned_output(output, image_output)
 
