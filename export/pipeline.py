@@ -99,15 +99,30 @@ class VFlowOptPreset:
     """The share of visual tokens kept, averaged over the decoder layers."""
     source: str = ""
     """What the user named: ``10%`` or the preset file."""
+    note: str | None = None
+    """For a released preset, where its settings come from (the card says it)."""
 
 
-def load_vflowopt_preset(spec: str) -> VFlowOptPreset:
-    """``spec`` is a released preset name (``10%``, ``25%``, ``50%``) or a preset JSON written by ``flowcut-hf search``."""
-    from ..modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS, vflowopt_fields
+def load_vflowopt_preset(spec: str, num_layers: int) -> VFlowOptPreset:
+    """``spec`` is a released preset name (``10%``, ``25%``, ``50%``; moved to a language model of ``num_layers``
+    decoder layers if it is not LLaVA-OneVision-7B's 28) or a preset JSON written by ``flowcut-hf search``."""
+    from ..modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
+    from ..modeling.vflowopt_core import PRESET_DEPTH, preset_for_depth, vflowopt_fields
 
     if spec in ONEVISION_PRESETS:
         budget = float(spec.rstrip("%")) / 100
-        return VFlowOptPreset(spec.rstrip("%"), vflowopt_fields(ONEVISION_PRESETS[spec]), None, budget, spec)
+        found = f"its settings are the authors' released {spec} preset, found by their optimizer on LLaVA-OneVision-7B"
+        if num_layers == PRESET_DEPTH:
+            source, note = spec, found + "."
+        else:
+            source = f"{spec} (moved to {num_layers} layers)"
+            note = (
+                f"{found} ({PRESET_DEPTH} decoder layers) and moved to this model's {num_layers} with the same budget "
+                "(the stage layers scaled, the last stage's share solved); `flowcut-hf search` finds this model's own."
+            )
+        return VFlowOptPreset(
+            spec.rstrip("%"), vflowopt_fields(preset_for_depth(spec, num_layers)), None, budget, source, note
+        )
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(
@@ -189,7 +204,7 @@ class ExportOptions:
     out: Path
     retain_ratios: Sequence[float] = ()
     vflowopt_presets: Sequence[str] = ()
-    """VFlowOpt variants (LLaVA-OneVision): released preset names or preset JSON files."""
+    """VFlowOpt variants (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT): released preset names or preset JSON files."""
     push: str | None = None
     private: bool = False
     revision: str | None = None
@@ -319,15 +334,15 @@ def _vflowopt_amounts(specs: Sequence[str], config: dict[str, Any]) -> list[Reta
     from ..modeling.vflowopt_core import VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
 
     amounts = []
+    num_layers = family_for_config(config).config_from_dict(config).text_config.num_hidden_layers
     for spec in specs:
-        preset = load_vflowopt_preset(spec)
+        preset = load_vflowopt_preset(spec, num_layers)
         unknown = sorted(set(preset.settings) - set(VFLOWOPT_FIELD_VALIDATORS))
         if unknown:
             raise ValueError(f"preset {spec} has fields that are not VFlowOpt settings: {unknown}")
         for name, value in preset.settings.items():
             VFLOWOPT_FIELD_VALIDATORS[name](value)
         settings = vflowopt_settings(SimpleNamespace(**preset.settings))
-        num_layers = family_for_config(config).config_from_dict(config).text_config.num_hidden_layers
         if settings.llm_layers and settings.llm_layers[-1] >= num_layers:
             raise ValueError(f"preset {spec}: vflowopt_llm_layers {list(settings.llm_layers)} reach past the {num_layers} layers")
         amount = RetainedAmount(preset=preset)
@@ -345,7 +360,8 @@ def validate_targets(
     family = family_for_config(config)
     if vflowopt_presets:
         if "vflowopt" not in family.methods:
-            raise ValueError(f"--method vflowopt applies to LLaVA-OneVision; {family.display_name} runs {list(family.methods)}.")
+            supported = ", ".join(f.display_name for f in FAMILIES if "vflowopt" in f.methods)
+            raise ValueError(f"--method vflowopt applies to {supported}; {family.display_name} runs {list(family.methods)}.")
         if target_nums or retain_ratios:
             raise ValueError("--target-num and --retain-ratio are FlowCut's; a VFlowOpt export takes --preset.")
         return _vflowopt_amounts(vflowopt_presets, config)
@@ -427,7 +443,8 @@ def write_variant(
     if family.copies_processor_files:
         _copy_processor_files(source, destination)
     else:
-        _write_processor(resolved, amount.target_num, destination)
+        # VFlowOpt takes the stock processor's placeholders and shortens the sequence in the model.
+        _write_processor(resolved, None if amount.preset is not None else amount.target_num, destination)
 
     generation_config = source / "generation_config.json"
     if generation_config.is_file():
@@ -450,7 +467,8 @@ def _copy_processor_files(source: Path, destination: Path) -> None:
             shutil.copyfile(path, destination / path.name)
 
 
-def _write_processor(resolved: ResolvedSource, target_num: int, destination: Path) -> None:
+def _write_processor(resolved: ResolvedSource, target_num: int | None, destination: Path) -> None:
+    """The family's processor for ``target_num``, or (None) the stock processor, completed from the model config."""
     from transformers import AutoProcessor
 
     family = resolved.family
@@ -461,7 +479,10 @@ def _write_processor(resolved: ResolvedSource, target_num: int, destination: Pat
     stock_processor.vision_feature_select_strategy = stock_processor.vision_feature_select_strategy or resolved.config.get(
         "vision_feature_select_strategy", "default"
     )
-    family.processor_for(stock_processor, target_num).save_pretrained(destination)
+    if target_num is None:
+        stock_processor.save_pretrained(destination)
+    else:
+        family.processor_for(stock_processor, target_num).save_pretrained(destination)
 
 
 def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> None:
@@ -648,7 +669,8 @@ inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
 torch.save(inputs, inputs_path)
 forward_error, lengths = None, None
 with torch.no_grad():
-    features = model.model.get_image_features(inputs["pixel_values"].to(model.dtype), inputs["image_sizes"])
+    sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}  # LLaVA-1.5 has none
+    features = model.model.get_image_features(inputs["pixel_values"].to(model.dtype), **sizes)
     try:
         output = model(**inputs, use_cache=True)
         torch.save(output.logits[0, -1].float(), out_path)
@@ -769,8 +791,9 @@ def _run_checks(
     problems = []
     if remote["model_class"] != family.model_class.__name__:
         problems.append(f"loaded as {remote['model_class']}, not {family.model_class.__name__}")
-    if remote["processor_class"] != family.processor_class_name:
-        problems.append(f"processor loaded as {remote['processor_class']}, not {family.processor_class_name}")
+    processor_class = family.stock_processor_class.__name__ if vflowopt else family.processor_class_name
+    if remote["processor_class"] != processor_class:
+        problems.append(f"processor loaded as {remote['processor_class']}, not {processor_class}")
     if remote["missing"] or remote["unexpected"]:
         problems.append(f"missing keys {remote['missing'][:5]}, unexpected keys {remote['unexpected'][:5]}")
     expected = expected_visual_tokens(family, config, amount, VERIFY_IMAGE_SIZE, remote.get("grid_thw"))
@@ -959,8 +982,9 @@ def vflowopt_prefill_flops(config, variant_config: dict[str, Any], verification,
         what = f"the LLM, for the {images}-token check image measured during export and a {prompt_tokens}-token prompt"
     else:
         settings = vflowopt_settings(SimpleNamespace(**variant_config))
-        images = config.vision_config.image_size // config.vision_config.patch_size
-        images = images * images + 2 * images * (2 * images + 1)
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        # LLaVA-1.5: one grid; anyres families: the base crop and a 2x2 grid with its newline column.
+        images = side * side if config.model_type == "llava" else side * side + 2 * side * (2 * side + 1)
         current = images - round(images * (1 - settings.vision_keep))
         bounds, counts = [0, *settings.llm_layers, layers], [current]
         for keep in settings.llm_keeps:
@@ -1003,6 +1027,7 @@ def write_card(
         method="vflowopt" if plan.amount.preset is not None else "flowcut",
         budget=plan.amount.preset.budget if plan.amount.preset is not None else None,
         search=plan.amount.preset.search if plan.amount.preset is not None else None,
+        preset_note=plan.amount.preset.note if plan.amount.preset is not None else None,
         image_tokens=image_tokens_per_image(variant_config),
         settings=settings,
         family=resolved.family.name,

@@ -369,6 +369,15 @@ def restore_instance(model: nn.Module, snapshot: tuple) -> None:
     model.config.__dict__.update(settings)
 
 
+def with_placeholder_span(inputs: dict, image_token_id: int, placeholders: int) -> dict:
+    """``inputs`` of one prompt with one image, its placeholder span resized to ``placeholders`` (an oracle's count)."""
+    ids = inputs["input_ids"][0]
+    is_image = ids == image_token_id
+    first = int(is_image.nonzero()[0])
+    ids = torch.cat([ids[:first], torch.full((placeholders,), image_token_id), ids[first + int(is_image.sum()) :]])
+    return {**inputs, "input_ids": ids[None], "attention_mask": torch.ones_like(ids[None])}
+
+
 def uniform_indices(total: int, keep: int) -> torch.Tensor:
     """``keep`` distinct, evenly spaced indices in ``range(total)``, ascending (the oracle's selection)."""
     if not 1 <= keep <= total:

@@ -72,6 +72,7 @@ from .bench import (
     stats_ms,
     time_interleaved,
     uniform_indices,
+    with_placeholder_span,
 )
 from .modeling.modeling_flowcut_llava_next import stock_token_count
 from .registry import family_named
@@ -159,14 +160,7 @@ def build_next_preset(seed: int = 0):
 def prompt_inputs(processor, image, prompt: str, image_token_id: int, placeholders: int | None) -> dict:
     """The stock processor's inputs for one image; with ``placeholders``, its span holds that many instead."""
     inputs = dict(processor(images=image, text=f"USER: <image>\n{prompt} ASSISTANT:", return_tensors="pt"))
-    if placeholders is not None:
-        ids = inputs["input_ids"][0]
-        is_image = ids == image_token_id
-        first = int(is_image.nonzero()[0])
-        ids = torch.cat([ids[:first], torch.full((placeholders,), image_token_id), ids[first + int(is_image.sum()) :]])
-        inputs["input_ids"] = ids[None]
-        inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    return inputs
+    return inputs if placeholders is None else with_placeholder_span(inputs, image_token_id, placeholders)
 
 
 def image_tokens_of(row: NextRow, config, image_size) -> AnyresImageTokens:

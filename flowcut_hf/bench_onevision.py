@@ -7,6 +7,11 @@ rows, in one process, on ONE copy of the weights, interleaved round-robin as the
     the stock ``LlavaOnevisionForConditionalGeneration``: every token through every decoder layer.
 ``vflowopt@P``
     VFlowOpt's released preset P (10%, 25%, 50%: the share of visual tokens kept, averaged over the decoder layers).
+``oracle@P``
+    the stock model on a prompt whose image span holds P of the stock visual tokens, the stock features thinned to
+    them (evenly spaced) after the full vision tower: the same average share as ``vflowopt@P`` at every decoder layer,
+    with no importance map, no recycling and no pruning inside the LLM. It is the prefill a method that spends nothing
+    on choosing tokens would have; VFlowOpt's map and stage 0 cost what it is slower than it.
 
 Each row reports the prefill time, the tokens each decoder stage holds, the KV cache (measured per layer, compared with
 :func:`flowcut_hf.accounting.kv_cache_bytes`, and its reduction against stock), the LLM's analytic FLOPs and the peak
@@ -21,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from transformers import LlavaOnevisionModel
 
 from . import accounting
 from .api import prune
@@ -35,6 +41,8 @@ from .bench import (
     restore_instance,
     stats_ms,
     time_interleaved,
+    uniform_indices,
+    with_placeholder_span,
 )
 from .registry import family_named
 
@@ -49,8 +57,25 @@ TARGET_SPEEDUP = 3.8
 class OnevisionRow:
     name: str
     preset: str | None
+    kind: str = "vflowopt"  # stock | vflowopt | oracle
+    inputs: dict = field(default_factory=dict)
     samples: list[float] = field(default_factory=list)
     measured: dict = field(default_factory=dict)
+
+
+class OracleLlavaOnevisionModel(LlavaOnevisionModel):
+    """The stock inner model, each image's packed features thinned to ``oracle_tokens`` evenly spaced ones after the
+    full vision tower (set on the instance; only :class:`OnevisionModes` puts an instance in this class)."""
+
+    oracle_tokens: int = 0
+
+    def get_image_features(self, *args, **kwargs):
+        output = LlavaOnevisionModel.get_image_features(self, *args, **kwargs)
+        output.pooler_output = [
+            features[uniform_indices(len(features), self.oracle_tokens).to(features.device)]
+            for features in output.pooler_output
+        ]
+        return output
 
 
 class OnevisionModes:
@@ -67,13 +92,17 @@ class OnevisionModes:
     def mode(self, row: OnevisionRow):
         model = self.model
         try:
-            if row.preset is None:
+            if row.kind == "stock":
                 model.__class__, model.model.__class__ = self.family.stock_model_class, self.family.stock_inner_class
+            elif row.kind == "oracle":
+                model.__class__, model.model.__class__ = self.family.stock_model_class, OracleLlavaOnevisionModel
+                model.model.oracle_tokens = int((row.inputs["input_ids"] == model.config.image_token_id).sum())
             else:
                 prune(model, method="vflowopt", preset=row.preset)
             yield
         finally:
             model.__class__, model.model.__class__ = self.pruning_classes
+            model.model.__dict__.pop("oracle_tokens", None)
 
     def restore(self) -> None:
         restore_instance(self.model, self.original)
@@ -137,12 +166,17 @@ def run_onevision_bench(
     inputs = {k: v.to(parameter.device) for k, v in processor(text=[prompt], images=[image], return_tensors="pt").items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
     visual_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
-    rows = [OnevisionRow("stock", None)] + [OnevisionRow(f"vflowopt@{p}", p) for p in presets]
+    rows = [OnevisionRow("stock", None, "stock", inputs)]
+    for preset in presets:
+        oracle_tokens = max(1, round(float(preset.rstrip("%")) / 100 * visual_tokens))
+        oracle_inputs = with_placeholder_span(inputs, model.config.image_token_id, oracle_tokens)
+        rows += [OnevisionRow(f"vflowopt@{preset}", preset, "vflowopt", inputs),
+                 OnevisionRow(f"oracle@{preset}", preset, "oracle", oracle_inputs)]
     modes = OnevisionModes(model)
     bar = tqdm(total=(warmup + repeats + 1) * len(rows), file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
 
     def prefill(row: OnevisionRow):
-        return model(**inputs, use_cache=True, logits_to_keep=1)
+        return model(**row.inputs, use_cache=True, logits_to_keep=1)
 
     try:
         with torch.inference_mode():
@@ -167,25 +201,29 @@ def run_onevision_bench(
     stock_kv = rows[0].measured["kv_bytes"]
     text_tokens = inputs["input_ids"].shape[1] - visual_tokens
     configs = []
+    samples = {(row.kind, row.preset): row.samples for row in rows}
     for row in rows:
         stats = stats_ms(row.samples)
         lengths = row.measured["layer_lengths"]
         analytic_kv = accounting.kv_cache_bytes(text, lengths, dtype=parameter.dtype)
+        oracle = samples.get(("oracle", row.preset)) if row.kind == "vflowopt" else None
         configs.append({
             "name": row.name,
+            "kind": row.kind,
             "preset": row.preset,
             "visual_tokens_per_layer": [n - text_tokens for n in lengths],
             "llm_layer_seq_lens": lengths,
             "prefill_ms": stats,
             "speedup_vs_stock": stock_stats["median"] / stats["median"],
             "paired_speedup_vs_stock": paired_ratio(rows[0].samples, row.samples),
+            "vflowopt_over_oracle": stats["median"] / stats_ms(oracle)["median"] if oracle else None,
             "llm_flops": accounting.llm_prefill_flops(text, lengths),
             "kv_cache": {"measured_bytes": row.measured["kv_bytes"], "analytic_bytes": analytic_kv,
                          "match": row.measured["kv_bytes"] == analytic_kv,
                          "reduction_vs_stock": 1 - row.measured["kv_bytes"] / stock_kv},
             "peak_memory": row.measured["memory"],
         })
-    headline = next((c for c in configs if c["preset"] == HEADLINE), None)
+    headline = next((c for c in configs if c["preset"] == HEADLINE and c["kind"] == "vflowopt"), None)
     kv_reduction = headline and headline["kv_cache"]["reduction_vs_stock"]
     speed = headline and headline["speedup_vs_stock"]
     vision = model.config.vision_config
@@ -200,7 +238,7 @@ def run_onevision_bench(
         "dtype": str(parameter.dtype).removeprefix("torch."),
         "settings": {"repeats": repeats, "warmup": warmup, "question": question, "image_size": [image.height, image.width],
                      "stock_image_tokens": visual_tokens, "num_text_tokens": int(text_tokens), "presets": list(presets),
-                     "order": "interleaved, rotating", "timer": "cuda_events" if timer.cuda else "perf_counter"},
+                     "order": "interleaved, rotating", "oracle_selection": "uniform", "timer": "cuda_events" if timer.cuda else "perf_counter"},
         "configs": configs,
         "targets": {
             "kv_reduction_at_10%": {"value": kv_reduction, "limit": TARGET_KV_REDUCTION,
@@ -216,13 +254,15 @@ def run_onevision_bench(
 def format_onevision_table(report: dict) -> str:
     settings, model = report["settings"], report["model"]
     mib = 1024**2
-    header = ("config", "visual tok per stage", "median ms", "IQR ms", "speed-up", "LLM GFLOP", "KV MiB", "KV saved", "peak MiB")
+    header = ("config", "visual tok per stage", "median ms", "IQR ms", "speed-up", "/oracle", "LLM GFLOP", "KV MiB", "KV saved",
+              "peak MiB")
     data = []
     for c in report["configs"]:
         p = c["prefill_ms"]
         data.append((
             c["name"], compact_schedule(c["visual_tokens_per_layer"]), f"{p['median']:.0f}", f"{p['iqr']:.0f}",
-            f"{c['speedup_vs_stock']:.2f}x", f"{c['llm_flops'] / 1e9:.0f}", f"{c['kv_cache']['measured_bytes'] / mib:.2f}",
+            f"{c['speedup_vs_stock']:.2f}x", "-" if c["vflowopt_over_oracle"] is None else f"{c['vflowopt_over_oracle']:.2f}",
+            f"{c['llm_flops'] / 1e9:.0f}", f"{c['kv_cache']['measured_bytes'] / mib:.2f}",
             f"{c['kv_cache']['reduction_vs_stock']:.1%}", f"{c['peak_memory']['bytes'] / mib:.0f}",
         ))
     table, _ = aligned_rows(header, data)
@@ -248,6 +288,8 @@ def format_onevision_table(report: dict) -> str:
         "",
         *table,
         "",
+        "oracle@P: the stock model with P of the visual tokens (evenly spaced) at every layer, nothing spent choosing them; "
+        "/oracle: VFlowOpt's prefill time over it.",
         "KV cache: measured from the returned cache (every layer's own length), "
         f"{'equal to' if targets['kv_cache_matches_analytic']['met'] else 'DIFFERENT from'} the analytic count for every row.",
         "",
@@ -258,4 +300,4 @@ def format_onevision_table(report: dict) -> str:
     ])
 
 
-__all__ = ["OnevisionModes", "build_onevision_preset", "format_onevision_table", "load_onevision_model", "run_onevision_bench"]
+__all__ = ["OnevisionModes", "OracleLlavaOnevisionModel", "build_onevision_preset", "format_onevision_table", "load_onevision_model", "run_onevision_bench"]

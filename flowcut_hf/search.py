@@ -81,12 +81,12 @@ def search_space(budget: float) -> dict[str, tuple[float, float]]:
 
 def settings_for(values: dict[str, float], budget: float, llm_layers: tuple[int, ...], num_layers: int) -> VFlowOptSettings:
     """The full settings of a trial: the searched values, the last LLM stage's share solved from the budget."""
-    first = values["llm_keep_first"]
-    last = solve_last_ratio(budget, values["vision_keep"], [first], llm_layers, num_layers)
+    earlier = [values["llm_keep_first"]] if len(llm_layers) > 1 else []
+    last = solve_last_ratio(budget, values["vision_keep"], earlier, llm_layers, num_layers)
     if last <= 0:
         raise ValueError("the budget is spent before the last LLM stage")
     return VFlowOptSettings(values["vision_keep"], values["threshold"], values["cell_side"], values["entropy_weight"],
-                            llm_layers, (first, last))
+                            llm_layers, (*earlier, last))
 
 
 class Objective:
@@ -155,6 +155,8 @@ def run_search(
     num_layers = model.config.text_config.num_hidden_layers
     objective = Objective(model, processor, samples)
     space = search_space(budget)
+    if len(llm_layers) < 2:  # one LLM stage (a shallow model): its share is the solved one
+        space.pop("llm_keep_first")
 
     def trial_value(trial: "optuna.Trial") -> float:
         values = {name: trial.suggest_float(name, low, high) for name, (low, high) in space.items()}
@@ -213,10 +215,8 @@ def _cli(args: argparse.Namespace) -> int:
         raise ValueError("the search finds VFlowOpt settings: pass --method vflowopt")
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
-    if args.model == "tiny":
-        from .tiny import build_tiny_llava_onevision
-
-        model, processor = build_tiny_llava_onevision()
+    if args.model in TINY_MODELS:
+        model, processor = build_tiny_model(args.model)
     else:
         model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     samples = load_calibration(args.calibration, image_column=args.image_column, prompt_column=args.prompt_column,
@@ -231,12 +231,29 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
+TINY_MODELS = ("tiny", "tiny-llava", "tiny-llava-next")
+
+
+def build_tiny_model(name: str):
+    """A built-in random model and its processor: LLaVA-OneVision (``tiny``), LLaVA-1.5 or LLaVA-NeXT."""
+    from . import tiny
+
+    if name == "tiny-llava":
+        return tiny.build_tiny_llava(num_text_layers=4)
+    if name == "tiny-llava-next":
+        return tiny.build_tiny_llava_next()
+    return tiny.build_tiny_llava_onevision()
+
+
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "search", help="find VFlowOpt settings for a token budget (Bayesian search, resumable)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("model", help="'tiny', a folder or a repo id (LLaVA-OneVision)")
+    parser.add_argument(
+        "model", help="a folder or a repo id (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT), or a built-in random model: "
+        "'tiny' (LLaVA-OneVision), 'tiny-llava', 'tiny-llava-next'"
+    )
     parser.add_argument("--method", default="vflowopt", choices=("vflowopt",))
     parser.add_argument("--budget", type=float, required=True, help="share of visual tokens kept, averaged over the decoder layers (e.g. 0.10)")
     parser.add_argument("--calibration", required=True, help="folder with data.jsonl, or a Hub dataset id")

@@ -70,6 +70,7 @@ class VariantCardInfo:
         method: ``"flowcut"`` or ``"vflowopt"`` (LLaVA-OneVision; then neither ``target_num`` nor ``retain_ratio``).
         budget: VFlowOpt: the share of visual tokens kept, averaged over the decoder layers, if known.
         search: VFlowOpt: how a searched preset was found (``budget``, ``trials``, ``data``, ``objective``, ...).
+        preset_note: VFlowOpt: where a released preset's settings come from (one sentence), instead of the default.
         image_tokens: visual tokens per image without pruning (N, 576 for LLaVA-1.5 at 336 px; for LLaVA-NeXT the
             most an image can have, 2928 with the standard grid); ``K < N``.
         settings: the FlowCut fields of the variant's ``config.json``, name → JSON value. Written as the card's
@@ -105,6 +106,7 @@ class VariantCardInfo:
     method: str = "flowcut"
     budget: float | None = None
     search: Mapping[str, Any] | None = None
+    preset_note: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("repo_id", "base_model"):
@@ -252,6 +254,10 @@ def build_card_data(info: VariantCardInfo, eval_results_path: str | Path | None 
     )
 
 
+SEARCH_RECORD = {"trials", "samples", "data", "budget", "objective", "best_value", "sampler", "seed"}
+"""What ``flowcut-hf search`` records about how it found a preset (the card's "How the settings were found")."""
+
+
 def render_variant_card(info: VariantCardInfo, eval_results_path: str | Path | None = None) -> ModelCard:
     """Render the README.md model card of a FlowCut variant repo.
 
@@ -328,7 +334,9 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         ),
         "method": info.method,
         "budget_percent": _percent(info.budget) if info.budget is not None else None,
-        "search": dict(info.search) if info.search else None,
+        # A hand-written preset file may record part of a search; the card describes only a complete record.
+        "search": dict(info.search) if info.search and SEARCH_RECORD <= set(info.search) else None,
+        "preset_note": info.preset_note,
         "repo_id_literal": json.dumps(info.repo_id),
         "revision_literal": json.dumps(info.revision or "main"),
         "revision_pinned": info.revision is not None,

@@ -68,3 +68,34 @@ def test_vflowopt_export_refusals_name_the_fix(onevision_base, tmp_path):
                  "--base-model", BASE_ID)
     assert result.returncode == 2 and "released preset" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_llava_and_next_variants_take_the_stock_processor_and_a_preset_moved_to_their_depth(tmp_path):
+    from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next
+
+    searched = tmp_path / "next-budget20.json"
+    settings = {"vflowopt_vision_keep": 0.3, "vflowopt_threshold": 5.0, "vflowopt_cell_side": 6.0,
+                "vflowopt_entropy_weight": 0.1, "vflowopt_llm_layers": [1, 3], "vflowopt_llm_keeps": [0.8, 0.5]}
+    searched.write_text(json.dumps({"method": "vflowopt", "settings": settings, "search": {"budget": 0.2}}))
+    for name, builder, preset, family in (
+        ("llava-tiny-hf", lambda: build_tiny_llava(seed=5, num_text_layers=4), "10%", "llava"),
+        ("llava-next-tiny-hf", lambda: build_tiny_llava_next(seed=5), str(searched), "llava_next"),
+    ):
+        base = tmp_path / name
+        model, processor = builder()
+        model.save_pretrained(base)
+        processor.save_pretrained(base)
+        options = ExportOptions(target_nums=[], vflowopt_presets=[preset], out=tmp_path / "out", base_model="org/base")
+        (result,) = export(base, options, log=lambda _: None)
+        folder = result.plan.folder
+        config = json.loads((folder / "config.json").read_text())
+        assert config["pruning_method"] == "vflowopt" and config["vflowopt_llm_layers"] == [1, 3]
+        stock_processor = family_named(family).stock_processor_class.__name__
+        assert json.loads((folder / "processor_config.json").read_text())["processor_class"] == stock_processor
+        lengths = result.verification["layer_lengths"]
+        assert lengths[0] >= lengths[1] == lengths[2] > lengths[3], "verified: each LLM stage caches no more than the one before"
+        card = ModelCard.load(folder / "README.md").text
+        if preset == "10%":
+            assert "moved to this model's 4 with the same budget" in card and "**10.0%**" in card
+        else:
+            assert "**20.0%**" in card

@@ -58,3 +58,16 @@ def test_budget_solving_and_bad_calibration_data_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError, match="data.jsonl"):
         load_calibration(str(tmp_path))
     assert main(["search", "tiny", "--budget", "1.5", "--calibration", str(tmp_path), "--out", str(tmp_path / "p.json")]) == 2
+
+
+def test_search_finds_llava_settings_that_meet_the_budget_on_its_own_depth(calibration, tmp_path):
+    out = tmp_path / "llava.json"
+    assert main(["search", "tiny-llava", "--budget", "0.10", "--calibration", str(calibration), "--samples", "2",
+                 "--trials", "3", "--out", str(out), "--no-progress"]) == 0
+    preset = json.loads(out.read_text())
+    settings = preset["settings"]
+    assert settings["vflowopt_llm_layers"] == [1, 3], "the stage layers of the 10% preset, moved to 4 layers"
+    kept = settings["vflowopt_vision_keep"]
+    first, last = settings["vflowopt_llm_keeps"]
+    assert abs((kept * 1 + kept * first * 2 + kept * first * last * 1) / 4 - 0.10) < 1e-6
+    assert preset["search"]["trials"] == 3 and preset["search"]["samples"] == 2
