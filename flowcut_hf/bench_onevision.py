@@ -7,6 +7,9 @@ rows, in one process, on ONE copy of the weights, interleaved round-robin as the
     the stock ``LlavaOnevisionForConditionalGeneration``: every token through every decoder layer.
 ``vflowopt@P``
     VFlowOpt's released preset P (10%, 25%, 50%: the share of visual tokens kept, averaged over the decoder layers).
+``flowcut@N``
+    FlowCut at the matched count N = P of the stock visual tokens (370 of 3699 at 10%): every crop keeps N // 2
+    patches in the vision tower, the image N after decoder layer 1. Same input as ``stock``.
 ``oracle@P``
     the stock model on a prompt whose image span holds P of the stock visual tokens, the stock features thinned to
     them (evenly spaced) after the full vision tower: the same average share as ``vflowopt@P`` at every decoder layer,
@@ -29,7 +32,7 @@ from torch import nn
 from transformers import LlavaOnevisionModel
 
 from . import accounting
-from .api import prune
+from .api import flowcut, prune
 from .bench import (
     versions_and_device,
     DeviceTimer,
@@ -57,8 +60,9 @@ TARGET_SPEEDUP = 3.8
 class OnevisionRow:
     name: str
     preset: str | None
-    kind: str = "vflowopt"  # stock | vflowopt | oracle
+    kind: str = "vflowopt"  # stock | vflowopt | flowcut | oracle
     inputs: dict = field(default_factory=dict)
+    target_num: int | None = None
     samples: list[float] = field(default_factory=list)
     measured: dict = field(default_factory=dict)
 
@@ -94,6 +98,8 @@ class OnevisionModes:
         try:
             if row.kind == "stock":
                 model.__class__, model.model.__class__ = self.family.stock_model_class, self.family.stock_inner_class
+            elif row.kind == "flowcut":
+                flowcut(model, target_num=row.target_num)
             elif row.kind == "oracle":
                 model.__class__, model.model.__class__ = self.family.stock_model_class, OracleLlavaOnevisionModel
                 model.model.oracle_tokens = int((row.inputs["input_ids"] == model.config.image_token_id).sum())
@@ -168,9 +174,10 @@ def run_onevision_bench(
     visual_tokens = int((inputs["input_ids"] == model.config.image_token_id).sum())
     rows = [OnevisionRow("stock", None, "stock", inputs)]
     for preset in presets:
-        oracle_tokens = max(1, round(float(preset.rstrip("%")) / 100 * visual_tokens))
-        oracle_inputs = with_placeholder_span(inputs, model.config.image_token_id, oracle_tokens)
+        matched = max(2, round(float(preset.rstrip("%")) / 100 * visual_tokens))
+        oracle_inputs = with_placeholder_span(inputs, model.config.image_token_id, matched)
         rows += [OnevisionRow(f"vflowopt@{preset}", preset, "vflowopt", inputs),
+                 OnevisionRow(f"flowcut@{matched}", preset, "flowcut", inputs, target_num=matched),
                  OnevisionRow(f"oracle@{preset}", preset, "oracle", oracle_inputs)]
     modes = OnevisionModes(model)
     bar = tqdm(total=(warmup + repeats + 1) * len(rows), file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
@@ -206,17 +213,18 @@ def run_onevision_bench(
         stats = stats_ms(row.samples)
         lengths = row.measured["layer_lengths"]
         analytic_kv = accounting.kv_cache_bytes(text, lengths, dtype=parameter.dtype)
-        oracle = samples.get(("oracle", row.preset)) if row.kind == "vflowopt" else None
+        oracle = samples.get(("oracle", row.preset)) if row.kind in ("vflowopt", "flowcut") else None
         configs.append({
             "name": row.name,
             "kind": row.kind,
             "preset": row.preset,
+            "target_num": row.target_num,
             "visual_tokens_per_layer": [n - text_tokens for n in lengths],
             "llm_layer_seq_lens": lengths,
             "prefill_ms": stats,
             "speedup_vs_stock": stock_stats["median"] / stats["median"],
             "paired_speedup_vs_stock": paired_ratio(rows[0].samples, row.samples),
-            "vflowopt_over_oracle": stats["median"] / stats_ms(oracle)["median"] if oracle else None,
+            "over_oracle": stats["median"] / stats_ms(oracle)["median"] if oracle else None,
             "llm_flops": accounting.llm_prefill_flops(text, lengths),
             "kv_cache": {"measured_bytes": row.measured["kv_bytes"], "analytic_bytes": analytic_kv,
                          "match": row.measured["kv_bytes"] == analytic_kv,
@@ -261,7 +269,7 @@ def format_onevision_table(report: dict) -> str:
         p = c["prefill_ms"]
         data.append((
             c["name"], compact_schedule(c["visual_tokens_per_layer"]), f"{p['median']:.0f}", f"{p['iqr']:.0f}",
-            f"{c['speedup_vs_stock']:.2f}x", "-" if c["vflowopt_over_oracle"] is None else f"{c['vflowopt_over_oracle']:.2f}",
+            f"{c['speedup_vs_stock']:.2f}x", "-" if c["over_oracle"] is None else f"{c['over_oracle']:.2f}",
             f"{c['llm_flops'] / 1e9:.0f}", f"{c['kv_cache']['measured_bytes'] / mib:.2f}",
             f"{c['kv_cache']['reduction_vs_stock']:.1%}", f"{c['peak_memory']['bytes'] / mib:.0f}",
         ))
@@ -289,7 +297,8 @@ def format_onevision_table(report: dict) -> str:
         *table,
         "",
         "oracle@P: the stock model with P of the visual tokens (evenly spaced) at every layer, nothing spent choosing them; "
-        "/oracle: VFlowOpt's prefill time over it.",
+        "flowcut@N: FlowCut keeping the same share, N per image after decoder layer 1; "
+        "/oracle: the row's prefill time over the oracle's at the same share.",
         "KV cache: measured from the returned cache (every layer's own length), "
         f"{'equal to' if targets['kv_cache_matches_analytic']['met'] else 'DIFFERENT from'} the analytic count for every row.",
         "",

@@ -278,11 +278,11 @@ FAMILIES: tuple[FlowCutFamily, ...] = (
         processor_class_name="LlavaOnevisionProcessor",
         unpruned_image_tokens=onevision_unpruned_image_tokens,
         field_validators=onevision_config.ONEVISION_FIELD_VALIDATORS,
-        default_target_num=None,
+        default_target_num=onevision_config.DEFAULT_ONEVISION_TARGET_NUM,
         llm_stage=True,
         check_vision_tower=any_vision_tower,
         copies_processor_files=True,
-        methods=("vflowopt",),
+        methods=("vflowopt", "flowcut"),
     ),
 )
 

@@ -1,4 +1,6 @@
-"""LLaVA-OneVision with VFlowOpt visual-token pruning, as Hugging Face remote code.
+"""LLaVA-OneVision with VFlowOpt (or FlowCut) visual-token pruning, as Hugging Face remote code.
+
+``config.pruning_method`` chooses the method; VFlowOpt, the paper's model, is the default:
 
 1. **Importance map** (:meth:`FlowCutLlavaOnevisionModel.get_image_features`): the SigLIP tower runs unchanged; the
    q/k projections of the layer whose output is the image feature are read with hooks, and each crop's map is the
@@ -13,12 +15,18 @@
 Each image is pruned on its own, so a row of a batch gives what it gives alone. The stock processor is used
 unchanged: the model replaces each image's placeholder span by its kept tokens; positions are contiguous over the
 sequence after stage 0, as in the authors' code, and then stay with each token.
+
+**FlowCut** (``pruning_method="flowcut"``) runs as on LLaVA-NeXT, with SigLIP's missing CLS handled as on Qwen2-VL:
+every crop of an image goes through the vision tower with progressive pruning to ``flowcut_target_num // 2`` patches
+(the global query is the mean of the patches' queries; a patch scores its attention times the L1 norm of its value),
+the kept tokens are laid out in the stock packed order (base crop, then the unpadded grid, without the newline column
+and without the anyres_max interpolation, which pruning makes moot; a one-crop image keeps its newline), and after
+decoder layer ``flowcut_llm_prune_layer`` the last prompt token keeps ``flowcut_target_num`` of them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from torch import nn
@@ -35,8 +43,10 @@ from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_flowcut_llava_onevision import ONEVISION_FIELD_VALIDATORS, FlowCutLlavaOnevisionConfig
+from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_outputs
 from .flowcut_llm_stage import (
     CONTINUE,
+    FlowCutLLMPruner,
     IMAGE_INDEX,
     IMPORTANCE,
     INPUT_POSITION,
@@ -52,13 +62,16 @@ from .flowcut_llm_stage import (
     splice_image_features,
 )
 from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
+from .flowcut_settings import FlowCutSettings, configure_flowcut_fields
 from .vflowopt_core import (
     combine_importance,
     configure_vflowopt_fields,
     crop_entropies,
+    map_layer_index,
     run_with_importance_maps,
     stage0_images,
     vflowopt_prefill,
+    vflowopt_running,
     vflowopt_settings,
 )
 
@@ -92,7 +105,11 @@ class FlowCutOnevisionImageFeaturesOutput(BaseModelOutputWithPooling):
     importance (`list[torch.FloatTensor]`):
         The importance of each packed token (`[placeholder_count]`; newline tokens 1.0).
     prunable (`list[bool]`):
-        Always True here; the LLM stages may drop the image's tokens.
+        Whether the LLM stages may drop the image's tokens (VFlowOpt: always; FlowCut: unless the image has at most
+        `flowcut_target_num` tokens and is kept whole).
+    keep_indices, token_schedule (`list`):
+        FlowCut only (`kept_positions`, `recycled_positions` and `importance` are then None): `[crops, kept]` patch
+        indices each crop kept in the vision tower, and the sequence length each vision layer ran on.
     """
 
     placeholder_counts: list[int] | None = None
@@ -100,9 +117,57 @@ class FlowCutOnevisionImageFeaturesOutput(BaseModelOutputWithPooling):
     recycled_positions: list[torch.LongTensor] | None = None
     importance: list[torch.FloatTensor] | None = None
     prunable: list[bool] | None = None
+    keep_indices: list[torch.LongTensor] | None = None
+    token_schedule: list[list[int]] | None = None
 
 
-PER_IMAGE_FIELDS = ("pooler_output", "placeholder_counts", "kept_positions", "recycled_positions", "importance", "prunable")
+PER_IMAGE_FIELDS = (
+    "pooler_output", "placeholder_counts", "kept_positions", "recycled_positions", "importance", "prunable",
+    "keep_indices", "token_schedule",
+)
+
+
+def encode_siglip_with_flowcut(
+    vision_tower: nn.Module, pixel_values: torch.Tensor, feature_layer: int, target_patches: int, settings: FlowCutSettings
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """One image's crops ``[crops, channels, height, width]`` through a SigLIP tower up to ``feature_layer`` with
+    FlowCut's progressive pruning to ``target_patches`` per crop (the crops share each layer's prune count, as LLaVA-NeXT's
+    do). SigLIP has no CLS: the global query is the mean of the patches' own queries, per crop. Returns the feature
+    layer's hidden states ``[crops, kept, hidden]``, the kept patch indices ``[crops, kept]`` (ascending) and the
+    sequence length each layer ran on."""
+    vision_model = getattr(vision_tower, "vision_model", vision_tower)
+    hidden_states = vision_model.embeddings(pixel_values)
+    crops, patches, _ = hidden_states.shape
+    selector = FlowCutSelector(
+        target_length=target_patches, last_layer=feature_layer, batch_size=crops, num_patches=patches,
+        device=hidden_states.device, prune_interval=settings.prune_interval, history_weight=settings.history_weight,
+        num_prefix_tokens=0,
+    )
+    for layer_idx, layer in enumerate(vision_model.encoder.layers[: feature_layer + 1]):
+        selector.record_layer(hidden_states.shape[1])
+        if not selector.active:
+            hidden_states = layer(hidden_states, None)
+            continue
+        attention = layer.self_attn
+        with record_module_outputs(attention.q_proj, attention.k_proj, attention.v_proj) as captured:
+            hidden_states = layer(hidden_states, None)
+        queries, keys, values = captured
+        length, heads = hidden_states.shape[1], attention.num_heads
+        with torch.no_grad():
+            signals = [
+                mean_query_signals(
+                    queries[crop].view(length, heads, -1), keys[crop].view(length, heads, -1),
+                    values[crop].view(length, heads, -1), attention.scale,
+                )
+                for crop in range(crops)
+            ]
+            global_attention = torch.stack([weights for weights, _ in signals])
+            score = global_attention * torch.stack([value_l1 for _, value_l1 in signals])
+        kept = selector.step(layer_idx, score, global_attention)
+        if kept is not None:
+            index = kept.to(hidden_states.device)[..., None].expand(-1, -1, hidden_states.shape[-1])
+            hidden_states = hidden_states.gather(1, index)
+    return hidden_states, selector.keep_indices, selector.sequence_lengths
 
 
 @dataclass
@@ -135,7 +200,20 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
     config_class = FlowCutLlavaOnevisionConfig
 
     def pruning_enabled(self) -> bool:
-        return bool(getattr(self.config, "vflowopt_enabled", True))
+        if getattr(self.config, "pruning_method", "vflowopt") == "flowcut":
+            return self.flowcut_settings().enabled
+        return vflowopt_running(self.config)
+
+    def flowcut_settings(self) -> FlowCutSettings:
+        return FlowCutSettings.from_config(self.config, self.config.flowcut_target_num)
+
+    def configure_flowcut(
+        self, target_num: int | None = None, enabled: bool | None = None, llm_prune_layer: int | None = None
+    ) -> None:
+        """Changes FlowCut's retained count, LLM pruning layer and/or switches it on or off, on this model."""
+        configure_flowcut_fields(
+            self.config, ONEVISION_FIELD_VALIDATORS, target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer
+        )
 
     def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
         """Changes VFlowOpt settings (short names: ``vision_keep``, ``threshold``, ``llm_keeps``, ...) or switches
@@ -161,6 +239,8 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         if not self.pruning_enabled():
             # The stock forward calls this method too: with pruning off it must give the stock features.
             return LlavaOnevisionModel.get_image_features(self, pixel_values, image_sizes, **stock_kwargs)
+        if self.config.pruning_method == "flowcut":
+            return self.flowcut_image_features(pixel_values, image_sizes, stock_kwargs)
         settings = vflowopt_settings(self.config)
         if vision_feature_select_strategy != "full":
             raise ValueError(
@@ -191,6 +271,52 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
             [len(m) for m in per_image], side, settings,
         )
         return FlowCutOnevisionImageFeaturesOutput(**vars(stage0))
+
+    def flowcut_image_features(self, pixel_values, image_sizes, stock_kwargs: dict) -> FlowCutOnevisionImageFeaturesOutput:
+        """FlowCut's vision stage, image by image; an image with at most ``flowcut_target_num`` stock tokens stays whole."""
+        settings = self.flowcut_settings()
+        if stock_kwargs["vision_feature_select_strategy"] != "full":
+            raise ValueError(
+                "FlowCut on LLaVA-OneVision needs vision_feature_select_strategy='full' (SigLIP has no CLS), got "
+                f"{stock_kwargs['vision_feature_select_strategy']!r}; set flowcut_enabled=False to run it unpruned."
+            )
+        vision = self.config.vision_config
+        patches = (vision.image_size // vision.patch_size) ** 2
+        feature_layer = map_layer_index(stock_kwargs["vision_feature_layer"], vision.num_hidden_layers)
+        crop_counts = self.crops_per_image(image_sizes, stock_kwargs["batch_num_images"])
+        crop_pixels = torch.split(self.crop_pixels(pixel_values, image_sizes, stock_kwargs["batch_num_images"]), crop_counts)
+        aspect_ratio = stock_kwargs["vision_aspect_ratio"]
+        fields = {name: [] for name in PER_IMAGE_FIELDS}
+        for image, (pixels, size) in enumerate(zip(crop_pixels, image_sizes)):
+            sources = torch.arange(len(pixels) * patches, dtype=torch.float32, device=pixels.device).view(len(pixels), patches, 1)
+            newline = torch.full((1,), -1.0, device=pixels.device)
+            (stock_layout,), _ = self.pack_image_features([sources], size[None], image_newline=newline, vision_aspect_ratio=aspect_ratio)
+            count = len(stock_layout)
+            if count <= settings.target_num:
+                whole = LlavaOnevisionModel.get_image_features(
+                    self, pixels, size[None], **{**stock_kwargs, "batch_num_images": None}
+                )
+                entry = {"pooler_output": whole.pooler_output[0], "prunable": False,
+                         "keep_indices": torch.arange(patches, device=pixels.device).expand(len(pixels), -1),
+                         "token_schedule": [patches] * (feature_layer + 1)}
+            else:
+                hidden, keep, schedule = encode_siglip_with_flowcut(
+                    self.vision_tower, pixels.to(self.vision_tower.dtype), feature_layer, settings.target_num // 2, settings
+                )
+                # The stock packed order without interpolation or newlines: a permutation of the crops' patches.
+                (order,), _ = self.pack_image_features([sources], size[None], vision_aspect_ratio="anyres_max_1000000")
+                row_of = torch.full((len(pixels) * patches,), -1, dtype=torch.long, device=keep.device)
+                crop_ids = torch.arange(len(pixels), device=keep.device)[:, None]
+                row_of[(crop_ids * patches + keep).flatten()] = torch.arange(keep.numel(), device=keep.device)
+                rows = row_of[order[:, 0].long().to(keep.device)]
+                tokens = self.multi_modal_projector(hidden).flatten(0, 1)[rows[rows >= 0].to(hidden.device)]
+                if len(pixels) == 1:
+                    tokens = torch.cat([tokens, self.image_newline[None].to(tokens.dtype)])
+                entry = {"pooler_output": tokens, "prunable": True, "keep_indices": keep, "token_schedule": schedule}
+            entry["placeholder_counts"] = count
+            for name, value in entry.items():
+                fields[name].append(value)
+        return FlowCutOnevisionImageFeaturesOutput(**{name: values or None for name, values in fields.items()})
 
     def crops_per_image(self, image_sizes, batch_num_images) -> list[int]:
         need_patching = (
@@ -273,7 +399,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
             )
             return self.pruned_output(output, None)
         if route == WHOLE:
-            return LlavaOnevisionModel.forward(self, **{**stock_kwargs, "input_ids": None, "inputs_embeds": inputs_embeds})
+            return LlavaOnevisionModel.forward(self, mm_encoder_outputs=outputs or None, **stock_kwargs)
         return self.prefill_pruned_sequence(
             input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
         )
@@ -289,10 +415,26 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
                 f"({expected} per image). Build the inputs with the stock LlavaOnevisionProcessor of this repo from the "
                 "same images."
             )
-        output = vflowopt_prefill(
-            self.language_model, self.config, inputs_embeds, placeholders, attention_mask, image_output,
-            vflowopt_settings(self.config), cache, resolved_use_cache(self, self.config.text_config, use_cache),
-            flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1], **kwargs,
+        use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
+        prompt_length = flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1]
+        if self.config.pruning_method == "vflowopt":
+            output = vflowopt_prefill(
+                self.language_model, self.config, inputs_embeds, placeholders, attention_mask, image_output,
+                vflowopt_settings(self.config), cache, use_cache, prompt_length, **kwargs,
+            )
+            return self.pruned_output(output, image_output)
+        # FlowCut: the kept tokens fill each span from its start; positions are compacted, as on LLaVA-NeXT.
+        settings = self.flowcut_settings()
+        layout = splice_image_features(
+            inputs_embeds, placeholders, attention_mask, image_output.pooler_output, image_output.placeholder_counts,
+            image_output.prunable, prompt_length=prompt_length,
+        )
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        pruner = FlowCutLLMPruner(settings.llm_prune_layer, settings.target_num)
+        output = run_layer_groups(
+            self.language_model, layout, pruner.group_starts, past_state=None, cache=cache, use_cache=use_cache,
+            dropper=pruner, prompt_length=prompt_length, **kwargs,
         )
         return self.pruned_output(output, image_output)
 
@@ -337,6 +479,12 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
     def configure_vflowopt(self, enabled: bool | None = None, **settings) -> None:
         """See [`FlowCutLlavaOnevisionModel.configure_vflowopt`]; the stock processor needs no change."""
         self.model.configure_vflowopt(enabled=enabled, **settings)
+
+    def configure_flowcut(
+        self, target_num: int | None = None, enabled: bool | None = None, llm_prune_layer: int | None = None
+    ) -> None:
+        """See [`FlowCutLlavaOnevisionModel.configure_flowcut`]; the stock processor needs no change."""
+        self.model.configure_flowcut(target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")

@@ -14,11 +14,13 @@ def test_onevision_bench_reports_stage_lengths_kv_reduction_and_restores_the_mod
     model, processor = build_tiny_llava_onevision(seed=0)
     report = run_onevision_bench(model, processor, presets=["10%"], repeats=1, warmup=0, progress=False, spec="tiny")
     assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration" and not hasattr(model.config, "pruning_method")
-    stock, pruned, oracle = report["configs"]
+    stock, pruned, matched, oracle = report["configs"]
     assert report["settings"]["stock_image_tokens"] == 3699 and stock["visual_tokens_per_layer"] == [3699] * 28
     assert pruned["visual_tokens_per_layer"] == [439] * 18 + [264] * 10, "the spec's 10% counts, layer by layer"
     assert oracle["kind"] == "oracle" and oracle["visual_tokens_per_layer"] == [370] * 28, "10% of 3699 at every layer"
-    assert pruned["vflowopt_over_oracle"] > 0 and oracle["vflowopt_over_oracle"] is None
+    assert pruned["over_oracle"] > 0 and oracle["over_oracle"] is None
+    assert matched["name"] == "flowcut@370" and matched["visual_tokens_per_layer"][2:] == [370] * 26, "FlowCut, matched"
+    assert matched["visual_tokens_per_layer"][0] == 5 * 185, "5 crops of 185 patches out of the vision tower"
     for row in report["configs"]:
         assert row["kv_cache"]["match"], row["name"]
     # Text tokens are cached in full, so the saving is a little below the visual-token share.

@@ -119,8 +119,6 @@ def test_attention_backends_agree_and_half_precision_stays_finite(weightless_att
 
 def test_settings_choose_the_method_and_bad_values_name_the_fix():
     model, _ = build_tiny_llava_onevision(seed=0)
-    with pytest.raises(ValueError, match="method='vflowopt'"):
-        flowcut(model)
     with pytest.raises(ValueError, match="released"):
         prune(model, method="vflowopt", preset="5%")
     with pytest.raises(ValueError, match="one entry per LLM stage"):
@@ -175,3 +173,31 @@ def test_beam_search_and_several_returned_sequences_expand_each_prompts_images(o
     assert torch.equal(beams, greedy(model, inputs, max_new_tokens=3, num_beams=2, use_cache=False))
     several = greedy(model, inputs, max_new_tokens=2, num_beams=2, num_return_sequences=2)
     assert several.shape[0] == 4 and torch.equal(several[0::2, :-2], inputs["input_ids"])
+
+
+def test_flowcut_on_onevision_prunes_crops_then_the_llm_and_switches_back_to_stock():
+    """FlowCut at VFlowOpt's matched count: 185 patches per crop out of SigLIP, 370 tokens after decoder layer 1."""
+    model, processor = build_tiny_llava_onevision(seed=0)
+    stock, _ = build_tiny_llava_onevision(seed=0)
+    flowcut(model, target_num=370)
+    assert model.config.pruning_method == "flowcut"
+    inputs = processor(text=[chat(processor, 1)], images=[synthetic_image(0, SQUARE)], return_tensors="pt")
+    text = inputs["input_ids"].shape[1] - 3699
+    with torch.no_grad():
+        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_sizes"])
+        output = model(**inputs)
+        assert features.keep_indices[0].shape == (5, 185) and features.token_schedule[0][-1] == 185
+        assert len(features.pooler_output[0]) == 5 * 185, "the square image's crops lie inside the unpadded grid"
+        lengths = [output.cache.get_seq_length(layer) for layer in range(28)]
+        assert lengths == [text + 925] * 2 + [text + 370] * 26
+        rows = [(chat(processor, 1), [synthetic_image(0, SQUARE)]), (chat(processor, 0, "Tell me a joke."), None)]
+        batch = processor(text=[t for t, _ in rows], images=[synthetic_image(0, SQUARE)], padding=True, return_tensors="pt")
+        cached = greedy(model, batch, max_new_tokens=3)
+        assert torch.equal(cached, greedy(model, batch, max_new_tokens=3, use_cache=False))
+        for index, (text_row, images) in enumerate(rows):
+            alone = processor(text=[text_row], images=images, return_tensors="pt")
+            assert torch.equal(cached[index, batch["input_ids"].shape[1]:], greedy(model, alone, max_new_tokens=3)[0, alone["input_ids"].shape[1]:])
+        model.configure_flowcut(target_num=4000)  # more than the image has: kept whole, the stock computation
+        torch.testing.assert_close(model(**inputs).logits, stock(**inputs).logits, rtol=0, atol=0)
+    prune(model, method="vflowopt")
+    assert model.config.pruning_method == "vflowopt"
