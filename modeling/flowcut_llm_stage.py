@@ -227,6 +227,25 @@ def continuation_layout(
     return TokenLayout(inputs_embeds, mask, info)
 
 
+def placeholder_positions(embeddings: nn.Module, token_id: int, input_ids, inputs_embeds) -> torch.Tensor:
+    """``[batch, length]`` bool: where the ``token_id`` placeholders are, from the ids or, without them, from the
+    embedded input (rows equal to the placeholder's embedding)."""
+    if input_ids is not None:
+        return input_ids == token_id
+    embedding = embeddings(torch.tensor(token_id, device=inputs_embeds.device))
+    return (inputs_embeds == embedding).all(-1)
+
+
+def check_placeholder_counts(placeholders: torch.Tensor, counts: Sequence[int], fix: str) -> None:
+    """Raises if the input does not hold exactly the placeholders its images need; ``fix`` says how to build it."""
+    found, expected = int(placeholders.sum()), list(counts)
+    if found != sum(expected):
+        raise ValueError(
+            f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need {sum(expected)} "
+            f"({expected} per image). {fix}"
+        )
+
+
 class TokenDropper(Protocol):
     """Decides, between two layer groups, which tokens the later layers still see."""
 
@@ -379,6 +398,17 @@ def run_layer_groups(
         token_mask=layout.mask,
         token_info=layout.info,
         state=state,
+    )
+
+
+def continue_layer_groups(
+    language_model: nn.Module, inputs_embeds: torch.Tensor, attention_mask, state: LayerGroupsState, cache, use_cache: bool,
+    **layer_kwargs,
+) -> LayerGroupsOutput:
+    """New tokens after a pruned prefill (a decoding step): appended to every layer group of ``state``."""
+    return run_layer_groups(
+        language_model, continuation_layout(inputs_embeds, attention_mask), state.group_starts, past_state=state,
+        cache=cache, use_cache=use_cache, **layer_kwargs,
     )
 
 
@@ -653,12 +683,15 @@ __all__ = [
     "ROPE_POSITION",
     "TokenDropper",
     "TokenLayout",
+    "check_placeholder_counts",
     "check_stock_continuation",
     "check_supported_cache",
+    "continue_layer_groups",
     "continuation_layout",
     "forward_route",
     "follow_input_positions",
     "left_aligned_index",
+    "placeholder_positions",
     "resolved_use_cache",
     "rotate_half_rope",
     "run_layer_groups",

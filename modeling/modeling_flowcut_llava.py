@@ -35,10 +35,11 @@ from .flowcut_llm_stage import (
     STOCK,
     LayerGroupsGenerationMixin,
     LayerGroupsState,
-    continuation_layout,
+    check_placeholder_counts,
+    continue_layer_groups,
     forward_route,
+    placeholder_positions,
     resolved_use_cache,
-    run_layer_groups,
 )
 from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
 from .flowcut_settings import FIELD_VALIDATORS, FlowCutSettings, configure_flowcut_fields, validate_target_num
@@ -218,10 +219,7 @@ class FlowCutLlavaModel(LlavaModel):
         return FlowCutImageFeaturesOutput(last_hidden_state=stock.last_hidden_state, **vars(stage0))
 
     def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
-        if input_ids is not None:
-            return input_ids == self.config.image_token_id
-        embedding = self.get_input_embeddings()(torch.tensor(self.config.image_token_id, device=inputs_embeds.device))
-        return (inputs_embeds == embedding).all(-1)
+        return placeholder_positions(self.get_input_embeddings(), self.config.image_token_id, input_ids, inputs_embeds)
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -271,21 +269,18 @@ class FlowCutLlavaModel(LlavaModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
         use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
         if route == CONTINUE:
-            output = run_layer_groups(
-                self.language_model, continuation_layout(inputs_embeds, attention_mask), flowcut_state.group_starts,
-                past_state=flowcut_state, cache=cache, use_cache=use_cache, **kwargs,
+            output = continue_layer_groups(
+                self.language_model, inputs_embeds, attention_mask, flowcut_state, cache, use_cache, **kwargs
             )
             return self.pruned_output(output, None)
         if not outputs:  # text only: nothing to prune
             return LlavaModel.forward(self, **{**stock_kwargs, "input_ids": None, "inputs_embeds": inputs_embeds})
         placeholders = self.placeholder_mask(input_ids, inputs_embeds)
-        found, expected = int(placeholders.sum()), list(image_output.placeholder_counts)
-        if found != sum(expected):
-            raise ValueError(
-                f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need {sum(expected)} "
-                f"({expected} per image). VFlowOpt takes the stock LlavaProcessor's placeholders: build the inputs with "
-                "the stock processor (not a FlowCutLlavaProcessor, which emits FlowCut's pruned count)."
-            )
+        check_placeholder_counts(
+            placeholders, image_output.placeholder_counts,
+            "VFlowOpt takes the stock LlavaProcessor's placeholders: build the inputs with the stock processor (not a "
+            "FlowCutLlavaProcessor, which emits FlowCut's pruned count).",
+        )
         output = vflowopt_prefill(
             self.language_model, self.config, inputs_embeds, placeholders, attention_mask, image_output,
             vflowopt_settings(self.config), cache, use_cache,

@@ -52,8 +52,10 @@ from .flowcut_llm_stage import (
     CONTINUE,
     STOCK,
     WHOLE,
-    continuation_layout,
+    check_placeholder_counts,
+    continue_layer_groups,
     forward_route,
+    placeholder_positions,
     resolved_use_cache,
     run_layer_groups,
     splice_image_features,
@@ -446,12 +448,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         }
 
     def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
-        if input_ids is not None:
-            return input_ids == self.config.image_token_id
-        image_embedding = self.get_input_embeddings()(
-            torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
-        )
-        return (inputs_embeds == image_embedding).all(-1)
+        return placeholder_positions(self.get_input_embeddings(), self.config.image_token_id, input_ids, inputs_embeds)
 
     @merge_with_config_defaults
     @can_return_tuple
@@ -589,14 +586,9 @@ class FlowCutLlavaNextModel(LlavaNextModel):
     ) -> FlowCutLlavaNextModelOutputWithPast:
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        output = run_layer_groups(
-            self.language_model,
-            continuation_layout(inputs_embeds, attention_mask),
-            flowcut_state.group_starts,
-            past_state=flowcut_state,
-            cache=cache,
-            use_cache=resolved_use_cache(self, self.config.text_config, use_cache),
-            **kwargs,
+        output = continue_layer_groups(
+            self.language_model, inputs_embeds, attention_mask, flowcut_state, cache,
+            resolved_use_cache(self, self.config.text_config, use_cache), **kwargs,
         )
         return self.pruned_output(output, None, None)
 
@@ -614,15 +606,12 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         )
 
     def check_placeholder_counts(self, placeholders: torch.Tensor, image_output) -> None:
-        found = int(placeholders.sum())
-        expected = list(image_output.placeholder_counts)
-        if found != sum(expected):
-            raise ValueError(
-                f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need "
-                f"{sum(expected)} ({expected} per image, the stock LLaVA-NeXT count for their sizes). Build the inputs "
-                "with the stock LlavaNextProcessor of this repo (AutoProcessor.from_pretrained(<repo>)) from the same "
-                "images, with one <image> per image in the prompt."
-            )
+        check_placeholder_counts(
+            placeholders, image_output.placeholder_counts,
+            "Each image needs the stock LLaVA-NeXT count for its size: build the inputs with the stock "
+            "LlavaNextProcessor of this repo (AutoProcessor.from_pretrained(<repo>)) from the same images, with one "
+            "<image> per image in the prompt.",
+        )
 
 class FlowCutLlavaNextForConditionalGeneration(
     LayerGroupsGenerationMixin, RemoteCodeSavingMixin, LlavaNextForConditionalGeneration

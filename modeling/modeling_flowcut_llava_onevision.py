@@ -47,16 +47,15 @@ from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_out
 from .flowcut_llm_stage import (
     CONTINUE,
     FlowCutLLMPruner,
-    IMAGE_INDEX,
-    IMPORTANCE,
     INPUT_POSITION,
-    ROPE_POSITION,
     STOCK,
     WHOLE,
     LayerGroupsGenerationMixin,
     LayerGroupsState,
-    continuation_layout,
+    check_placeholder_counts,
+    continue_layer_groups,
     forward_route,
+    placeholder_positions,
     resolved_use_cache,
     run_layer_groups,
     splice_image_features,
@@ -392,10 +391,9 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
         if route == CONTINUE:
-            output = run_layer_groups(
-                self.language_model, continuation_layout(inputs_embeds, attention_mask), flowcut_state.group_starts,
-                past_state=flowcut_state, cache=cache,
-                use_cache=resolved_use_cache(self, self.config.text_config, use_cache), **kwargs,
+            output = continue_layer_groups(
+                self.language_model, inputs_embeds, attention_mask, flowcut_state, cache,
+                resolved_use_cache(self, self.config.text_config, use_cache), **kwargs,
             )
             return self.pruned_output(output, None)
         if route == WHOLE:
@@ -408,13 +406,10 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         self, input_ids, inputs_embeds, attention_mask, cache, use_cache, image_output, flowcut_state, kwargs
     ) -> FlowCutOnevisionModelOutputWithPast:
         placeholders = self.placeholder_mask(input_ids, inputs_embeds)
-        found, expected = int(placeholders.sum()), list(image_output.placeholder_counts)
-        if found != sum(expected):
-            raise ValueError(
-                f"The input holds {found} image placeholder tokens, but its {len(expected)} image(s) need {sum(expected)} "
-                f"({expected} per image). Build the inputs with the stock LlavaOnevisionProcessor of this repo from the "
-                "same images."
-            )
+        check_placeholder_counts(
+            placeholders, image_output.placeholder_counts,
+            "Build the inputs with the stock LlavaOnevisionProcessor of this repo from the same images.",
+        )
         use_cache = resolved_use_cache(self, self.config.text_config, use_cache)
         prompt_length = flowcut_state.prompt_length if flowcut_state is not None else inputs_embeds.shape[1]
         if self.config.pruning_method == "vflowopt":
@@ -439,10 +434,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         return self.pruned_output(output, image_output)
 
     def placeholder_mask(self, input_ids, inputs_embeds) -> torch.Tensor:
-        if input_ids is not None:
-            return input_ids == self.config.image_token_id
-        embedding = self.get_input_embeddings()(torch.tensor(self.config.image_token_id, device=inputs_embeds.device))
-        return (inputs_embeds == embedding).all(-1)
+        return placeholder_positions(self.get_input_embeddings(), self.config.image_token_id, input_ids, inputs_embeds)
 
     @staticmethod
     def pruned_output(output, image_output) -> FlowCutOnevisionModelOutputWithPast:
