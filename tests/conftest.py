@@ -174,6 +174,27 @@ def run_clean_python(code: str, tmp_path: Path, extra_env: dict | None = None, t
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+LOAD_SAVED_FOLDER = """
+import json, torch
+from transformers import AutoModelForImageTextToText
+model, info = AutoModelForImageTextToText.from_pretrained(FOLDER, trust_remote_code=TRUST, output_loading_info=True)
+inputs = torch.load(FOLDER + "/inputs.pt")
+with torch.no_grad():
+    logits = model(**inputs).logits
+torch.save(logits, FOLDER + f"/logits_{TRUST}.pt")
+print(json.dumps({"class": type(model).__name__, "method": getattr(model.config, "pruning_method", None),
+                  "keys_ok": not info["missing_keys"] and not info["unexpected_keys"], "length": logits.shape[1]}))
+"""
+
+
+def load_saved_folder(folder: Path, inputs: dict, trust: bool, tmp_path: Path) -> tuple[dict, torch.Tensor]:
+    """Loads a saved folder with the Auto class in a clean process (``trust_remote_code=trust``) and runs ``inputs``;
+    returns what it loaded (class, pruning method, whether every key matched, logits length) and the logits."""
+    torch.save(dict(inputs), folder / "inputs.pt")
+    result = run_clean_python(f"FOLDER = {str(folder)!r}\nTRUST = {trust!r}\n" + LOAD_SAVED_FOLDER, tmp_path)
+    return result, torch.load(folder / f"logits_{trust}.pt")
+
+
 def greedy(model, inputs, max_new_tokens: int = 6, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         return model.generate(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
-from conftest import run_clean_python
+from conftest import load_saved_folder
 from flowcut_hf import flowcut, prune
 from flowcut_hf.modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
 from flowcut_hf.tiny import build_tiny_llava_onevision, synthetic_image
@@ -138,29 +138,17 @@ def test_saved_folder_loads_as_remote_code_in_a_clean_process_and_as_stock_witho
     folder = tmp_path / "onevision-vflowopt10"
     model.save_pretrained(folder)
     inputs = dict(processor(text=[chat(processor, 1)], images=[synthetic_image(0, SQUARE)], return_tensors="pt"))
-    torch.save(inputs, folder / "inputs.pt")
     with torch.no_grad():
         expected = model(**inputs).logits
     assert sorted(p.name for p in folder.glob("*.py")) == [
         "configuration_flowcut_llava_onevision.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_remote_code.py",
         "flowcut_settings.py", "modeling_flowcut_llava_onevision.py", "vflowopt_core.py",
     ]
-    load = """
-import json, torch
-from transformers import AutoModelForImageTextToText
-model, info = AutoModelForImageTextToText.from_pretrained(FOLDER, trust_remote_code=TRUST, output_loading_info=True)
-inputs = torch.load(FOLDER + "/inputs.pt")
-with torch.no_grad():
-    logits = model(**inputs).logits
-torch.save(logits, FOLDER + f"/logits_{TRUST}.pt")
-print(json.dumps({"class": type(model).__name__, "keys_ok": not info["missing_keys"] and not info["unexpected_keys"],
-                  "length": logits.shape[1]}))
-"""
     for trust, expected_class in ((True, "FlowCutLlavaOnevisionForConditionalGeneration"), (False, "LlavaOnevisionForConditionalGeneration")):
-        result = run_clean_python(f"FOLDER = {str(folder)!r}\nTRUST = {trust!r}\n" + load, tmp_path)
+        result, logits = load_saved_folder(folder, inputs, trust, tmp_path)
         assert result["class"] == expected_class and result["keys_ok"]
         if trust:
-            torch.testing.assert_close(torch.load(folder / "logits_True.pt"), expected)
+            torch.testing.assert_close(logits, expected)
         else:
             assert result["length"] == inputs["input_ids"].shape[1], "stock keeps every visual token"
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
-from conftest import PROMPT, greedy, run_clean_python
+from conftest import PROMPT, greedy, load_saved_folder
 from flowcut_hf import flowcut, flowcut_processor, prune
 from flowcut_hf.modeling.vflowopt_core import preset_for_depth
 from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
@@ -136,27 +136,15 @@ def test_saved_folder_runs_vflowopt_as_remote_code_and_stock_without(family, sto
     folder = tmp_path / f"{family}-vflowopt10"
     model.save_pretrained(folder)
     inputs = dict(one_image(processor, family))
-    torch.save(inputs, folder / "inputs.pt")
     with torch.no_grad():
         expected = model(**inputs).logits
     assert expected.shape[1] < inputs["input_ids"].shape[1]
-    load = """
-import json, torch
-from transformers import AutoModelForImageTextToText
-model, info = AutoModelForImageTextToText.from_pretrained(FOLDER, trust_remote_code=TRUST, output_loading_info=True)
-inputs = torch.load(FOLDER + "/inputs.pt")
-with torch.no_grad():
-    logits = model(**inputs).logits
-torch.save(logits, FOLDER + f"/logits_{TRUST}.pt")
-print(json.dumps({"class": type(model).__name__, "method": getattr(model.config, "pruning_method", None),
-                  "keys_ok": not info["missing_keys"] and not info["unexpected_keys"], "length": logits.shape[1]}))
-"""
     for trust in (True, False):
-        result = run_clean_python(f"FOLDER = {str(folder)!r}\nTRUST = {trust!r}\n" + load, tmp_path)
+        result, logits = load_saved_folder(folder, inputs, trust, tmp_path)
         assert result["keys_ok"]
         if trust:
             assert result["class"] == type(model).__name__ and result["method"] == "vflowopt"
-            torch.testing.assert_close(torch.load(folder / "logits_True.pt"), expected)
+            torch.testing.assert_close(logits, expected)
         else:
             assert result["class"] == stock_class.__name__
             assert result["length"] == inputs["input_ids"].shape[1], "stock keeps every visual token"
