@@ -218,6 +218,8 @@ class ExportOptions:
     name_pattern: str = DEFAULT_NAME_PATTERN
     base_model: str | None = None
     verify: bool = True
+    max_memory: int | None = None
+    """Bytes of memory the verification may use; a share of the free memory by default (:func:`verification_memory`)."""
 
 
 # --------------------------------------------------------------------------------------------------- 1. resolve
@@ -523,12 +525,36 @@ class _Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Block())
 '''
 
-VERIFY_REMOTE_CODE = BLOCK_FLOWCUT_HF + r'''
+# One copy of the weights, in the checkpoint's own dtype. Under a memory cap (FLOWCUT_VERIFY_MEMORY, set by
+# verify_variant), accelerate places what fits and offloads the rest to disk.
+LOAD_ONE_COPY = r'''
+import os
+LOAD_KWARGS = {"dtype": "auto"}
+_memory = json.loads(os.environ.get("FLOWCUT_VERIFY_MEMORY", "null"))
+if _memory is not None:
+    LOAD_KWARGS.update(device_map="auto", max_memory=_memory["max_memory"], offload_folder=_memory["offload_folder"])
+'''
+
+# After the remote-code run, the same instance gets the library's classes (flowcut_hf is importable again) and runs
+# the same inputs: the remote code is compared with flowcut-hf on one copy of the weights.
+LIBRARY_ON_SAME_INSTANCE = r'''
+if forward_error is None:
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Block)]
+    from flowcut_hf.api import install_family_classes
+    from flowcut_hf.registry import family_for_model
+    install_family_classes(model, family_for_model(model))
+    report["library_class"] = type(model).__name__
+    with torch.no_grad():
+        torch.save(model(**inputs).logits[0, -1].float(), out_path.replace(".pt", "_library.pt"))
+print(json.dumps(report))
+'''
+
+VERIFY_REMOTE_CODE = BLOCK_FLOWCUT_HF + LOAD_ONE_COPY + r'''
 import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 folder, image_path, out_path = sys.argv[1:4]
-model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True, **LOAD_KWARGS)
 processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 question = "Describe the image."
 if getattr(processor, "chat_template", None):
@@ -551,7 +577,7 @@ with torch.no_grad():
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
 keep = [k.shape for k in features.keep_indices]
-print(json.dumps({
+report = {
     "forward_error": forward_error,
     "model_class": type(model).__name__, "processor_class": type(processor).__name__,
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
@@ -563,33 +589,15 @@ print(json.dumps({
     "llm_kept": llm_kept,
     "token_schedule": features.token_schedule,
     "input_ids": inputs["input_ids"][0].tolist(),
-}))
-'''
+}
+''' + LIBRARY_ON_SAME_INSTANCE
 
-VERIFY_REFERENCE = r'''
-import json, sys
-import torch
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
-import flowcut_hf
-source, variant, image_path, target_num, prompt, out_path = sys.argv[1:7]
-model = AutoModelForImageTextToText.from_pretrained(source)
-flowcut_hf.flowcut(model, target_num=int(target_num))
-processor = AutoProcessor.from_pretrained(variant, trust_remote_code=True)
-inputs = processor(images=Image.open(image_path), text=prompt, return_tensors="pt")
-inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-with torch.no_grad():
-    logits = model(**inputs).logits[0, -1].float()
-torch.save(logits, out_path)
-print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
-'''
-
-VERIFY_REMOTE_CODE_QWEN = BLOCK_FLOWCUT_HF + r'''
+VERIFY_REMOTE_CODE_QWEN = BLOCK_FLOWCUT_HF + LOAD_ONE_COPY + r'''
 import torch
 from PIL import Image
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-folder, image_path, out_path, inputs_path = sys.argv[1:5]
-model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+folder, image_path, out_path = sys.argv[1:4]
+model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True, **LOAD_KWARGS)
 image = Image.open(image_path)
 question = "Describe the image."
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
@@ -611,7 +619,6 @@ except ImportError:
     input_ids = tokenizer(prompt.replace(pad, pad * units), return_tensors="pt")["input_ids"]
     inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
               "mm_token_type_ids": (input_ids == model.config.image_token_id).int(), **image_inputs}
-torch.save(inputs, inputs_path)
 forward_error, llm_kept = None, None
 with torch.no_grad():
     features = model.model.get_image_features(inputs["pixel_values"].to(model.dtype), inputs["image_grid_thw"])
@@ -621,7 +628,7 @@ with torch.no_grad():
         llm_kept = [int(k.numel()) for k in output.image_kept_units]
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
-print(json.dumps({
+report = {
     "forward_error": forward_error,
     "model_class": type(model).__name__, "processor_class": processor_class,
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
@@ -633,17 +640,17 @@ print(json.dumps({
     "llm_kept": llm_kept,
     "token_schedule": features.token_schedule,
     "input_ids": inputs["input_ids"][0].tolist(),
-}))
-'''
+}
+''' + LIBRARY_ON_SAME_INSTANCE
 
 
-VERIFY_REMOTE_CODE_VFLOWOPT = BLOCK_FLOWCUT_HF + r'''
+VERIFY_REMOTE_CODE_VFLOWOPT = BLOCK_FLOWCUT_HF + LOAD_ONE_COPY + r'''
 import torch
 from PIL import Image
 import transformers
 from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
-folder, image_path, out_path, inputs_path = sys.argv[1:5]
-model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True)
+folder, image_path, out_path = sys.argv[1:4]
+model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True, **LOAD_KWARGS)
 try:
     processor = AutoProcessor.from_pretrained(folder)
 except ImportError:
@@ -667,7 +674,6 @@ image = Image.open(image_path)
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the image."}]}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
-torch.save(inputs, inputs_path)
 forward_error, lengths = None, None
 with torch.no_grad():
     sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}  # LLaVA-1.5 has none
@@ -678,7 +684,7 @@ with torch.no_grad():
         lengths = [output.cache.get_seq_length(layer) for layer in range(len(output.cache.layers))]
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
-print(json.dumps({
+report = {
     "forward_error": forward_error,
     "model_class": type(model).__name__, "processor_class": processor_class,
     "missing": sorted(info["missing_keys"]), "unexpected": sorted(info["unexpected_keys"]),
@@ -690,27 +696,9 @@ print(json.dumps({
     "layer_lengths": lengths,
     "token_schedule": None,
     "input_ids": inputs["input_ids"][0].tolist(),
-}))
-'''
+}
+''' + LIBRARY_ON_SAME_INSTANCE
 
-
-# The library's model on the source weights, on the inputs the remote-code run saved (families whose processor the
-# clean run may have had to assemble itself): prune(model, METHOD, **SETTINGS).
-VERIFY_REFERENCE_SAVED_INPUTS = r'''
-import json, sys
-import torch
-from transformers import AutoModelForImageTextToText
-import flowcut_hf
-source, inputs_path, method, settings_json, out_path = sys.argv[1:6]
-model = AutoModelForImageTextToText.from_pretrained(source)
-flowcut_hf.prune(model, method=method, **json.loads(settings_json))
-inputs = torch.load(inputs_path)
-inputs["pixel_values"] = inputs["pixel_values"].to(model.dtype)
-with torch.no_grad():
-    logits = model(**inputs).logits[0, -1].float()
-torch.save(logits, out_path)
-print(json.dumps({"input_ids": inputs["input_ids"][0].tolist()}))
-'''
 
 # Wide enough that LLaVA-NeXT tiles it into several anyres crops (a 2x2 grid plus the base image).
 VERIFY_IMAGE_SIZE = (600, 800)
@@ -724,11 +712,11 @@ class PushError(RuntimeError):
     """Creating the repo or uploading to it failed; the exported folder itself is complete."""
 
 
-def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -> dict:
+def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool, env: dict[str, str] | None = None) -> dict:
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, **(env or {})}
     if clean:
         env["HF_MODULES_CACHE"] = str(workdir / "modules")
     env["HF_HUB_OFFLINE"] = "1"  # everything the check needs is on disk; the check must not hide a missing file
@@ -740,6 +728,57 @@ def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool) -
         last_line = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no output")
         raise VerificationError(f"the verification subprocess failed: {last_line}")
     return json.loads(lines[-1])
+
+
+DEFAULT_MEMORY_SHARE = 0.5
+"""The share of the free memory verification may use when ``--max-memory`` is not given."""
+
+
+def free_memory_bytes() -> int | None:
+    """The memory the system can give without swapping (``MemAvailable``), or None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def verification_memory(folder: Path, max_memory: int | None, offload_folder: Path) -> dict | None:
+    """How the check run loads the variant: None (plainly, when its weights fit the cap with room for the forward
+    pass), or accelerate's ``max_memory`` and an offload folder (what does not fit goes to disk; a GPU, if there is
+    one, takes what it can first). The cap is ``max_memory``, or half the free memory."""
+    weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
+    cap = max_memory if max_memory is not None else int(DEFAULT_MEMORY_SHARE * (free_memory_bytes() or 0)) or None
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if cap is None or (weights * 1.25 <= cap and not gpu):
+        return None
+    budget: dict = {"cpu": cap}
+    if gpu:
+        free, _ = torch.cuda.mem_get_info()
+        budget = {0: int(free * 0.9), "cpu": cap}
+    return {"max_memory": budget, "offload_folder": str(offload_folder)}
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_memory_size(text: str) -> int:
+    """``"8GB"``, ``"500MiB"``, ``"2.5GB"`` or a byte count, in bytes."""
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"--max-memory takes a size such as 8GB, 500MiB or 2.5GB, got {text!r}")
+    size = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
+    if size <= 0:
+        raise ValueError(f"--max-memory must be more than 0, got {text!r}")
+    return size
 
 
 def expected_visual_tokens(
@@ -770,7 +809,7 @@ def expected_visual_tokens(
 
 
 def _run_checks(
-    folder: Path, source_dir: Path, amount: RetainedAmount, check_dir: Path, family: FlowCutFamily, config
+    folder: Path, amount: RetainedAmount, check_dir: Path, family: FlowCutFamily, config, max_memory: int | None
 ) -> tuple[list[str], dict]:
     import torch
 
@@ -780,15 +819,13 @@ def _run_checks(
     synthetic_image(0, size=VERIFY_IMAGE_SIZE).save(image_path)
     qwen = family.default_retain_ratio is not None
     vflowopt = amount.preset is not None
-    inputs_path = check_dir / "inputs.pt"
-    if vflowopt:
-        remote_args = [str(folder), str(image_path), str(check_dir / "remote.pt"), str(inputs_path)]
-        remote = _run_python(VERIFY_REMOTE_CODE_VFLOWOPT, remote_args, check_dir, clean=True)
-    elif qwen:
-        remote_args = [str(folder), str(image_path), str(check_dir / "remote.pt"), str(inputs_path)]
-        remote = _run_python(VERIFY_REMOTE_CODE_QWEN, remote_args, check_dir, clean=True)
-    else:
-        remote = _run_python(VERIFY_REMOTE_CODE, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True)
+    script = VERIFY_REMOTE_CODE_VFLOWOPT if vflowopt else VERIFY_REMOTE_CODE_QWEN if qwen else VERIFY_REMOTE_CODE
+    memory = verification_memory(folder, max_memory, check_dir / "offload")
+    remote = _run_python(
+        script, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True,
+        env={"FLOWCUT_VERIFY_MEMORY": json.dumps(memory)},
+    )
+    remote["memory_cap"] = memory and memory["max_memory"]
     problems = []
     if remote["model_class"] != family.model_class.__name__:
         problems.append(f"loaded as {remote['model_class']}, not {family.model_class.__name__}")
@@ -810,25 +847,14 @@ def _run_checks(
     if remote["forward_error"]:
         problems.append(f"the forward pass failed: {remote['forward_error']}")
     if not problems:
-        if vflowopt or qwen:
-            if vflowopt:
-                method, settings = "vflowopt", {k.removeprefix("vflowopt_"): v for k, v in amount.preset.settings.items()}
-            else:
-                method, settings = "flowcut", {k: v for k, v in amount.fields().items() if v is not None}
-            reference_args = [str(source_dir), str(inputs_path), method, json.dumps(settings), str(check_dir / "reference.pt")]
-            reference = _run_python(VERIFY_REFERENCE_SAVED_INPUTS, reference_args, check_dir, clean=False)
-        else:
-            reference_args = [str(source_dir), str(folder), str(image_path), str(amount.target_num), remote["prompt"],
-                              str(check_dir / "reference.pt")]
-            reference = _run_python(VERIFY_REFERENCE, reference_args, check_dir, clean=False)
-        if reference["input_ids"] != remote["input_ids"]:
-            problems.append("the variant's processor gives other input ids in a clean process than with flowcut-hf")
         remote_logits = torch.load(check_dir / "remote.pt")
-        reference_logits = torch.load(check_dir / "reference.pt")
-        scale = float(reference_logits.abs().max()) or 1.0
-        if not torch.allclose(remote_logits, reference_logits, rtol=1e-3, atol=1e-3 * scale):
-            difference = float((remote_logits - reference_logits).abs().max())
-            problems.append(f"a forward pass differs from the library's model on the source weights by {difference:.3g}")
+        library_logits = torch.load(check_dir / "remote_library.pt")
+        if remote["library_class"] != family.model_class.__name__:
+            problems.append(f"the library's classes did not take over the loaded model ({remote['library_class']})")
+        scale = float(library_logits.abs().max()) or 1.0
+        if not torch.allclose(remote_logits, library_logits, rtol=1e-3, atol=1e-3 * scale):
+            difference = float((remote_logits - library_logits).abs().max())
+            problems.append(f"a forward pass of the remote code differs from the library's on the same weights by {difference:.3g}")
     return problems, remote
 
 
@@ -853,20 +879,24 @@ def _vflowopt_problems(remote: dict, config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def verify_variant(folder: Path, source_dir: Path, amount: RetainedAmount | int, work_dir: Path) -> dict:
-    """Loads ``folder`` as remote code in a clean subprocess and checks it against the library on the source.
+def verify_variant(
+    folder: Path, amount: RetainedAmount | int, work_dir: Path, *, max_memory: int | None = None
+) -> dict:
+    """Loads ``folder`` as remote code in a clean subprocess and checks it, then the library's classes on the same
+    loaded instance (one copy of the weights, in the checkpoint's dtype; ``max_memory`` bytes at most, see
+    :func:`verification_memory`).
 
     Returns the remote-code run's report (with the vision ``token_schedule`` and the visual-token counts it saw on
     the check image). Raises VerificationError.
     """
     # The checks run in subprocesses whose working folder is the check folder: relative paths would point elsewhere.
-    folder, source_dir = folder.resolve(), source_dir.resolve()
+    folder = folder.resolve()
     amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
     config = json.loads((folder / "config.json").read_text())
     family = family_for_config(config)
     check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir.resolve()))
     try:
-        problems, remote = _run_checks(folder, source_dir, amount, check_dir, family, config)
+        problems, remote = _run_checks(folder, amount, check_dir, family, config, max_memory)
     finally:
         shutil.rmtree(check_dir, ignore_errors=True)
     if problems:
@@ -878,8 +908,9 @@ def verify_variant(folder: Path, source_dir: Path, amount: RetainedAmount | int,
 
 
 def verification_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """The part of a verification report the model card counts FLOPs from."""
-    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens", "grid_thw", "layer_lengths", "placeholders")
+    """The part of a verification report the model card counts FLOPs from, and the memory cap it ran under."""
+    keys = ("token_schedule", "image_size", "kept", "kept_per_crop", "llm_kept", "text_tokens", "grid_thw", "layer_lengths",
+            "placeholders", "memory_cap")
     return {key: report.get(key) for key in keys}
 
 
@@ -1176,7 +1207,7 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
                 write_variant(converted, plan.amount, staging, allow_pickle=options.allow_pickle)
                 if options.verify:
                     log(f"{plan.name}: verify in a clean subprocess")
-                    report = verify_variant(staging, converted.local_dir, plan.amount, work_dir)
+                    report = verify_variant(staging, plan.amount, work_dir, max_memory=options.max_memory)
                     result.token_schedule = report["token_schedule"]
                     result.verification = verification_summary(report)
                 log(f"{plan.name}: card")

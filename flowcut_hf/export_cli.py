@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, PushError, VerificationError, export
+from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, PushError, VerificationError, export, parse_memory_size
 
 DESCRIPTION = """\
 Turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into pruned-by-design FlowCut variants.
@@ -37,7 +37,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--target-num", type=int, action="append", default=[], dest="target_nums",
                         help="visual tokens kept per image; repeat for several variants")
     parser.add_argument("--method", choices=("flowcut", "vflowopt"), default="flowcut",
-                        help="the pruning method (vflowopt: LLaVA-OneVision, with --preset)")
+                        help="the pruning method (vflowopt: LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT, with --preset)")
     parser.add_argument("--preset", action="append", default=[], dest="presets",
                         help="VFlowOpt: a released preset (10%%, 25%%, 50%%) or a preset JSON from `flowcut-hf search`; repeat for several")
     parser.add_argument("--retain-ratio", type=float, action="append", default=[], dest="retain_ratios",
@@ -55,6 +55,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--eval-results", type=Path, help="JSON file of evaluation results for the model card (model-index)")
     parser.add_argument("--base-model", help="Hub id to record as base_model in the card (default: the source repo id)")
     parser.add_argument("--name-pattern", default=DEFAULT_NAME_PATTERN, help=f"variant name pattern (default {DEFAULT_NAME_PATTERN!r})")
+    parser.add_argument("--max-memory", metavar="SIZE",
+                        help="memory the verification may use, e.g. 8GB (default: half the free memory); what does not "
+                        "fit is offloaded to disk, so a model larger than RAM still verifies")
     parser.add_argument("--skip-verify", action="store_true", help="skip the subprocess verification (not recommended)")
     parser.set_defaults(func=run)
 
@@ -69,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, dry_run=args.dry_run, commit_message=args.commit_message, create_pr=args.create_pr,
         allow_pickle=args.allow_pickle, vision_tower=args.vision_tower, eval_results=args.eval_results,
         name_pattern=args.name_pattern, base_model=args.base_model, verify=not args.skip_verify,
+        max_memory=parse_memory_size(args.max_memory) if args.max_memory else None,
     )
     try:
         results = export(args.source, options)

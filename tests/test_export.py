@@ -353,3 +353,35 @@ def test_reused_folder_gets_the_card_of_the_new_push(hf_base, hub, tmp_path):
     assert "reusing it" in result.stdout
     pushed_card = hub.file_bytes(repo_id, "README.md").decode()
     assert repo_id in pushed_card and "your-namespace" not in pushed_card and "GQA" in pushed_card
+
+
+def test_verification_compares_the_remote_code_with_the_library_on_the_same_loaded_weights(hf_base, tmp_path, monkeypatch):
+    original = pipeline.copy_remote_code_files
+
+    def skewed_remote_code(destination, entry_files):  # remote code that drifted from the library's
+        names = original(destination, entry_files)
+        modeling = Path(destination) / "modeling_flowcut_llava.py"
+        modeling.write_text(modeling.read_text() + textwrap.dedent("""
+            _forward = FlowCutLlavaForConditionalGeneration.forward
+            def _skewed(self, *args, **kwargs):
+                output = _forward(self, *args, **kwargs)
+                output.logits = output.logits + 1.0
+                return output
+            FlowCutLlavaForConditionalGeneration.forward = _skewed
+        """))
+        return names
+
+    monkeypatch.setattr(pipeline, "copy_remote_code_files", skewed_remote_code)
+    with pytest.raises(VerificationError, match="differs from the library's on the same weights"):
+        export(hf_base, ExportOptions(target_nums=[64], out=tmp_path / "out", base_model=BASE_ID), log=lambda _: None)
+
+
+def test_a_memory_cap_below_the_weights_offloads_and_still_verifies(hf_base, tmp_path):
+    weights = sum(p.stat().st_size for p in hf_base.glob("*.safetensors"))
+    options = ExportOptions(target_nums=[64], out=tmp_path / "out", base_model=BASE_ID, max_memory=weights // 4)
+    (result,) = export(hf_base, options, log=lambda _: None)
+    assert result.verification["memory_cap"] == {"cpu": weights // 4}, "verification ran under the cap, offloading"
+    assert pipeline.verification_memory(hf_base, 10 * weights, tmp_path) is None, "a model that fits loads plainly"
+    assert pipeline.parse_memory_size("2.5GB") == 2_500_000_000 and pipeline.parse_memory_size("500MiB") == 500 * 2**20
+    result = cli("export", str(hf_base), "--target-num", "64", "--out", str(tmp_path / "o"), "--max-memory", "lots")
+    assert result.returncode == 2 and "--max-memory takes a size such as 8GB" in result.stderr
