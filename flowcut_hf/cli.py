@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "flowcut_hf.bench",
     "flowcut_hf.visualize",
     "flowcut_hf.search",
+    "flowcut_hf.measure",
 )
 
 
