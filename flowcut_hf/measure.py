@@ -1,10 +1,11 @@
 """``flowcut-hf measure -- COMMAND ...``: the peak memory of a command and all the processes it starts, and its wall
 time.
 
-The exporter runs its checks in subprocesses, so the peak of one process says too little: this samples the resident
-memory (RSS) of the command's whole process tree every ``--interval`` seconds from ``/proc`` (Linux) and reports the
-largest sum. Pages that several processes map (a memory-mapped checkpoint) count once per process, so the figure is an
-upper bound of what the machine needed.
+The exporter runs its checks in subprocesses, so the peak of one process says too little: this samples the memory of
+the command's whole process tree every ``--interval`` seconds from ``/proc`` (Linux) and reports the largest sum. Each
+process counts its proportional set size (PSS): a page that several processes share (the torch and transformers
+libraries both processes load, a memory-mapped checkpoint) is split between them, so the sum is what the machine
+needed, counted once. The resident sizes (RSS, shared pages counted in every process) are reported too.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ class Measurement:
     command: list[str]
     returncode: int
     wall_seconds: float
+    peak_bytes: int
+    """The largest sum, over one sample, of the PSS of the command's process and all its descendants."""
     peak_rss_bytes: int
-    """The largest sum, over one sample, of the RSS of the command's process and all its descendants."""
+    """The same for their RSS (shared pages counted once per process that maps them): an upper bound."""
     peak_processes: int
     """How many processes were alive at that sample."""
 
@@ -51,14 +54,18 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def resident_bytes(pid: int) -> int:
+def memory_bytes(pid: int) -> tuple[int, int]:
+    """``(pss, rss)`` of a process in bytes, ``(0, 0)`` if it has gone."""
+    pss = rss = 0
     try:
-        for line in (PROC / str(pid) / "status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+        for line in (PROC / str(pid) / "smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = int(line.split()[1]) * 1024
+            elif line.startswith("Rss:"):
+                rss = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0
+    return pss, rss
 
 
 def measure(command: Sequence[str], interval: float = 0.05) -> Measurement:
@@ -67,14 +74,16 @@ def measure(command: Sequence[str], interval: float = 0.05) -> Measurement:
         raise ValueError("measuring memory reads /proc, which this system does not have (Linux only)")
     start = time.perf_counter()
     process = subprocess.Popen(list(command))
-    peak, peak_processes = 0, 0
+    peak = peak_rss = peak_processes = 0
     while process.poll() is None:
         tree = process_tree(process.pid)
-        total = sum(resident_bytes(pid) for pid in tree)
+        samples = [memory_bytes(pid) for pid in tree]
+        total = sum(pss for pss, _ in samples)
         if total > peak:
             peak, peak_processes = total, len(tree)
+        peak_rss = max(peak_rss, sum(rss for _, rss in samples))
         time.sleep(interval)
-    return Measurement(list(command), process.returncode, time.perf_counter() - start, peak, peak_processes)
+    return Measurement(list(command), process.returncode, time.perf_counter() - start, peak, peak_rss, peak_processes)
 
 
 def _cli(args: argparse.Namespace) -> int:
@@ -84,8 +93,8 @@ def _cli(args: argparse.Namespace) -> int:
     result = measure(command, interval=args.interval)
     gib = 1024**3
     print(
-        f"flowcut-hf measure: peak {result.peak_rss_bytes / gib:.2f} GiB resident over {result.peak_processes} "
-        f"process(es), wall {result.wall_seconds:.1f} s, exit code {result.returncode}",
+        f"flowcut-hf measure: peak {result.peak_bytes / gib:.2f} GiB (PSS; RSS {result.peak_rss_bytes / gib:.2f} GiB) "
+        f"over {result.peak_processes} process(es), wall {result.wall_seconds:.1f} s, exit code {result.returncode}",
         file=sys.stderr,
     )
     if args.json:
