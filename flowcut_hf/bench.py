@@ -378,6 +378,21 @@ def with_placeholder_span(inputs: dict, image_token_id: int, placeholders: int) 
     return {**inputs, "input_ids": ids[None], "attention_mask": torch.ones_like(ids[None])}
 
 
+class UniformOracleMixin:
+    """For an inner model whose ``get_image_features`` gives per-image packed features: each image's features thinned
+    to ``oracle_tokens`` evenly spaced ones after the full vision tower (the benches' oracle; set on the instance)."""
+
+    oracle_tokens: int = 0
+
+    def get_image_features(self, *args, **kwargs):
+        output = super().get_image_features(*args, **kwargs)
+        output.pooler_output = [
+            features[uniform_indices(len(features), self.oracle_tokens).to(features.device)]
+            for features in output.pooler_output
+        ]
+        return output
+
+
 def uniform_indices(total: int, keep: int) -> torch.Tensor:
     """``keep`` distinct, evenly spaced indices in ``range(total)``, ascending (the oracle's selection)."""
     if not 1 <= keep <= total:

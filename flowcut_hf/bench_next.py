@@ -71,7 +71,7 @@ from .bench import (
     record_vision_schedule,
     stats_ms,
     time_interleaved,
-    uniform_indices,
+    UniformOracleMixin,
     with_placeholder_span,
 )
 from .modeling.modeling_flowcut_llava_next import stock_token_count
@@ -84,19 +84,8 @@ TARGET_ORACLE_RATIO = 1.0
 TARGET_N = 160
 
 
-class OracleLlavaNextModel(LlavaNextModel):
-    """The stock inner model, with each image's packed visual features thinned to ``oracle_tokens`` evenly spaced
-    ones after the full encoder (set on the instance; only :class:`NextModelModes` puts an instance in this class)."""
-
-    oracle_tokens: int = 0
-
-    def get_image_features(self, *args, **kwargs):
-        output = LlavaNextModel.get_image_features(self, *args, **kwargs)
-        output.pooler_output = [
-            features[uniform_indices(len(features), self.oracle_tokens).to(features.device)]
-            for features in output.pooler_output
-        ]
-        return output
+class OracleLlavaNextModel(UniformOracleMixin, LlavaNextModel):
+    """The stock inner model with the benches' uniform oracle (only the modes class puts an instance in it)."""
 
 
 @dataclass

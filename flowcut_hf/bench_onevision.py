@@ -44,7 +44,7 @@ from .bench import (
     restore_instance,
     stats_ms,
     time_interleaved,
-    uniform_indices,
+    UniformOracleMixin,
     with_placeholder_span,
 )
 from .registry import family_named
@@ -67,19 +67,8 @@ class OnevisionRow:
     measured: dict = field(default_factory=dict)
 
 
-class OracleLlavaOnevisionModel(LlavaOnevisionModel):
-    """The stock inner model, each image's packed features thinned to ``oracle_tokens`` evenly spaced ones after the
-    full vision tower (set on the instance; only :class:`OnevisionModes` puts an instance in this class)."""
-
-    oracle_tokens: int = 0
-
-    def get_image_features(self, *args, **kwargs):
-        output = LlavaOnevisionModel.get_image_features(self, *args, **kwargs)
-        output.pooler_output = [
-            features[uniform_indices(len(features), self.oracle_tokens).to(features.device)]
-            for features in output.pooler_output
-        ]
-        return output
+class OracleLlavaOnevisionModel(UniformOracleMixin, LlavaOnevisionModel):
+    """The stock inner model with the benches' uniform oracle (only the modes class puts an instance in it)."""
 
 
 class OnevisionModes:
