@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -29,7 +30,6 @@ from typing import Any
 import torch
 from huggingface_hub import snapshot_download
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 logger = logging.getLogger(__name__)
 
@@ -698,37 +698,74 @@ def _round_up(value: int, multiple: int) -> int:
 # --------------------------------------------------------------------------------------------- writing
 
 
-class _ShardWriter:
-    """Buffers tensors up to ``max_bytes`` and writes each full buffer as one safetensors shard."""
+_SAFETENSORS_NAMES = {dtype: name for name, dtype in _SAFETENSORS_DTYPES.items()}
 
-    def __init__(self, folder: Path, max_bytes: int) -> None:
+
+@dataclass(frozen=True)
+class _PlannedTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * torch.empty((), dtype=self.dtype).element_size()
+
+
+class _ShardWriter:
+    """Writes planned tensors into safetensors shards of at most ``max_bytes`` as they arrive, one at a time.
+
+    Every tensor's name, shape and dtype is known before its data is read, so each shard's header (with the byte
+    range of every tensor) is written first and a tensor goes to its own range the moment it arrives: the converter
+    holds one tensor, not a shard, whatever ``max_bytes`` is.
+    """
+
+    def __init__(self, folder: Path, max_bytes: int, layout: Sequence[_PlannedTensor]) -> None:
         self.folder = folder
-        self.max_bytes = max_bytes
-        self.buffer: dict[str, torch.Tensor] = {}
-        self.buffer_bytes = 0
+        self.total_bytes = sum(tensor.nbytes for tensor in layout)
+        groups: list[list[_PlannedTensor]] = [[]]
+        for tensor in layout:
+            if groups[-1] and sum(t.nbytes for t in groups[-1]) + tensor.nbytes > max_bytes:
+                groups.append([])
+            groups[-1].append(tensor)
         self.shards: list[tuple[Path, list[str]]] = []
-        self.total_bytes = 0
+        self.place: dict[str, tuple[Path, int, _PlannedTensor]] = {}
+        for number, group in enumerate(groups):
+            path = folder / f"shard-{number:05d}.partial"
+            header: dict[str, Any] = {"__metadata__": {"format": "pt"}}  # transformers refuses files without it
+            offset = 0
+            for tensor in group:
+                header[tensor.name] = {
+                    "dtype": _SAFETENSORS_NAMES[tensor.dtype], "shape": list(tensor.shape),
+                    "data_offsets": [offset, offset + tensor.nbytes],
+                }
+                offset += tensor.nbytes
+            encoded = json.dumps(header, separators=(",", ":")).encode()
+            encoded += b" " * (-len(encoded) % 8)
+            with open(path, "wb") as handle:
+                handle.write(len(encoded).to_bytes(8, "little") + encoded)
+                handle.truncate(8 + len(encoded) + offset)
+            start = 8 + len(encoded)
+            for tensor in group:
+                self.place[tensor.name] = (path, start + header[tensor.name]["data_offsets"][0], tensor)
+            self.shards.append((path, [tensor.name for tensor in group]))
+        self.written: set[str] = set()
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
-        size = tensor.numel() * tensor.element_size()
-        if self.buffer and self.buffer_bytes + size > self.max_bytes:
-            self.flush()
-        self.buffer[name] = tensor.contiguous()
-        self.buffer_bytes += size
-        self.total_bytes += size
-
-    def flush(self) -> None:
-        if not self.buffer:
-            return
-        path = self.folder / f"shard-{len(self.shards):05d}.partial"
-        _save_shard(self.buffer, path)
-        self.shards.append((path, list(self.buffer)))
-        self.buffer = {}
-        self.buffer_bytes = 0
+        path, offset, planned = self.place[name]
+        if tuple(tensor.shape) != planned.shape or tensor.dtype != planned.dtype:
+            raise RuntimeError(f"{name}: planned {planned.shape} {planned.dtype}, got {tuple(tensor.shape)} {tensor.dtype}")
+        data = tensor.contiguous().reshape(-1).view(torch.uint8).numpy()
+        with open(path, "r+b") as handle:
+            handle.seek(offset)
+            handle.write(memoryview(data))
+        self.written.add(name)
 
     def finish(self) -> tuple[str, ...]:
-        """Gives the shards their final names (the count is known only now) and writes the index."""
-        self.flush()
+        """Gives the shards their final names and writes the index."""
+        missing = sorted(set(self.place) - self.written)
+        if missing:
+            raise RuntimeError(f"{len(missing)} planned tensors were never written, e.g. {missing[:3]}")
         count = len(self.shards)
         names = (
             ["model.safetensors"]
@@ -745,9 +782,19 @@ class _ShardWriter:
         return tuple(names)
 
 
-def _save_shard(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    # transformers refuses safetensors files without format=pt metadata.
-    save_file(tensors, str(path), metadata={"format": "pt"})
+def _planned_layout(plan: _Plan, out_dtype: torch.dtype, vocab_rows: int) -> list[_PlannedTensor]:
+    """Every output tensor, in the order the converter produces it, with its final shape and dtype."""
+    layout = []
+    for _path, _pickled, pairs in plan.files:
+        for _key, name in pairs:
+            source_dtype = plan.source_dtypes[name]
+            if source_dtype is None:
+                raise ValueError(f"tensor {name} has a dtype safetensors does not name; cannot convert it")
+            shape = plan.shapes[name]
+            if name in _RESIZED:
+                shape = (vocab_rows, *shape[1:])
+            layout.append(_PlannedTensor(name, tuple(shape), out_dtype if source_dtype.is_floating_point else source_dtype))
+    return layout
 
 
 def _publish(tmp_dir: Path, out_dir: Path, overwrite: bool) -> None:
@@ -784,8 +831,9 @@ def convert_original_llava(
 ) -> ConversionReport:
     """Convert an original LLaVA-1.5 checkpoint folder into an HF ``LlavaForConditionalGeneration`` folder.
 
-    Tensors are streamed one at a time from the source files and written out shard by shard, so peak memory
-    stays near ``max_shard_size`` (plus the embedding matrix while it is resized). Everything is written to a
+    Tensors are streamed one at a time from the source files, each written straight to its place in its output
+    shard, so peak memory stays near the largest tensor (the embedding matrix while it is resized), whatever
+    ``max_shard_size`` is. Everything is written to a
     hidden temporary folder next to ``out_dir`` that is renamed into place at the end; on any error it is
     removed, so ``out_dir`` is either complete or untouched.
 
@@ -872,7 +920,7 @@ def convert_original_llava(
     tmp_dir = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     tmp_dir.mkdir()
     try:
-        writer = _ShardWriter(tmp_dir, max_bytes)
+        writer = _ShardWriter(tmp_dir, max_bytes, _planned_layout(plan, out_dtype, new_rows))
         for path, pickled, pairs in plan.files:
             names = dict(pairs)
             logger.info("converting %s (%d tensors)", path.name, len(pairs))

@@ -560,11 +560,11 @@ def test_bad_inputs_raise_clearly_and_leave_nothing(world, tmp_path, monkeypatch
     # A failure while writing (disk full, say) removes the half-written temporary folder.
     calls = []
 
-    def failing_save(tensors, path):
-        calls.append(path)
+    def failing_write(writer, name, tensor):
+        calls.append(name)
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert, "_save_shard", failing_save)
+    monkeypatch.setattr(convert._ShardWriter, "add", failing_write)
     with pytest.raises(OSError, match="disk full"):
         convert_original_llava(source, out, vision_tower_dir=clip_dir)
     assert calls and _leftovers(tmp_path, out.name) == []
