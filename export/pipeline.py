@@ -545,7 +545,7 @@ if forward_error is None:
     install_family_classes(model, family_for_model(model))
     report["library_class"] = type(model).__name__
     with torch.no_grad():
-        torch.save(model(**inputs).logits[0, -1].float(), out_path.replace(".pt", "_library.pt"))
+        torch.save(model(**inputs).logits[0, -1].float(), os.path.splitext(out_path)[0] + "_library.pt")
 print(json.dumps(report))
 '''
 
