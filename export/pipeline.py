@@ -8,17 +8,22 @@ The pipeline is a sequence of named stages, each a plain function:
 
 1. :func:`resolve` finds the source (local folder or Hub repo id) and classifies it (its family; HF-format or
    original LLaVA).
-2. :func:`convert` turns an original-LLaVA checkpoint into the HF layout (streamed, shard by shard).
+2. :func:`convert` turns an original-LLaVA checkpoint into the HF layout (streamed, one tensor at a time).
 3. :func:`write_variant` writes one variant folder: weights copied or hard-linked byte-identical, ``config.json``
    with the FlowCut fields and ``auto_map``, the remote-code files verbatim, processor, tokenizer, generation config.
-4. :func:`verify_variant` loads the folder in clean subprocesses and checks it (keys, one forward pass against the
-   library's own model on the source weights, placeholder count).
+4. :func:`verify_variant` loads the folder as remote code in a clean subprocess and checks it (keys, placeholder and
+   kept-token counts, and one forward pass equal to the library's own classes on the same loaded instance). It is
+   three steps: :func:`prepare_check`, :func:`flowcut_hf.export.checks.run_check` (standard library only) and
+   :func:`judge_check`.
 5. :func:`write_card` renders README.md.
 6. :func:`push_variant` creates the repo and uploads the folder.
 
-:func:`export` runs them. Every variant is assembled in a temporary folder beside its destination and renamed into
-place only after it verified, so an interrupted export never leaves a half-written variant. The exporter process
-never loads model weights: tensors are copied as files, and the checks that need the model run in subprocesses.
+:func:`export` runs them: :func:`prepare_export` (stages 1-3 for every variant), the checks, then
+:func:`finish_export` (stages 4-6). ``flowcut-hf export`` runs the same three parts in separate processes, so that
+the process that waits on a check holds no torch beside it (:mod:`flowcut_hf.export_cli`). Every variant is assembled
+in a temporary folder beside its destination and renamed into place only after all of them verified, so an
+interrupted export never leaves a half-written variant. The exporter never loads model weights itself: tensors are
+copied as files, and the checks that need the model run in subprocesses.
 """
 
 from __future__ import annotations
@@ -39,12 +44,12 @@ from typing import Any
 
 from ..modeling.flowcut_remote_code import copy_remote_code_files
 from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named
+from .checks import CheckJob, VerificationError, run_check
 from .convert import convert_original_llava, is_original_llava, load_pickle_state, weight_files
+from .options import DEFAULT_NAME_PATTERN, VFLOWOPT_NAME_PATTERN, ExportOptions
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_NAME_PATTERN = "{base}-flowcut{n}"
-VFLOWOPT_NAME_PATTERN = "{base}-vflowopt{n}"
 METADATA_PATTERNS = ["*.json", "*.jinja", "*.model", "*.txt", "*.md", "*.tiktoken"]
 MANIFEST_NAME = ".flowcut-export.json"
 
@@ -194,32 +199,6 @@ class VariantResult:
     pushed_commit: str | None = None
     pushed_url: str | None = None
     reused: bool = False
-
-
-@dataclass
-class ExportOptions:
-    """Everything ``flowcut-hf export`` takes, in one place."""
-
-    target_nums: Sequence[int]
-    out: Path
-    retain_ratios: Sequence[float] = ()
-    vflowopt_presets: Sequence[str] = ()
-    """VFlowOpt variants (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT): released preset names or preset JSON files."""
-    push: str | None = None
-    private: bool = False
-    revision: str | None = None
-    overwrite: bool = False
-    dry_run: bool = False
-    commit_message: str | None = None
-    create_pr: bool = False
-    allow_pickle: bool = False
-    vision_tower: Path | None = None
-    eval_results: Path | None = None
-    name_pattern: str = DEFAULT_NAME_PATTERN
-    base_model: str | None = None
-    verify: bool = True
-    max_memory: int | None = None
-    """Bytes of memory the verification may use; a share of the free memory by default (:func:`verification_memory`)."""
 
 
 # --------------------------------------------------------------------------------------------------- 1. resolve
@@ -525,14 +504,22 @@ class _Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, _Block())
 '''
 
-# One copy of the weights, in the checkpoint's own dtype. Under a memory cap (FLOWCUT_VERIFY_MEMORY, set by
-# verify_variant), accelerate places what fits and offloads the rest to disk.
+# One copy of the weights, in the checkpoint's own dtype. FLOWCUT_VERIFY_MEMORY (see checks.memory_plan) is the
+# budget: the variant loads plainly when it fits with room to spare and there is no GPU; otherwise accelerate places
+# it under the cap, a GPU first, and offloads the rest to disk.
 LOAD_ONE_COPY = r'''
 import os
+import torch
 LOAD_KWARGS = {"dtype": "auto"}
-_memory = json.loads(os.environ.get("FLOWCUT_VERIFY_MEMORY", "null"))
-if _memory is not None:
-    LOAD_KWARGS.update(device_map="auto", max_memory=_memory["max_memory"], offload_folder=_memory["offload_folder"])
+MEMORY_CAP = None
+_plan = json.loads(os.environ.get("FLOWCUT_VERIFY_MEMORY", "null"))
+if _plan is not None and _plan["cap"] is not None:
+    _gpu = torch.cuda.is_available()
+    if _gpu or _plan["weights"] * _plan["room"] > _plan["cap"]:
+        MEMORY_CAP = {"cpu": _plan["cap"]}
+        if _gpu:
+            MEMORY_CAP = {0: int(torch.cuda.mem_get_info()[0] * 0.9), "cpu": _plan["cap"]}
+        LOAD_KWARGS.update(device_map="auto", max_memory=MEMORY_CAP, offload_folder=_plan["offload_folder"])
 '''
 
 # After the remote-code run, the same instance gets the library's classes (flowcut_hf is importable again) and runs
@@ -546,6 +533,7 @@ if forward_error is None:
     report["library_class"] = type(model).__name__
     with torch.no_grad():
         torch.save(model(**inputs).logits[0, -1].float(), os.path.splitext(out_path)[0] + "_library.pt")
+report["memory_cap"] = MEMORY_CAP and {str(device): size for device, size in MEMORY_CAP.items()}
 print(json.dumps(report))
 '''
 
@@ -704,81 +692,8 @@ report = {
 VERIFY_IMAGE_SIZE = (600, 800)
 
 
-class VerificationError(RuntimeError):
-    """The exported folder failed a check; nothing was pushed."""
-
-
 class PushError(RuntimeError):
     """Creating the repo or uploading to it failed; the exported folder itself is complete."""
-
-
-def _run_python(code: str, args: Sequence[str], workdir: Path, *, clean: bool, env: dict[str, str] | None = None) -> dict:
-    import subprocess
-    import sys
-
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}, **(env or {})}
-    if clean:
-        env["HF_MODULES_CACHE"] = str(workdir / "modules")
-    env["HF_HUB_OFFLINE"] = "1"  # everything the check needs is on disk; the check must not hide a missing file
-    # -P keeps the working folder off sys.path; the clean run also cannot import flowcut_hf (see its import hook).
-    result = subprocess.run([sys.executable, "-P", "-c", code, *args], cwd=workdir, env=env, capture_output=True, text=True)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        logger.error("verification subprocess output:\n%s", result.stderr)
-        last_line = next((line for line in reversed(result.stderr.splitlines()) if line.strip()), "no output")
-        raise VerificationError(f"the verification subprocess failed: {last_line}")
-    return json.loads(lines[-1])
-
-
-DEFAULT_MEMORY_SHARE = 0.5
-"""The share of the free memory verification may use when ``--max-memory`` is not given."""
-
-
-def free_memory_bytes() -> int | None:
-    """The memory the system can give without swapping (``MemAvailable``), or None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def verification_memory(folder: Path, max_memory: int | None, offload_folder: Path) -> dict | None:
-    """How the check run loads the variant: None (plainly, when its weights fit the cap with room for the forward
-    pass), or accelerate's ``max_memory`` and an offload folder (what does not fit goes to disk; a GPU, if there is
-    one, takes what it can first). The cap is ``max_memory``, or half the free memory."""
-    weights = sum(path.stat().st_size for path in folder.glob("*.safetensors"))
-    cap = max_memory if max_memory is not None else int(DEFAULT_MEMORY_SHARE * (free_memory_bytes() or 0)) or None
-    import torch
-
-    gpu = torch.cuda.is_available()
-    if cap is None or (weights * 1.25 <= cap and not gpu):
-        return None
-    budget: dict = {"cpu": cap}
-    if gpu:
-        free, _ = torch.cuda.mem_get_info()
-        budget = {0: int(free * 0.9), "cpu": cap}
-    return {"max_memory": budget, "offload_folder": str(offload_folder)}
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KIB|MIB|GIB|TIB)?\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-
-
-def parse_memory_size(text: str) -> int:
-    """``"8GB"``, ``"500MiB"``, ``"2.5GB"`` or a byte count, in bytes."""
-    match = _SIZE.match(text)
-    if not match:
-        raise ValueError(f"--max-memory takes a size such as 8GB, 500MiB or 2.5GB, got {text!r}")
-    size = int(float(match.group(1)) * _UNITS[(match.group(2) or "B").upper()])
-    if size <= 0:
-        raise ValueError(f"--max-memory must be more than 0, got {text!r}")
-    return size
 
 
 def expected_visual_tokens(
@@ -808,24 +723,29 @@ def expected_visual_tokens(
     return {"placeholders": target_num, "kept": [target_num]}
 
 
-def _run_checks(
-    folder: Path, amount: RetainedAmount, check_dir: Path, family: FlowCutFamily, config, max_memory: int | None
-) -> tuple[list[str], dict]:
-    import torch
-
+def prepare_check(name: str, folder: Path, amount: RetainedAmount, check_dir: Path) -> CheckJob:
+    """Stage 4a: the check run of ``folder``, ready for :func:`flowcut_hf.export.checks.run_check` (the check image
+    is written into ``check_dir``)."""
     from ..tiny import synthetic_image
 
-    image_path = check_dir / "synthetic.png"
+    folder = folder.resolve()
+    check_dir.mkdir(parents=True, exist_ok=True)
+    image_path = check_dir.resolve() / "synthetic.png"
     synthetic_image(0, size=VERIFY_IMAGE_SIZE).save(image_path)
+    family = family_for_config(json.loads((folder / "config.json").read_text()))
     qwen = family.default_retain_ratio is not None
+    script = VERIFY_REMOTE_CODE_VFLOWOPT if amount.preset is not None else VERIFY_REMOTE_CODE_QWEN if qwen else VERIFY_REMOTE_CODE
+    return CheckJob(name, str(folder), str(check_dir.resolve()), script, [str(folder), str(image_path), str(check_dir.resolve() / "remote.pt")])
+
+
+def check_problems(job: CheckJob, remote: dict[str, Any], amount: RetainedAmount) -> list[str]:
+    """Stage 4b: what is wrong with a variant, judged from its check run's report and logits files."""
+    import torch
+
+    check_dir = Path(job.check_dir)
+    config = json.loads((Path(job.folder) / "config.json").read_text())
+    family = family_for_config(config)
     vflowopt = amount.preset is not None
-    script = VERIFY_REMOTE_CODE_VFLOWOPT if vflowopt else VERIFY_REMOTE_CODE_QWEN if qwen else VERIFY_REMOTE_CODE
-    memory = verification_memory(folder, max_memory, check_dir / "offload")
-    remote = _run_python(
-        script, [str(folder), str(image_path), str(check_dir / "remote.pt")], check_dir, clean=True,
-        env={"FLOWCUT_VERIFY_MEMORY": json.dumps(memory)},
-    )
-    remote["memory_cap"] = memory and memory["max_memory"]
     problems = []
     if remote["model_class"] != family.model_class.__name__:
         problems.append(f"loaded as {remote['model_class']}, not {family.model_class.__name__}")
@@ -855,7 +775,7 @@ def _run_checks(
         if not torch.allclose(remote_logits, library_logits, rtol=1e-3, atol=1e-3 * scale):
             difference = float((remote_logits - library_logits).abs().max())
             problems.append(f"a forward pass of the remote code differs from the library's on the same weights by {difference:.3g}")
-    return problems, remote
+    return problems
 
 
 def _vflowopt_problems(remote: dict, config: dict[str, Any]) -> list[str]:
@@ -884,23 +804,25 @@ def verify_variant(
 ) -> dict:
     """Loads ``folder`` as remote code in a clean subprocess and checks it, then the library's classes on the same
     loaded instance (one copy of the weights, in the checkpoint's dtype; ``max_memory`` bytes at most, see
-    :func:`verification_memory`).
+    :func:`flowcut_hf.export.checks.memory_plan`).
 
     Returns the remote-code run's report (with the vision ``token_schedule`` and the visual-token counts it saw on
     the check image). Raises VerificationError.
     """
-    # The checks run in subprocesses whose working folder is the check folder: relative paths would point elsewhere.
-    folder = folder.resolve()
     amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
-    config = json.loads((folder / "config.json").read_text())
-    family = family_for_config(config)
     check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir.resolve()))
     try:
-        problems, remote = _run_checks(folder, amount, check_dir, family, config, max_memory)
+        job = prepare_check(Path(folder).name, Path(folder), amount, check_dir)
+        return judge_check(job, run_check(job, max_memory), amount)
     finally:
         shutil.rmtree(check_dir, ignore_errors=True)
+
+
+def judge_check(job: CheckJob, remote: dict[str, Any], amount: RetainedAmount) -> dict[str, Any]:
+    """The report of a check run that passed; raises VerificationError naming every problem otherwise."""
+    problems = check_problems(job, remote, amount)
     if problems:
-        raise VerificationError(f"{folder.name} failed verification: " + "; ".join(problems))
+        raise VerificationError(f"{Path(job.folder).name} failed verification: " + "; ".join(problems))
     return remote
 
 
@@ -1159,13 +1081,56 @@ def fingerprint(resolved: ResolvedSource, amount: RetainedAmount) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
+@dataclass
+class PendingVariant:
+    """A variant written to its staging folder and waiting for its check (``check`` is None without verification)."""
+
+    result: VariantResult
+    staging: Path
+    check: CheckJob | None = None
+
+
+@dataclass
+class PreparedExport:
+    """What :func:`prepare_export` leaves for :func:`finish_export`: plain data, so that the two can run in separate
+    processes with the checks between them (see :mod:`flowcut_hf.export_cli`)."""
+
+    resolved: ResolvedSource
+    options: ExportOptions
+    work_dir: Path
+    results: list[VariantResult]
+    pending: list[PendingVariant]
+
+    @property
+    def checks(self) -> list[CheckJob]:
+        return [variant.check for variant in self.pending if variant.check is not None]
+
+
 def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[str], None] = print) -> list[VariantResult]:
     """Runs the whole pipeline. See the module docstring for the stages."""
+    prepared = prepare_export(source, options, log=log)
+    if not isinstance(prepared, PreparedExport):
+        return prepared
+    try:
+        reports = {}
+        for job in prepared.checks:
+            log(f"{job.name}: verify in a clean subprocess")
+            reports[job.name] = run_check(job, options.max_memory)
+        return finish_export(prepared, reports, log=log)
+    finally:
+        shutil.rmtree(prepared.work_dir, ignore_errors=True)
+
+
+def prepare_export(
+    source: str | os.PathLike, options: ExportOptions, *, log: Callable[[str], None] = print
+) -> PreparedExport | list[VariantResult]:
+    """Stages 1-3 for every variant (resolve, convert, write into staging folders in a work folder beside ``out``) and
+    the verification jobs; a dry run's results instead. The caller runs the checks, then :func:`finish_export`, and
+    removes ``work_dir`` whatever happens."""
     out = Path(options.out)
     resolved = resolve(source, options.revision, metadata_only=options.dry_run)
     plans = plan_variants(resolved, options)
-    manifest_path = out / MANIFEST_NAME
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"variants": {}}
+    manifest = read_manifest(out)
 
     if options.base_model is None and resolved.base_model is None:
         raise ValueError(
@@ -1176,11 +1141,12 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
         return _dry_run(resolved, plans, options, log)
 
     work_dir = Path(tempfile.mkdtemp(prefix=".flowcut-export-", dir=_work_parent(out)))
-    results = []
+    prepared = PreparedExport(resolved, options, work_dir, results=[], pending=[])
     try:
         converted = None
         for plan in plans:
             result = VariantResult(plan)
+            prepared.results.append(result)
             previous = manifest["variants"].get(plan.name) or {}
             if plan.folder.exists() and not options.overwrite:
                 reusable = previous.get("fingerprint") == fingerprint(resolved, plan.amount) and (
@@ -1197,43 +1163,65 @@ def export(source: str | os.PathLike, options: ExportOptions, *, log: Callable[[
                 staging.mkdir()
                 write_card(staging, resolved, plan, result.verification, options, variant_folder=plan.folder)
                 os.replace(staging / "README.md", plan.folder / "README.md")
-            else:
-                if converted is None:
-                    if resolved.kind == "original":
-                        log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
-                    converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
-                staging = work_dir / plan.name
-                log(f"{plan.name}: write ({plan.amount.describe(image_tokens_per_image(resolved.hf_config))})")
-                write_variant(converted, plan.amount, staging, allow_pickle=options.allow_pickle)
-                if options.verify:
-                    log(f"{plan.name}: verify in a clean subprocess")
-                    report = verify_variant(staging, plan.amount, work_dir, max_memory=options.max_memory)
-                    result.token_schedule = report["token_schedule"]
-                    result.verification = verification_summary(report)
-                log(f"{plan.name}: card")
-                write_card(staging, resolved, plan, result.verification, options)
-                _move_into_place(staging, plan.folder)
-                manifest["variants"][plan.name] = {
-                    "fingerprint": fingerprint(resolved, plan.amount),
-                    "target_num": plan.target_num,
-                    "retain_ratio": plan.amount.retain_ratio,
-                    "verified": options.verify,
-                    "token_schedule": result.token_schedule,
-                    "verification": result.verification,
-                }
-                manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
-            result.files = sorted(p.name for p in plan.folder.iterdir())
-            results.append(result)
-        for result in results:
-            if result.plan.repo_id:
-                log(f"{result.plan.name}: push to {result.plan.repo_id}")
-                result.pushed_commit, result.pushed_url = push_variant(
-                    result.plan.folder, result.plan.repo_id, resolved, private=options.private,
-                    commit_message=options.commit_message, create_pr=options.create_pr,
-                )
-    finally:
+                continue
+            if converted is None:
+                if resolved.kind == "original":
+                    log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
+                converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
+            staging = work_dir / plan.name
+            log(f"{plan.name}: write ({plan.amount.describe(image_tokens_per_image(resolved.hf_config))})")
+            write_variant(converted, plan.amount, staging, allow_pickle=options.allow_pickle)
+            check = prepare_check(plan.name, staging, plan.amount, work_dir / f"verify-{plan.name}") if options.verify else None
+            prepared.pending.append(PendingVariant(result, staging, check))
+    except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return results
+        raise
+    return prepared
+
+
+def finish_export(
+    prepared: PreparedExport, reports: dict[str, dict[str, Any]], *, log: Callable[[str], None] = print
+) -> list[VariantResult]:
+    """Stages 4-6: judges each check's report (``reports`` by variant name), writes the cards, moves the variants into
+    place and pushes them. Nothing is moved or pushed unless every variant passed."""
+    resolved, options = prepared.resolved, prepared.options
+    for variant in prepared.pending:
+        if variant.check is not None:
+            report = judge_check(variant.check, reports[variant.check.name], variant.result.plan.amount)
+            variant.result.token_schedule = report["token_schedule"]
+            variant.result.verification = verification_summary(report)
+    out = Path(options.out)
+    manifest = read_manifest(out)
+    for variant in prepared.pending:
+        result, plan = variant.result, variant.result.plan
+        log(f"{plan.name}: card")
+        write_card(variant.staging, resolved, plan, result.verification, options)
+        _move_into_place(variant.staging, plan.folder)
+        manifest["variants"][plan.name] = {
+            "fingerprint": fingerprint(resolved, plan.amount),
+            "target_num": plan.target_num,
+            "retain_ratio": plan.amount.retain_ratio,
+            "verified": options.verify,
+            "token_schedule": result.token_schedule,
+            "verification": result.verification,
+        }
+        (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+    for result in prepared.results:
+        result.files = sorted(p.name for p in result.plan.folder.iterdir())
+    for result in prepared.results:
+        if result.plan.repo_id:
+            log(f"{result.plan.name}: push to {result.plan.repo_id}")
+            result.pushed_commit, result.pushed_url = push_variant(
+                result.plan.folder, result.plan.repo_id, resolved, private=options.private,
+                commit_message=options.commit_message, create_pr=options.create_pr,
+            )
+    return prepared.results
+
+
+def read_manifest(out: Path) -> dict[str, Any]:
+    """The record of the variants already exported into ``out`` (see :data:`MANIFEST_NAME`)."""
+    manifest_path = out / MANIFEST_NAME
+    return json.loads(manifest_path.read_text()) if manifest_path.is_file() else {"variants": {}}
 
 
 def _work_parent(out: Path) -> Path:

@@ -9,26 +9,30 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-SUBCOMMAND_MODULES = (
-    "flowcut_hf.demo",
-    "flowcut_hf.export_cli",
-    "flowcut_hf.bench",
-    "flowcut_hf.visualize",
-    "flowcut_hf.search",
-    "flowcut_hf.measure",
-)
+SUBCOMMAND_MODULES = {
+    "demo": "flowcut_hf.demo",
+    "export": "flowcut_hf.export_cli",
+    "bench": "flowcut_hf.bench",
+    "visualize": "flowcut_hf.visualize",
+    "search": "flowcut_hf.search",
+    "measure": "flowcut_hf.measure",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The full parser, or (``command`` given) one that knows only that subcommand: its module alone is imported,
+    so ``flowcut-hf export`` does not pay for the torch imports of ``demo`` or ``bench``."""
     parser = argparse.ArgumentParser(
         prog="flowcut-hf",
         description="FlowCut (and VFlowOpt) visual-token pruning for Hugging Face vision-language models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in SUBCOMMAND_MODULES:
+    for name, module_name in SUBCOMMAND_MODULES.items():
+        if command is not None and name != command:
+            continue
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -39,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def requested_command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names, when it starts with one (options before it need the full parser)."""
+    return argv[0] if argv and argv[0] in SUBCOMMAND_MODULES else None
+
+
 def _version() -> str:
     from . import __version__
 
@@ -46,15 +55,22 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(requested_command(argv))
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
+    return report_errors(args.command, lambda: args.func(args))
+
+
+def report_errors(command: str, work: Callable[[], int | None]) -> int:
+    """Runs ``work`` and turns the errors a user can fix (bad input, missing or existing files) into one line on
+    stderr and exit code 2."""
     try:
-        return int(args.func(args) or 0)
+        return int(work() or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
-        print(f"flowcut-hf {args.command}: error: {error}", file=sys.stderr)
+        print(f"flowcut-hf {command}: error: {error}", file=sys.stderr)
         return 2
 
 

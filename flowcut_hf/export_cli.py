@@ -4,9 +4,19 @@ folders and on the Hub."""
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from .export.pipeline import DEFAULT_NAME_PATTERN, ExportOptions, PushError, VerificationError, export, parse_memory_size
+# Standard library only: this process runs the checks while they hold the model (see run_in_stages).
+from .export.checks import CheckJob, VerificationError, run_check
+from .export.options import DEFAULT_NAME_PATTERN, ExportOptions, parse_memory_size
 
 DESCRIPTION = """\
 Turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into pruned-by-design FlowCut variants.
@@ -62,30 +72,112 @@ def register_cli(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
+ONE_PROCESS_ENV = "FLOWCUT_EXPORT_ONE_PROCESS"
+"""Set to 1 to run the whole export in the command's own process (the Python API's way)."""
+
+
+def export_options(args: argparse.Namespace) -> ExportOptions:
     if args.presets and args.method != "vflowopt":
         raise ValueError("--preset is VFlowOpt's: pass --method vflowopt")
     if args.method == "vflowopt" and not args.presets:
         raise ValueError("--method vflowopt needs --preset (10%, 25%, 50% or a preset JSON from `flowcut-hf search`)")
-    options = ExportOptions(
+    return ExportOptions(
         target_nums=args.target_nums, retain_ratios=args.retain_ratios, vflowopt_presets=args.presets, out=args.out, push=args.push, private=args.private, revision=args.revision,
         overwrite=args.overwrite, dry_run=args.dry_run, commit_message=args.commit_message, create_pr=args.create_pr,
         allow_pickle=args.allow_pickle, vision_tower=args.vision_tower, eval_results=args.eval_results,
         name_pattern=args.name_pattern, base_model=args.base_model, verify=not args.skip_verify,
         max_memory=parse_memory_size(args.max_memory) if args.max_memory else None,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    options = export_options(args)
+    if options.verify and not options.dry_run and os.environ.get(ONE_PROCESS_ENV) != "1":
+        return run_in_stages(args, options)
+
+    def whole_export() -> list:
+        from .export.pipeline import export
+
+        return export(args.source, options)
+
+    return report_outcome(whole_export)
+
+
+def report_outcome(work: Callable[[], list | None]) -> int:
+    """Runs ``work`` (an export or a part of one), prints the variants it finished and turns its failures into the
+    command's messages and exit codes."""
+    from .export.pipeline import PushError
+
     try:
-        results = export(args.source, options)
+        results = work()
     except VerificationError as error:
         print(f"flowcut-hf export: verification failed, nothing was pushed: {error}")
         return 1
     except PushError as error:
         print(f"flowcut-hf export: {error}")
         return 1
-    if not args.dry_run:
-        for result in results:
-            line = f"{result.plan.name}: {result.plan.folder}"
-            if result.plan.repo_id:
-                line += f" -> {result.plan.repo_id}" + (f" ({result.pushed_url})" if result.pushed_url else "")
-            print(line)
+    for result in results or []:
+        line = f"{result.plan.name}: {result.plan.folder}"
+        if result.plan.repo_id:
+            line += f" -> {result.plan.repo_id}" + (f" ({result.pushed_url})" if result.pushed_url else "")
+        print(line)
     return 0
+
+
+def run_in_stages(args: argparse.Namespace, options: ExportOptions) -> int:
+    """The export in three processes, so that the model is held beside nothing else: a worker writes every variant and
+    prepares its check (it imports torch and transformers, then exits); this process, which imports neither, runs the
+    checks, each in its clean subprocess; a second worker judges the checks' reports, writes the cards, moves the
+    variants into place and pushes them. The stages and their guarantees are the Python API's (``export()``)."""
+    state_dir = Path(tempfile.mkdtemp(prefix="flowcut-export-state-"))
+    work_dir = None
+    try:
+        (state_dir / "args.pickle").write_bytes(pickle.dumps(args))
+        returncode = run_worker("prepare", state_dir)
+        if returncode or not (state_dir / "checks.json").is_file():
+            return returncode
+        stages = json.loads((state_dir / "checks.json").read_text())
+        work_dir = Path(stages["work_dir"])
+        reports = {}
+        for job in map(CheckJob.from_json, stages["checks"]):
+            print(f"{job.name}: verify in a clean subprocess", flush=True)
+            try:
+                reports[job.name] = run_check(job, options.max_memory)
+            except VerificationError as error:
+                print(f"flowcut-hf export: verification failed, nothing was pushed: {error}")
+                return 1
+        (state_dir / "reports.json").write_text(json.dumps(reports))
+        return run_worker("finish", state_dir)
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+        if work_dir is not None:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def run_worker(stage: str, state_dir: Path) -> int:
+    sys.stdout.flush()
+    return subprocess.run([sys.executable, "-m", "flowcut_hf.export_cli", stage, str(state_dir)]).returncode
+
+
+def work_stage(stage: str, state_dir: Path) -> int:
+    """A worker of :func:`run_in_stages`: ``prepare`` or ``finish``."""
+    from .cli import report_errors
+    from .export.pipeline import PreparedExport, finish_export, prepare_export
+
+    def prepare() -> None:
+        args = pickle.loads((state_dir / "args.pickle").read_bytes())
+        prepared = prepare_export(args.source, export_options(args))
+        assert isinstance(prepared, PreparedExport)
+        (state_dir / "prepared.pickle").write_bytes(pickle.dumps(prepared))
+        checks = {"work_dir": str(prepared.work_dir), "checks": [job.to_json() for job in prepared.checks]}
+        (state_dir / "checks.json").write_text(json.dumps(checks))
+
+    def finish() -> list:
+        prepared = pickle.loads((state_dir / "prepared.pickle").read_bytes())
+        return finish_export(prepared, json.loads((state_dir / "reports.json").read_text()))
+
+    return report_errors("export", lambda: report_outcome(prepare if stage == "prepare" else finish))
+
+
+if __name__ == "__main__":
+    sys.exit(work_stage(sys.argv[1], Path(sys.argv[2])))

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import filecmp
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from huggingface_hub import ModelCard
 
 from conftest import PROMPT, run_clean_python
-from flowcut_hf.export import pipeline
+from flowcut_hf.export import checks, pipeline
+from flowcut_hf.export.checks import memory_plan
+from flowcut_hf.export.options import parse_memory_size
 from flowcut_hf.export.pipeline import ExportOptions, VerificationError, export
 from flowcut_hf.modeling.flowcut_remote_code import remote_code_files
 from flowcut_hf.registry import family_named
@@ -206,6 +210,41 @@ def test_failed_verification_stops_before_push_and_leaves_no_folder(hf_base, tmp
     assert not (out / "llava-tiny-hf-flowcut64").exists()
 
 
+CLI_IN_THIS_PROCESS = """
+import json, sys
+from flowcut_hf.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+def test_the_command_holds_no_libraries_beside_the_model_while_it_verifies(hf_base, tmp_path):
+    # The memory promise of the README: while the check holds the model, the command's own process has imported
+    # neither torch nor transformers (its workers did, and exited).
+    out = tmp_path / "out"
+    args = ["export", str(hf_base), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID]
+    result = subprocess.run([sys.executable, "-c", CLI_IN_THIS_PROCESS, *args], capture_output=True, text=True, timeout=600)
+    status = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status == {"code": 0, "torch": False, "transformers": False}, result.stderr
+    assert "verify in a clean subprocess" in result.stdout
+    assert (out / "llava-tiny-hf-flowcut64" / "README.md").is_file()
+    assert json.loads((out / ".flowcut-export.json").read_text())["variants"]["llava-tiny-hf-flowcut64"]["verified"]
+    assert sorted(p.name for p in out.iterdir()) == [".flowcut-export.json", "llava-tiny-hf-flowcut64"], "no work folder left"
+
+    # A variant that fails its check is judged by the last worker: exit code 1, no folder, no work folder left.
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(hf_base, broken)
+    weights = load_file(broken / "model.safetensors")
+    weights.pop(next(key for key in weights if key.endswith("multi_modal_projector.linear_1.bias")))
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+    result = cli("export", str(broken), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID)
+    assert result.returncode == 1 and "verification failed, nothing was pushed" in result.stdout
+    assert "missing keys" in result.stdout
+    assert sorted(p.name for p in out.iterdir()) == [".flowcut-export.json", "llava-tiny-hf-flowcut64"]
+
+
 def test_dry_run_writes_and_pushes_nothing(hf_base, tmp_path):
     out = tmp_path / "out"
     result = cli("export", str(hf_base), "--target-num", "64", "--target-num", "32", "--out", str(out),
@@ -376,12 +415,38 @@ def test_verification_compares_the_remote_code_with_the_library_on_the_same_load
         export(hf_base, ExportOptions(target_nums=[64], out=tmp_path / "out", base_model=BASE_ID), log=lambda _: None)
 
 
+def load_kwargs_of_the_check_run(plan: dict, monkeypatch, gpu_free_bytes: int | None = None) -> dict:
+    """How the check process loads a variant under ``plan`` (see checks.memory_plan), with or without a GPU."""
+    monkeypatch.setenv("FLOWCUT_VERIFY_MEMORY", json.dumps(plan))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_free_bytes is not None)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (gpu_free_bytes, 2 * gpu_free_bytes))
+    namespace = {"json": json}
+    exec(pipeline.LOAD_ONE_COPY, namespace)
+    return namespace["LOAD_KWARGS"]
+
+
+def test_the_check_run_loads_plainly_when_the_model_fits_and_puts_a_gpu_first(hf_base, tmp_path, monkeypatch):
+    weights = sum(p.stat().st_size for p in hf_base.glob("*.safetensors"))
+    plan = memory_plan(hf_base, 10 * weights, tmp_path / "offload")
+    assert plan["weights"] == weights and plan["cap"] == 10 * weights
+    assert load_kwargs_of_the_check_run(plan, monkeypatch) == {"dtype": "auto"}, "a model that fits loads plainly"
+    small = memory_plan(hf_base, weights // 4, tmp_path / "offload")
+    assert load_kwargs_of_the_check_run(small, monkeypatch) == {
+        "dtype": "auto", "device_map": "auto", "max_memory": {"cpu": weights // 4}, "offload_folder": str(tmp_path / "offload"),
+    }, "a model larger than the cap is placed by accelerate and the rest offloaded"
+    on_gpu = load_kwargs_of_the_check_run(plan, monkeypatch, gpu_free_bytes=10**9)
+    assert on_gpu["device_map"] == "auto" and on_gpu["max_memory"] == {0: 9 * 10**8, "cpu": 10 * weights}, (
+        "a GPU takes what it can first, even when the model would fit in RAM"
+    )
+    monkeypatch.setattr(checks, "free_memory_bytes", lambda: 8 * 2**30)
+    assert memory_plan(hf_base, None, tmp_path)["cap"] == 4 * 2**30, "default: half the free memory"
+
+
 def test_a_memory_cap_below_the_weights_offloads_and_still_verifies(hf_base, tmp_path):
     weights = sum(p.stat().st_size for p in hf_base.glob("*.safetensors"))
     options = ExportOptions(target_nums=[64], out=tmp_path / "out", base_model=BASE_ID, max_memory=weights // 4)
     (result,) = export(hf_base, options, log=lambda _: None)
     assert result.verification["memory_cap"] == {"cpu": weights // 4}, "verification ran under the cap, offloading"
-    assert pipeline.verification_memory(hf_base, 10 * weights, tmp_path) is None, "a model that fits loads plainly"
-    assert pipeline.parse_memory_size("2.5GB") == 2_500_000_000 and pipeline.parse_memory_size("500MiB") == 500 * 2**20
+    assert parse_memory_size("2.5GB") == 2_500_000_000 and parse_memory_size("500MiB") == 500 * 2**20
     result = cli("export", str(hf_base), "--target-num", "64", "--out", str(tmp_path / "o"), "--max-memory", "lots")
     assert result.returncode == 2 and "--max-memory takes a size such as 8GB" in result.stderr
