@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -645,6 +646,11 @@ def _prepare_tokenizer(source_dir: Path) -> tuple[Any, tuple[str, ...]]:
 
     if not any((source_dir / name).is_file() for name in ("tokenizer.json", "tokenizer.model")):
         raise FileNotFoundError(f"no tokenizer (tokenizer.json or tokenizer.model) in {source_dir}")
+    if not (source_dir / "tokenizer.json").is_file() and importlib.util.find_spec("sentencepiece") is None:
+        raise ValueError(
+            f"{source_dir} has only a SentencePiece tokenizer.model, and reading it needs the sentencepiece package, "
+            "which flowcut-hf requires but is not installed here: pip install sentencepiece protobuf"
+        )
     declared = None
     if (source_dir / "tokenizer_config.json").is_file():
         declared = _read_json(source_dir / "tokenizer_config.json").get("tokenizer_class")

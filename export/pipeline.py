@@ -36,12 +36,14 @@ import re
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from ..modeling.configuration_flowcut_llava import DEFAULT_TARGET_NUM
 from ..modeling.flowcut_remote_code import copy_remote_code_files
 from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named
 from .checks import CheckJob, VerificationError, run_check
@@ -68,6 +70,14 @@ class ResolvedSource:
     license_name: str | None = None
     license_link: str | None = None
     family_name: str = "llava"
+    base_model: str | None = None
+    """The Hub id the weights come from, where it can be told (see :func:`find_base_model`)."""
+    base_model_origin: str | None = None
+    """Where :attr:`base_model` was found, in words for the log."""
+    download_commit: str | None = None
+    """For a folder that ``hf download --local-dir`` filled: the commit it downloaded."""
+    converted_from_original: bool = False
+    """Set by :func:`convert` on the HF-layout copy of an original-LLaVA checkpoint."""
 
     @property
     def family(self) -> FlowCutFamily:
@@ -79,15 +89,9 @@ class ResolvedSource:
         CLIP-L/336 of every LLaVA-1.5, which the stock config's defaults describe."""
         if self.kind == "hf":
             return self.config
-        return {"model_type": self.family.model_type, "vision_feature_select_strategy": "default"}
-
-    @property
-    def base_model(self) -> str | None:
-        """The Hub id the weights come from, if it can be told."""
-        if self.repo_id:
-            return self.repo_id
-        name_or_path = self.config.get("_name_or_path") or ""
-        return name_or_path if looks_like_repo_id(name_or_path) else None
+        # The depth is the original's own (its config is the language model's); presets are fitted to it.
+        text_config = {"model_type": "llama", "num_hidden_layers": self.config.get("num_hidden_layers", 32)}
+        return {"model_type": self.family.model_type, "vision_feature_select_strategy": "default", "text_config": text_config}
 
 
 @dataclass(frozen=True)
@@ -248,8 +252,37 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
             weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are no weights at all
     base_name = (repo_id.split("/")[-1] if repo_id else local_dir.name) or "model"
     resolved = ResolvedSource(local_dir, kind, config, repo_id, commit, base_name, family_name=family.name)
-    _read_license(resolved)
+    card_base_model = _read_source_card(resolved)
+    resolved.base_model, resolved.base_model_origin = find_base_model(resolved, card_base_model)
+    if repo_id is None:
+        resolved.download_commit = downloaded_commit(local_dir)
     return resolved
+
+
+def find_base_model(resolved: ResolvedSource, card_base_model: str | None) -> tuple[str | None, str | None]:
+    """The Hub id of the source's weights and where it was found: the source repo itself, the config's
+    ``_name_or_path`` when it is a repo id, or the folder's model card (``base_model``). ``(None, None)`` when none
+    tells it (``hf download``'s metadata records the commit, not the repo)."""
+    if resolved.repo_id:
+        return resolved.repo_id, "the source repo"
+    name_or_path = str(resolved.config.get("_name_or_path") or "")
+    if looks_like_repo_id(name_or_path) and not Path(name_or_path).is_absolute():
+        return name_or_path, "the config's _name_or_path"
+    if card_base_model:
+        return card_base_model, "the base_model of the folder's model card"
+    return None, None
+
+
+def downloaded_commit(local_dir: Path) -> str | None:
+    """The commit ``hf download --local-dir`` fetched ``config.json`` from, if it left its metadata and the file is
+    unchanged since."""
+    metadata = local_dir / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    try:
+        commit, _etag, timestamp = metadata.read_text().splitlines()[:3]
+        unchanged = (local_dir / "config.json").stat().st_mtime - 1 <= float(timestamp)
+    except (OSError, ValueError):
+        return None
+    return commit if unchanged and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
 def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[Path, str, str | None]:
@@ -271,20 +304,25 @@ def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[
     return Path(local_dir), repo_id, info.sha
 
 
-def _read_license(resolved: ResolvedSource) -> None:
+def _read_source_card(resolved: ResolvedSource) -> str | None:
+    """Reads the license (into ``resolved``) and the ``base_model`` of the source folder's model card, if it has one."""
     readme = resolved.local_dir / "README.md"
     if not readme.is_file():
-        return
+        return None
     from huggingface_hub import ModelCard
 
     try:
         data = ModelCard.load(readme).data
     except Exception:  # a base card that does not parse must not block the export; the license is then unknown
         logger.warning("Could not parse %s; the variant card will not state a license.", readme)
-        return
+        return None
     resolved.license = data.get("license")
     resolved.license_name = data.get("license_name")
     resolved.license_link = data.get("license_link")
+    base_model = data.get("base_model")
+    if isinstance(base_model, list) and len(base_model) == 1:
+        base_model = base_model[0]
+    return base_model if isinstance(base_model, str) and looks_like_repo_id(base_model) else None
 
 
 # --------------------------------------------------------------------------------------------------- 2. convert
@@ -299,7 +337,7 @@ def convert(resolved: ResolvedSource, work_dir: Path, *, vision_tower: Path | No
         resolved.local_dir, converted_dir, vision_tower_dir=vision_tower, allow_pickle=allow_pickle
     )
     config = json.loads((converted_dir / "config.json").read_text())
-    return replace(resolved, local_dir=converted_dir, kind="hf", config=config)
+    return replace(resolved, local_dir=converted_dir, kind="hf", config=config, converted_from_original=True)
 
 
 # --------------------------------------------------------------------------------------------------- 3. write
@@ -450,7 +488,9 @@ def _copy_processor_files(source: Path, destination: Path) -> None:
 
 
 def _write_processor(resolved: ResolvedSource, target_num: int | None, destination: Path) -> None:
-    """The family's processor for ``target_num``, or (None) the stock processor, completed from the model config."""
+    """The family's processor for ``target_num``, or (None) the stock processor, completed from the model config. A
+    model converted from the original LLaVA format gets the processor that tokenizes as the original code did, with
+    its placeholder count (``target_num``) or, for None, the stock count."""
     from transformers import AutoProcessor
 
     family = resolved.family
@@ -461,10 +501,18 @@ def _write_processor(resolved: ResolvedSource, target_num: int | None, destinati
     stock_processor.vision_feature_select_strategy = stock_processor.vision_feature_select_strategy or resolved.config.get(
         "vision_feature_select_strategy", "default"
     )
-    if target_num is None:
+    if resolved.converted_from_original:
+        fixed_count = family.processor_for(
+            stock_processor, target_num or DEFAULT_TARGET_NUM, enabled=target_num is not None, original_llava_tokenization=True
+        )
+        fixed_count.save_pretrained(destination)
+    elif target_num is None:
         stock_processor.save_pretrained(destination)
     else:
         family.processor_for(stock_processor, target_num).save_pretrained(destination)
+    # transformers saves tokenizer.json only; tools that read the SentencePiece model need it too.
+    if (source / "tokenizer.model").is_file() and not (destination / "tokenizer.model").exists():
+        shutil.copyfile(source / "tokenizer.model", destination / "tokenizer.model")
 
 
 def _write_weights(source: Path, destination: Path, *, allow_pickle: bool) -> None:
@@ -590,7 +638,7 @@ image = Image.open(image_path)
 question = "Describe the image."
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 try:
-    processor = AutoProcessor.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
     processor_class = type(processor).__name__
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
@@ -640,7 +688,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoPr
 folder, image_path, out_path = sys.argv[1:4]
 model, info = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, output_loading_info=True, **LOAD_KWARGS)
 try:
-    processor = AutoProcessor.from_pretrained(folder)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 except ImportError:
     # The stock processor needs torchvision for its video processor; without it, the same class without one.
     with open(f"{folder}/processor_config.json") as handle:
@@ -749,7 +797,10 @@ def check_problems(job: CheckJob, remote: dict[str, Any], amount: RetainedAmount
     problems = []
     if remote["model_class"] != family.model_class.__name__:
         problems.append(f"loaded as {remote['model_class']}, not {family.model_class.__name__}")
-    processor_class = family.stock_processor_class.__name__ if vflowopt else family.processor_class_name
+    processor_config = Path(job.folder) / "processor_config.json"
+    original_tokenization = processor_config.is_file() and json.loads(processor_config.read_text()).get("original_llava_tokenization")
+    stock_processor = vflowopt and not original_tokenization
+    processor_class = family.stock_processor_class.__name__ if stock_processor else family.processor_class_name
     if remote["processor_class"] != processor_class:
         problems.append(f"processor loaded as {remote['processor_class']}, not {processor_class}")
     if remote["missing"] or remote["unexpected"]:
@@ -996,18 +1047,17 @@ def write_card(
 
 
 def push_variant(
-    folder: Path, repo_id: str, resolved: ResolvedSource, *, private: bool, commit_message: str | None, create_pr: bool
+    folder: Path, repo_id: str, *, private: bool, commit_message: str, create_pr: bool
 ) -> tuple[str | None, str | None]:
     """Creates ``repo_id`` if needed and uploads ``folder``. Unchanged files are not uploaded again, and a run with
     nothing changed makes no commit. The token comes from HF_TOKEN or the login cache."""
     from huggingface_hub import HfApi
 
     api = HfApi()
-    message = commit_message or f"Add FlowCut variant of {resolved.base_model or resolved.base_name}"
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         info = api.upload_folder(
-            folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=message, create_pr=create_pr
+            folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=commit_message, create_pr=create_pr
         )
     except Exception as error:
         cause = error.__cause__ if isinstance(error, RuntimeError) and error.__cause__ else error
@@ -1016,6 +1066,12 @@ def push_variant(
             "complete; re-run the same command to finish the push: files already on the Hub are not uploaded again."
         ) from error
     return getattr(info, "oid", None), getattr(info, "pr_url", None) or getattr(info, "commit_url", None)
+
+
+def push_commit_message(resolved: ResolvedSource, options: ExportOptions) -> str:
+    """The commit message of a push (the dry run announces this one)."""
+    base = options.base_model or resolved.base_model or resolved.base_name
+    return options.commit_message or f"Add FlowCut variant of {base}"
 
 
 # --------------------------------------------------------------------------------------------------- the pipeline
@@ -1132,11 +1188,7 @@ def prepare_export(
     plans = plan_variants(resolved, options)
     manifest = read_manifest(out)
 
-    if options.base_model is None and resolved.base_model is None:
-        raise ValueError(
-            f"Cannot tell which Hub model {resolved.local_dir} holds, and the model card must name it: pass "
-            "--base-model OWNER/NAME (base_model= in Python)."
-        )
+    announce_base_model(resolved, options, log)
     if options.dry_run:
         return _dry_run(resolved, plans, options, log)
 
@@ -1166,7 +1218,7 @@ def prepare_export(
                 continue
             if converted is None:
                 if resolved.kind == "original":
-                    log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {resolved.config.get('mm_vision_tower')})")
+                    log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {options.vision_tower or resolved.config.get('mm_vision_tower')})")
                 converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
             staging = work_dir / plan.name
             log(f"{plan.name}: write ({plan.amount.describe(image_tokens_per_image(resolved.hf_config))})")
@@ -1212,10 +1264,35 @@ def finish_export(
         if result.plan.repo_id:
             log(f"{result.plan.name}: push to {result.plan.repo_id}")
             result.pushed_commit, result.pushed_url = push_variant(
-                result.plan.folder, result.plan.repo_id, resolved, private=options.private,
-                commit_message=options.commit_message, create_pr=options.create_pr,
+                result.plan.folder, result.plan.repo_id, private=options.private,
+                commit_message=push_commit_message(resolved, options), create_pr=options.create_pr,
             )
     return prepared.results
+
+
+class ExportWarning(UserWarning):
+    """Something the export did not know and went on without; the message names the option that supplies it."""
+
+
+def announce_base_model(resolved: ResolvedSource, options: ExportOptions, log: Callable[[str], None]) -> None:
+    """Says which Hub model the variant's card names as its base, and where that came from; warns when none is known
+    (the card then has no ``base_model``)."""
+    if options.base_model:
+        log(f"base model: {options.base_model} (from --base-model)")
+    elif resolved.base_model:
+        log(f"base model: {resolved.base_model} (from {resolved.base_model_origin}; --base-model overrides it)")
+    else:
+        downloaded = (
+            f" It was downloaded at commit {resolved.download_commit}, but the download metadata does not name the repo."
+            if resolved.download_commit else ""
+        )
+        warnings.warn(
+            f"cannot tell which Hub model {resolved.local_dir} holds: neither its config's _name_or_path nor a model "
+            f"card names it.{downloaded} The variant's card will have no base_model; pass --base-model OWNER/NAME to "
+            "record it.",
+            ExportWarning,
+            stacklevel=2,
+        )
 
 
 def read_manifest(out: Path) -> dict[str, Any]:
@@ -1273,7 +1350,7 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
         if plan.repo_id:
             action = "open a pull request on" if options.create_pr else "commit to"
             visibility = "private" if options.private else "public"
-            message = options.commit_message or f"Add FlowCut variant of {options.base_model or resolved.base_model}"
+            message = push_commit_message(resolved, options)
             log(f"    would {action} {plan.repo_id} ({visibility}) with message {message!r}")
         results.append(VariantResult(plan))
     return results

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 
 SUBCOMMAND_MODULES = {
@@ -67,6 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 def report_errors(command: str, work: Callable[[], int | None]) -> int:
     """Runs ``work`` and turns the errors a user can fix (bad input, missing or existing files) into one line on
     stderr and exit code 2."""
+    default_format = warnings.formatwarning
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        # Our own warnings name the flag that fixes them; the file and line of the code would only distract.
+        if category.__module__.startswith("flowcut_hf"):
+            return f"flowcut-hf {command}: warning: {message}\n"
+        return default_format(message, category, filename, lineno, line)
+
+    warnings.formatwarning = format_warning
     try:
         return int(work() or 0)
     except (ValueError, FileNotFoundError, FileExistsError) as error:

@@ -48,8 +48,12 @@ from .modeling.flowcut_remote_code import remote_code_files
 from .modeling.processing_flowcut_llava import FlowCutLlavaProcessor
 
 
-def fixed_count_llava_processor(processor: ProcessorMixin, target_num: int, enabled: bool = True) -> ProcessorMixin:
-    """LLaVA-1.5: a processor that emits ``target_num`` placeholders per image, since the model keeps that many."""
+def fixed_count_llava_processor(
+    processor: ProcessorMixin, target_num: int, enabled: bool = True, original_llava_tokenization: bool = False
+) -> ProcessorMixin:
+    """LLaVA-1.5: a processor that emits ``target_num`` placeholders per image, since the model keeps that many
+    (``original_llava_tokenization``: for a model converted from the original LLaVA format, see
+    :class:`FlowCutLlavaProcessor`)."""
     if not isinstance(processor, LlavaProcessor):
         raise TypeError(f"a FlowCut LLaVA model takes a LlavaProcessor, got {type(processor).__name__}.")
     return FlowCutLlavaProcessor(
@@ -62,6 +66,7 @@ def fixed_count_llava_processor(processor: ProcessorMixin, target_num: int, enab
         num_additional_image_tokens=processor.num_additional_image_tokens,
         flowcut_target_num=target_num,
         flowcut_enabled=enabled,
+        original_llava_tokenization=original_llava_tokenization,
     )
 
 

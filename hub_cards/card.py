@@ -57,7 +57,8 @@ class VariantCardInfo:
 
     Attributes:
         repo_id: the variant's Hub repo, ``"owner/name"``; used verbatim in the usage snippet.
-        base_model: the Hub repo whose weights the variant carries unchanged.
+        base_model: the Hub repo whose weights the variant carries unchanged; None when it is not known (the card
+            then says so and has no ``base_model`` metadata).
         base_license: the base model's Hub license id (``"apache-2.0"``, ``"llama2"``, ``"other"``), copied into the
             card because the weights keep the base's terms. ``None`` means the base declares none or it could not
             be read: the card then has no ``license`` field and says to follow the base model's terms. The card
@@ -88,7 +89,7 @@ class VariantCardInfo:
     """
 
     repo_id: str
-    base_model: str
+    base_model: str | None
     base_license: str | None
     target_num: int | None
     image_tokens: int
@@ -109,9 +110,9 @@ class VariantCardInfo:
     preset_note: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("repo_id", "base_model"):
-            value = getattr(self, name)
-            _check_repo_id(name, value)
+        _check_repo_id("repo_id", self.repo_id)
+        if self.base_model is not None:
+            _check_repo_id("base_model", self.base_model)
         if self.repo_id == self.base_model:
             raise ValueError(f"repo_id must differ from base_model, both are {self.repo_id!r}")
 
@@ -228,7 +229,7 @@ class VariantCardInfo:
     def license_link_url(self) -> str | None:
         """``base_license_link`` as written into the card (relative links resolved against the base repo)."""
         link = self.base_license_link
-        if link is None or re.match(r"^[a-z][a-z0-9+.-]*://", link, re.I):
+        if link is None or self.base_model is None or re.match(r"^[a-z][a-z0-9+.-]*://", link, re.I):
             return link
         return f"{_HUB_URL}/{self.base_model}/blob/main/{link.removeprefix('./')}"
 
@@ -314,11 +315,15 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         for r in card_data.eval_results or ()
     ]
 
+    base_link = (
+        f"[`{info.base_model}`]({_HUB_URL}/{info.base_model})" if info.base_model
+        else "the base model (its Hub id was not given when this variant was exported)"
+    )
     return {
         "variant_title": _repo_name(info.repo_id),
         "variant_repo_id": info.repo_id,
-        "base_repo_id": info.base_model,
-        "base_url": f"{_HUB_URL}/{info.base_model}",
+        "base_link": base_link,
+        "base_link_capitalized": base_link[:1].upper() + base_link[1:],
         "family_name": FAMILY_DISPLAY_NAMES[info.family],
         "family_id": info.family,
         "kept_tokens": info.target_num if info.target_num is not None else (

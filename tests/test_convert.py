@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -354,10 +355,14 @@ def test_processor_chat_template_and_mean_colour_padding(world):
     assert processor.patch_size == 14 and processor.num_additional_image_tokens == 1
 
 
-def test_sentencepiece_only_tokenizer_keeps_its_tokenisation(world, tmp_path):
-    """liuhaotian's repos ship tokenizer.model only; the converted tokenizer must split text as SentencePiece does."""
+def write_sentencepiece_tokenizer(source: Path) -> bytes:
+    """Gives the checkpoint in ``source`` liuhaotian's tokenizer layout: ``tokenizer.model`` (a SentencePiece model
+    trained here, LLaMA-style: BPE, a dummy prefix, whitespace kept) and a LlamaTokenizer config, no tokenizer.json.
+    Returns the model's bytes."""
     spm = pytest.importorskip("sentencepiece")
-    corpus = ["USER: What is this? ASSISTANT: A cat sitting on a mat.", "The quick brown fox jumps over the dog."]
+    # LLaMA's model has every byte; this tiny one needs the newline of LLaVA's prompt in its corpus.
+    corpus = ["USER: What is this? ASSISTANT: A cat sitting on a mat.", "The quick brown fox jumps over the dog.",
+              "USER: <image>\nWhat is this?\nA cat."]
     model = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus * 50),
@@ -371,11 +376,10 @@ def test_sentencepiece_only_tokenizer_keeps_its_tokenisation(world, tmp_path):
         pad_id=-1,
         hard_vocab_limit=False,
         normalization_rule_name="identity",
+        remove_extra_whitespaces=False,
     )
-    source = tmp_path / "spm-ckpt"
-    _write_checkpoint(source, world["llava"])
     for name in ("tokenizer.json", "tokenizer_config.json"):
-        (source / name).unlink()
+        (source / name).unlink(missing_ok=True)
     (source / "tokenizer.model").write_bytes(model.getvalue())
     (source / "tokenizer_config.json").write_text(
         json.dumps(
@@ -392,7 +396,16 @@ def test_sentencepiece_only_tokenizer_keeps_its_tokenisation(world, tmp_path):
             }
         )
     )
-    reference = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    return model.getvalue()
+
+
+def test_sentencepiece_only_tokenizer_keeps_its_tokenisation(world, tmp_path):
+    """liuhaotian's repos ship tokenizer.model only; the converted tokenizer must split text as SentencePiece does."""
+    spm = pytest.importorskip("sentencepiece")
+    source = tmp_path / "spm-ckpt"
+    _write_checkpoint(source, world["llava"])
+    model_bytes = write_sentencepiece_tokenizer(source)
+    reference = spm.SentencePieceProcessor(model_proto=model_bytes)
     assert reference.get_piece_size() == VOCAB
 
     out = tmp_path / "out"
@@ -401,7 +414,7 @@ def test_sentencepiece_only_tokenizer_keeps_its_tokenisation(world, tmp_path):
     text = "USER: What is this? ASSISTANT:"
     assert tokenizer(text).input_ids == [1, *reference.encode(text)]
     assert tokenizer(f"USER: <image>\n{text}").input_ids.count(IMAGE_ID) == 1
-    assert (out / "tokenizer.model").read_bytes() == model.getvalue()
+    assert (out / "tokenizer.model").read_bytes() == model_bytes
 
 
 def test_pickle_weights_refused_unless_allowed_then_identical(world):
@@ -597,3 +610,11 @@ def test_config_predicates():
     assert not is_original_llava(llama) and not is_hf_llava(llama)
     mistral = {"architectures": ["LlavaMistralForCausalLM"], "model_type": "llava_mistral"}
     assert not is_original_llava(mistral) and not is_hf_llava(mistral)
+
+
+def test_a_plain_install_can_read_a_sentencepiece_only_tokenizer():
+    """liuhaotian's checkpoints have only tokenizer.model; reading it must not need an extra."""
+    import importlib.metadata
+
+    plain = [r for r in importlib.metadata.requires("flowcut-hf") if "extra ==" not in r]
+    assert {"sentencepiece", "protobuf"} <= {re.split(r"[<>=!~; ]", r)[0] for r in plain}

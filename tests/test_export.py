@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -115,22 +116,41 @@ def test_write_stage_never_loads_weights(hf_base, tmp_path, monkeypatch):
 
 
 def test_original_llava_source_is_converted_and_verified(tmp_path):
+    import sentencepiece
     import test_convert as tc
+    from PIL import Image
+    from transformers import AutoProcessor
 
     clip_dir = tmp_path / "clip"
     tc._write_clip(clip_dir, seed=1)
     source = tmp_path / "llava-v1.5-tiny-flowcut192"
     tc._write_checkpoint(source, tc._original_tensors(seed=2))
+    sentencepiece_model = tc.write_sentencepiece_tokenizer(source)  # liuhaotian's layout: tokenizer.model only
+    logs = []
     results = export(
         source,
         ExportOptions(target_nums=[32], out=tmp_path / "out", vision_tower=clip_dir, base_model="JosephTong/llava-v1.5-7b-flowcut192"),
-        log=lambda _: None,
+        log=logs.append,
     )
     folder = results[0].plan.folder
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == ["LlavaForConditionalGeneration"] and config["flowcut_target_num"] == 32
     assert results[0].token_schedule[-1] == 33, "verification ran the remote code and pruned to the target"
     assert not (tmp_path / "out" / "converted").exists()
+    assert any(f"vision tower: {clip_dir}" in line for line in logs), "the log names the tower --vision-tower gave"
+    assert (folder / "tokenizer.model").read_bytes() == sentencepiece_model
+
+    # The ids the model was trained on: LLaVA's tokenizer_image_token encodes the text around <image> piece by piece,
+    # so SentencePiece starts the text after the image with its prefix "▁".
+    reference = sentencepiece.SentencePieceProcessor(model_proto=sentencepiece_model)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    image = Image.new("RGB", (40, 30), "white")
+    for before, after in (("USER: ", "\nWhat is this? ASSISTANT:"), ("", "What is this?")):
+        ids = processor(images=image, text=f"{before}<image>{after}", return_tensors="pt").input_ids[0].tolist()
+        assert ids == [1, *reference.encode(before), *[tc.IMAGE_ID] * 32, *reference.encode(after)]
+    batch = processor(images=[image, image], text=["USER: <image>\nWhat is this?", "<image>What?"], padding=True, return_tensors="pt")
+    assert batch.input_ids.shape == batch.attention_mask.shape and batch.attention_mask[1].sum() < batch.input_ids.shape[1]
+    assert batch.input_ids[0].tolist() == processor(images=image, text="USER: <image>\nWhat is this?").input_ids[0]
 
 
 @pytest.mark.parametrize(
@@ -243,6 +263,44 @@ def test_the_command_holds_no_libraries_beside_the_model_while_it_verifies(hf_ba
     assert result.returncode == 1 and "verification failed, nothing was pushed" in result.stdout
     assert "missing keys" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == [".flowcut-export.json", "llava-tiny-hf-flowcut64"]
+
+
+def test_the_base_model_is_read_from_the_folder_or_left_out_with_a_warning(hf_base, tmp_path):
+    def copy_of_base(name: str, readme: str | None = None, name_or_path: str | None = None) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(hf_base, folder)
+        if readme is not None:
+            (folder / "README.md").write_text(readme)
+        if name_or_path is not None:
+            config = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**config, "_name_or_path": name_or_path}))
+        return folder
+
+    def dry_run(folder: Path, *flags: str) -> subprocess.CompletedProcess:
+        result = cli("export", str(folder), "--target-num", "64", "--out", str(tmp_path / "dry"), "--dry-run", *flags)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    from_config = copy_of_base("from-config", name_or_path="llava-hf/llava-1.5-7b-hf")
+    assert "base model: llava-hf/llava-1.5-7b-hf (from the config's _name_or_path" in dry_run(from_config).stdout
+    assert "base model: org/chosen (from --base-model)" in dry_run(from_config, "--base-model", "org/chosen").stdout
+    from_card = copy_of_base("from-card", readme="---\nlicense: llama2\nbase_model: org/from-card\n---\n# a copy\n")
+    assert "base model: org/from-card (from the base_model of the folder's model card" in dry_run(from_card).stdout
+
+    # Nothing names it: `hf download --local-dir` left its metadata, which records the commit but not the repo.
+    unknown = copy_of_base("downloaded", readme="---\nlicense: llama2\n---\n# no base named\n")
+    commit = "a" * 40
+    metadata = unknown / ".cache" / "huggingface" / "download" / "config.json.metadata"
+    metadata.parent.mkdir(parents=True)
+    metadata.write_text(f"{commit}\n{'b' * 40}\n{time.time() + 5}\n")
+    out = tmp_path / "out"
+    result = cli("export", str(unknown), "--target-num", "64", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    warning = next(line for line in result.stderr.splitlines() if line.startswith("flowcut-hf export: warning:"))
+    assert "cannot tell which Hub model" in warning and "--base-model OWNER/NAME" in warning and commit in warning
+    card = ModelCard.load(out / "downloaded-flowcut64" / "README.md")
+    assert card.data.base_model is None and card.data.license == "llama2"
+    assert "its Hub id was not given when this variant was exported" in card.text
 
 
 def test_dry_run_writes_and_pushes_nothing(hf_base, tmp_path):
