@@ -11,6 +11,7 @@ import importlib
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 SUBCOMMAND_MODULES = {
     "demo": "flowcut_hf.demo",
@@ -19,6 +20,7 @@ SUBCOMMAND_MODULES = {
     "visualize": "flowcut_hf.visualize",
     "search": "flowcut_hf.search",
     "measure": "flowcut_hf.measure",
+    "install-hf-extension": "flowcut_hf.hf_extension",
 }
 
 
@@ -26,7 +28,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The full parser, or (``command`` given) one that knows only that subcommand: its module alone is imported,
     so ``flowcut-hf export`` does not pay for the torch imports of ``demo`` or ``bench``."""
     parser = argparse.ArgumentParser(
-        prog="flowcut-hf",
+        # Run by the hf CLI as the `hf flowcut` extension, the usage lines show the command the user typed.
+        prog="hf flowcut" if Path(sys.argv[0]).name == "hf-flowcut" else "flowcut-hf",
         description="FlowCut (and VFlowOpt) visual-token pruning for Hugging Face vision-language models.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
