@@ -25,12 +25,17 @@ Keys are the field names of :class:`huggingface_hub.EvalResult`, except ``verifi
 only Hugging Face's evaluation service may set. Unknown keys are rejected so that a typo cannot silently drop a
 field. Every problem raises :class:`ValueError` naming the file and the offending field, e.g.
 ``results[2].metric_value``.
+
+The results file that lmms-eval writes (``<output_path>/<model>/<date>_results.json``: ``results`` maps each task to
+``"metric,filter": value``) is read as well, through :func:`from_lmms_eval`: one result per task and metric, with the
+task's dataset (its Hub id when ``dataset_path`` is one, else the task name) and split, and lmms-eval as the source.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -79,7 +84,63 @@ def load_eval_results(path: str | Path, *, default_model_name: str) -> tuple[str
         raise ValueError(f"{path}: not valid JSON: {err}") from err
     except _NonFiniteError as err:
         raise ValueError(f"{path}: {err}") from None
+    if is_lmms_eval_results(raw):
+        raw = from_lmms_eval(raw, source=str(path))
     return parse_eval_results(raw, default_model_name=default_model_name, source=str(path))
+
+
+LMMS_EVAL_URL = "https://github.com/EvolvingLMMs-Lab/lmms-eval"
+
+
+def is_lmms_eval_results(raw: Any) -> bool:
+    """Whether ``raw`` is a results file written by lmms-eval (its ``results`` is a task -> metrics object)."""
+    return isinstance(raw, dict) and isinstance(raw.get("results"), dict) and "configs" in raw
+
+
+def from_lmms_eval(raw: dict[str, Any], *, source: str = "lmms-eval results") -> dict[str, Any]:
+    """An lmms-eval results file in this module's schema: every numeric ``metric,filter`` value of every task, except
+    the standard errors (``*_stderr*``); non-numeric ones ("N/A") are left out."""
+    version = raw.get("lmms_eval_version")
+    # A source checkout records "branch@commit" of whatever git repository it ran in; only a release number says
+    # which lmms-eval it was.
+    is_release = isinstance(version, str) and re.fullmatch(r"\d+(\.\d+)+\S*", version)
+    source_name = f"lmms-eval {version}" if is_release else "lmms-eval"
+    results = []
+    for task, metrics in raw["results"].items():
+        if not isinstance(metrics, dict):
+            raise ValueError(f"{source}: results.{task} must be an object of metric values, got {type(metrics).__name__}")
+        config = raw["configs"].get(task) or {}
+        dataset_path = config.get("dataset_path")
+        dataset = dataset_path if isinstance(dataset_path, str) and _is_hub_dataset_id(dataset_path) else task
+        for key, value in metrics.items():
+            metric, _, filter_name = key.partition(",")
+            if not filter_name or "_stderr" in metric:
+                continue  # "alias", and the standard errors of the metrics kept
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            entry = {
+                "task_type": "image-text-to-text",
+                "task_name": task,
+                "dataset_type": dataset,
+                "dataset_name": metrics.get("alias", task).strip() or task,
+                "metric_type": metric,
+                "metric_value": value,
+                "source_name": source_name,
+                "source_url": LMMS_EVAL_URL,
+            }
+            if filter_name != "none":
+                entry["metric_config"] = filter_name
+            if isinstance(config.get("test_split"), str):
+                entry["dataset_split"] = config["test_split"]
+            results.append(entry)
+    if not results:
+        raise ValueError(f"{source}: the lmms-eval results hold no numeric metric")
+    return {"results": results}
+
+
+def _is_hub_dataset_id(value: str) -> bool:
+    parts = value.split("/")
+    return len(parts) == 2 and all(parts) and not value.startswith((".", "/")) and " " not in value
 
 
 def parse_eval_results(
