@@ -366,8 +366,45 @@ def weight_files(folder: Path, *, allow_pickle: bool, what: str) -> tuple[list[P
     raise FileNotFoundError(f"no {what} weights (*.safetensors or pytorch_model*.bin) found in {folder}")
 
 
+def check_weight_files(files: Sequence[Path]) -> None:
+    """Raises a ValueError naming the first damaged file: a safetensors file whose header does not parse or whose
+    size is not what its header describes (truncated, or cut short by an interrupted download). Reads headers only."""
+    for path in files:
+        if path.suffix == ".safetensors":
+            problem = safetensors_problem(path)
+            if problem:
+                raise ValueError(f"{path} is damaged ({problem}); download or copy it again.")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """What is wrong with a safetensors file's framing, or None: the 8-byte header length, the JSON header, and the
+    data section's size against the largest offset the header names."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                return f"{size} bytes, shorter than a safetensors header"
+            header_length = int.from_bytes(prefix, "little")
+            if header_length > size - 8:
+                return f"the header claims {header_length} bytes, the file has {size}"
+            header = json.loads(handle.read(header_length))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        return f"its header is not valid JSON: {error}"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    ends = [entry.get("data_offsets", [0, 0])[1] for name, entry in header.items() if name != "__metadata__" and isinstance(entry, dict)]
+    expected = 8 + header_length + max(ends, default=0)
+    if size != expected:
+        return f"{size} bytes where its header describes {expected}"
+    return None
+
+
 def _files_from_index(folder: Path, index_path: Path) -> list[Path]:
-    weight_map = _read_json(index_path).get("weight_map")
+    try:
+        weight_map = _read_json(index_path).get("weight_map")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ValueError(f"{index_path} is damaged ({error}); download or copy it again.") from None
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path} has no weight_map")
     names = sorted(set(weight_map.values()))  # file order, not key order, so output shards follow the source

@@ -28,6 +28,7 @@ copied as files, and the checks that need the model run in subprocesses.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -47,7 +48,7 @@ from ..modeling.configuration_flowcut_llava import DEFAULT_TARGET_NUM
 from ..modeling.flowcut_remote_code import copy_remote_code_files
 from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named
 from .checks import CheckJob, VerificationError, run_check
-from .convert import convert_original_llava, is_original_llava, load_pickle_state, weight_files
+from .convert import check_weight_files, convert_original_llava, is_original_llava, load_pickle_state, weight_files
 from .options import DEFAULT_NAME_PATTERN, VFLOWOPT_NAME_PATTERN, ExportOptions
 
 logger = logging.getLogger(__name__)
@@ -78,6 +79,10 @@ class ResolvedSource:
     """For a folder that ``hf download --local-dir`` filled: the commit it downloaded."""
     converted_from_original: bool = False
     """Set by :func:`convert` on the HF-layout copy of an original-LLaVA checkpoint."""
+    source_weight_files: list[str] = field(default_factory=list)
+    """The names of the source's weight files (and their index), as a dry run lists them."""
+    requested_revision: str | None = None
+    """``--revision`` as given (a branch, tag or commit); :attr:`commit` is what it resolved to."""
 
     @property
     def family(self) -> FlowCutFamily:
@@ -218,11 +223,11 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
     if path.is_dir():
         if revision is not None:
             raise ValueError(f"--revision applies to Hub repos; {source} is a local folder.")
-        local_dir, repo_id, commit = path.resolve(), None, None
+        local_dir, repo_id, commit, repo_files = path.resolve(), None, None, None
     elif path.exists():
         raise ValueError(f"{source} is a file; give the folder that holds config.json, or a Hub repo id.")
     elif looks_like_repo_id(str(source)):
-        local_dir, repo_id, commit = _download(str(source), revision, metadata_only)
+        local_dir, repo_id, commit, repo_files = _download(str(source), revision, metadata_only)
     else:
         raise FileNotFoundError(f"Source {source!r} is neither an existing folder nor a Hub repo id (owner/name).")
 
@@ -248,10 +253,18 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
                 + " and original-LLaVA-1.5 (LlavaLlamaForCausalLM) checkpoints."
             ) from None
         kind = "hf"
-        if not metadata_only:
-            weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are no weights at all
+    if repo_files is None or not metadata_only:
+        # The weights are here: a damaged file is reported now, by name, not as a failed check hours later.
+        files, _ = weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are none at all
+        check_weight_files(files)
+        index_names = [p.name for p in local_dir.glob("*.index.json") if p.name.startswith(("model", "pytorch_model"))]
+        source_weights = sorted({*(f.name for f in files), *index_names})
+    else:
+        source_weights = sorted(name for name in repo_files if _is_weight_file_name(name))
     base_name = (repo_id.split("/")[-1] if repo_id else local_dir.name) or "model"
     resolved = ResolvedSource(local_dir, kind, config, repo_id, commit, base_name, family_name=family.name)
+    resolved.source_weight_files = source_weights
+    resolved.requested_revision = revision
     card_base_model = _read_source_card(resolved)
     resolved.base_model, resolved.base_model_origin = find_base_model(resolved, card_base_model)
     if repo_id is None:
@@ -285,7 +298,7 @@ def downloaded_commit(local_dir: Path) -> str | None:
     return commit if unchanged and re.fullmatch(r"[0-9a-f]{40}", commit) else None
 
 
-def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[Path, str, str | None]:
+def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[Path, str, str | None, list[str]]:
     from huggingface_hub import HfApi, snapshot_download
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
@@ -301,7 +314,14 @@ def _download(repo_id: str, revision: str | None, metadata_only: bool) -> tuple[
     weight_patterns = ["*.safetensors"] if has_safetensors else ["*.bin"]
     patterns = METADATA_PATTERNS if metadata_only else METADATA_PATTERNS + weight_patterns
     local_dir = snapshot_download(repo_id, revision=info.sha, allow_patterns=patterns)
-    return Path(local_dir), repo_id, info.sha
+    return Path(local_dir), repo_id, info.sha, names
+
+
+def _is_weight_file_name(name: str) -> bool:
+    return "/" not in name and (
+        name.endswith(".safetensors") or name in ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+        or (name.startswith("pytorch_model") and name.endswith(".bin"))
+    )
 
 
 def _read_source_card(resolved: ResolvedSource) -> str | None:
@@ -401,15 +421,24 @@ def validate_targets(
     full = image_tokens_per_image(config)
     amounts: list[RetainedAmount] = []
     for target in target_nums:
-        family.field_validators["flowcut_target_num"](target)
-        if target is None or target >= full:
+        if isinstance(target, bool) or not isinstance(target, int) or target < 1:
+            raise ValueError(
+                f"--target-num must be a whole number of visual tokens kept per image, at least 1 (e.g. 64), got "
+                f"{target!r}. To publish the unpruned model, push the base checkpoint itself."
+            )
+        with flags_in_message("flowcut_target_num", "--target-num"):
+            family.field_validators["flowcut_target_num"](target)
+        if target >= full:
             raise ValueError(
                 f"--target-num {target} prunes nothing: this {family.display_name} model gives at most {full} visual "
                 f"tokens per image; choose a value below {full}."
             )
         amounts.append(RetainedAmount(target_num=target))
     for ratio in retain_ratios:
-        family.field_validators["flowcut_retain_ratio"](ratio)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio:
+            raise ValueError(f"--retain-ratio must be a share of each image's tokens between 0 and 1 (e.g. 0.111), got {ratio!r}.")
+        with flags_in_message("flowcut_retain_ratio", "--retain-ratio"):
+            family.field_validators["flowcut_retain_ratio"](ratio)
         if ratio >= 1:
             raise ValueError("--retain-ratio 1.0 prunes nothing; choose a share below 1 (the paper uses 0.111 to 0.333).")
         amounts.append(RetainedAmount(retain_ratio=float(ratio)))
@@ -418,6 +447,17 @@ def validate_targets(
             flag = "--target-num" if amount.target_num is not None else "--retain-ratio"
             raise ValueError(f"{flag} {amount.label} is given twice.")
     return amounts
+
+
+@contextlib.contextmanager
+def flags_in_message(field_name: str, flag: str):
+    """Re-raises a config validator's ValueError in the command line's words: the flag instead of the config field,
+    and no advice about config fields the command does not take."""
+    try:
+        yield
+    except ValueError as error:
+        message = str(error).replace(field_name, flag).replace(" To switch pruning off, set flowcut_enabled=False instead.", "")
+        raise ValueError(message) from None
 
 
 def flowcut_config(config: dict[str, Any], amount: RetainedAmount | int) -> dict[str, Any]:
@@ -1039,6 +1079,8 @@ def write_card(
         prefill_flops_unpruned=float(unpruned.total_flops),
         prefill_flops_pruned=float(pruned.total_flops),
         prefill_flops_note=what,
+        base_commit=resolved.commit or resolved.download_commit,
+        base_revision_requested=resolved.requested_revision if resolved.requested_revision != resolved.commit else None,
     )
     render_variant_card(info, eval_results_path=options.eval_results).save(folder / "README.md")
 
@@ -1047,18 +1089,29 @@ def write_card(
 
 
 def push_variant(
-    folder: Path, repo_id: str, *, private: bool, commit_message: str, create_pr: bool
+    folder: Path, repo_id: str, *, private: bool, commit_message: str, create_pr: bool,
+    log: Callable[[str], None] = print,
 ) -> tuple[str | None, str | None]:
     """Creates ``repo_id`` if needed and uploads ``folder``. Unchanged files are not uploaded again, and a run with
-    nothing changed makes no commit. The token comes from HF_TOKEN or the login cache."""
+    nothing changed makes no commit. The token comes from HF_TOKEN or the login cache.
+
+    ``private``: a new repo is created private, and an existing public repo is made private before anything is
+    uploaded (or nothing is uploaded). An existing private repo stays private either way."""
     from huggingface_hub import HfApi
 
     api = HfApi()
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        if private and not api.repo_info(repo_id, repo_type="model").private:
+            log(f"{repo_id}: the repo exists and is public; making it private before the upload, as --private asks")
+            api.update_repo_settings(repo_id, private=True, repo_type="model")
+            if not api.repo_info(repo_id, repo_type="model").private:
+                raise PushError(f"{repo_id} is still public after asking the Hub to make it private; nothing was uploaded.")
         info = api.upload_folder(
             folder_path=folder, repo_id=repo_id, repo_type="model", commit_message=commit_message, create_pr=create_pr
         )
+    except PushError:
+        raise
     except Exception as error:
         cause = error.__cause__ if isinstance(error, RuntimeError) and error.__cause__ else error
         raise PushError(
@@ -1066,6 +1119,25 @@ def push_variant(
             "complete; re-run the same command to finish the push: files already on the Hub are not uploaded again."
         ) from error
     return getattr(info, "oid", None), getattr(info, "pr_url", None) or getattr(info, "commit_url", None)
+
+
+def announced_visibility(repo_id: str, private: bool) -> str:
+    """What a push to ``repo_id`` will leave: the visibility, and whether the repo is new or changes."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    wanted = "private" if private else "public"
+    try:
+        exists_private = HfApi().repo_info(repo_id, repo_type="model").private
+    except RepositoryNotFoundError:
+        return f"a new {wanted} repo"
+    except Exception as error:  # offline, no token: the real run decides the same way, once it can reach the Hub
+        return f"{wanted} if new (could not check whether it exists: {type(error).__name__})"
+    if exists_private:
+        return "an existing private repo, which stays private"
+    if private:
+        return "an existing public repo, made private before the upload (--private)"
+    return "an existing public repo"
 
 
 def push_commit_message(resolved: ResolvedSource, options: ExportOptions) -> str:
@@ -1087,7 +1159,7 @@ def plan_variants(resolved: ResolvedSource, options: ExportOptions) -> list[Vari
     protected = [p.resolve() for p in (resolved.local_dir, options.vision_tower) if p is not None]
     plans = []
     for amount in amounts:
-        name = pattern.format(base=resolved.base_name, n=amount.label)
+        name = fill_pattern(pattern, "--name-pattern", base=resolved.base_name, n=amount.label)
         if name in ("", ".", "..") or Path(name).name != name or name.startswith("."):
             raise ValueError(f"--name-pattern gives {name!r}, which is not a plain folder name.")
         folder = (Path(options.out) / name).resolve()
@@ -1112,9 +1184,9 @@ def push_repo_id(push: str | None, base: str, target: int | str, count: int, pat
     if push is None:
         return None
     if "/" not in push:
-        return f"{push}/{pattern.format(base=base, n=target)}"
-    if "{n}" in push:
-        return push.format(n=target, base=base)
+        return check_push_repo_id(f"{push}/{fill_pattern(pattern, '--name-pattern', base=base, n=target)}")
+    if "{" in push:
+        return check_push_repo_id(fill_pattern(push, "--push", n=target, base=base))
     if count > 1:
         raise ValueError(
             f"--push {push} names one repo but {count} variants are exported; give a namespace (--push "
@@ -1122,7 +1194,30 @@ def push_repo_id(push: str | None, base: str, target: int | str, count: int, pat
         )
     if not looks_like_repo_id(push):
         raise ValueError(f"--push {push!r} is not a repo id of the form owner/name.")
-    return push
+    return check_push_repo_id(push)
+
+
+def fill_pattern(pattern: str, flag: str, **values: Any) -> str:
+    """``pattern`` with its placeholders filled; a ValueError naming ``flag`` and the valid placeholders otherwise."""
+    valid = " and ".join(f"{{{name}}}" for name in values)
+    try:
+        return pattern.format(**values)
+    except KeyError as error:
+        raise ValueError(f"{flag} {pattern!r} has the unknown placeholder {{{error.args[0]}}}; the valid ones are {valid}.") from None
+    except (IndexError, ValueError) as error:
+        raise ValueError(f"{flag} {pattern!r} is not a valid pattern ({error}); use {valid}, and {{{{ }}}} for a literal brace.") from None
+
+
+def check_push_repo_id(repo_id: str) -> str:
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(f"--push gives {repo_id!r}, which is not a valid Hub repo id: {error}") from None
+    if repo_id.count("/") != 1:
+        raise ValueError(f"--push gives {repo_id!r}, which is not a Hub repo id of the form owner/name.")
+    return repo_id
 
 
 def fingerprint(resolved: ResolvedSource, amount: RetainedAmount) -> str:
@@ -1189,6 +1284,18 @@ def prepare_export(
     manifest = read_manifest(out)
 
     announce_base_model(resolved, options, log)
+    pickled = [name for name in resolved.source_weight_files if name.endswith(".bin")]
+    if pickled and not any(name.endswith(".safetensors") for name in resolved.source_weight_files) and not options.allow_pickle:
+        raise ValueError(
+            f"the checkpoint in {resolved.repo_id or resolved.local_dir} is stored as PyTorch pickle files ({pickled[0]}, ...); "
+            "unpickling untrusted files can run arbitrary code. Pass --allow-pickle to convert them anyway; they are then "
+            "read with torch.load(weights_only=True)"
+        )
+    if options.eval_results is not None:
+        # Read now, not at the card stage: a bad file must stop the export before hours of writing and checking.
+        from ..hub_cards import load_eval_results
+
+        load_eval_results(options.eval_results, default_model_name=plans[0].name)
     if options.dry_run:
         return _dry_run(resolved, plans, options, log)
 
@@ -1265,7 +1372,7 @@ def finish_export(
             log(f"{result.plan.name}: push to {result.plan.repo_id}")
             result.pushed_commit, result.pushed_url = push_variant(
                 result.plan.folder, result.plan.repo_id, private=options.private,
-                commit_message=push_commit_message(resolved, options), create_pr=options.create_pr,
+                commit_message=push_commit_message(resolved, options), create_pr=options.create_pr, log=log,
             )
     return prepared.results
 
@@ -1325,14 +1432,19 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
     if resolved.kind == "original":
         log(f"  convert: original-LLaVA -> HF layout, vision tower from {options.vision_tower or resolved.config.get('mm_vision_tower')}")
     if resolved.kind == "original":
-        weights = ["(weights of the converted checkpoint)"]
+        weights_line = (
+            f"weights: converted to the HF layout, one tensor at a time, from {', '.join(resolved.source_weight_files)} "
+            "(model*.safetensors shards and their index)"
+        )
+    elif not any(name.endswith(".safetensors") for name in resolved.source_weight_files):
+        weights_line = f"weights: converted from pickle to safetensors, one file at a time (--allow-pickle): {', '.join(resolved.source_weight_files)}"
     else:
-        weights = sorted(p.name for p in resolved.local_dir.glob("*.safetensors")) or ["(the source's weight files)"]
+        weights_line = f"weights (unchanged, byte-identical): {', '.join(resolved.source_weight_files)}"
     code_files = ", ".join(p.name for p in resolved.family.remote_code_files())
     results = []
     for plan in plans:
         log(f"  {plan.name}: would write {plan.folder}")
-        log(f"    weights (unchanged, byte-identical): {', '.join(weights)}")
+        log(f"    {weights_line}")
         if plan.amount.preset is not None:
             field = f"pruning_method=vflowopt and the preset's vflowopt_* fields ({plan.amount.describe(0)})"
         elif plan.target_num is not None:
@@ -1349,8 +1461,7 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
             log(f"    note: {plan.folder} exists; the real run needs --overwrite")
         if plan.repo_id:
             action = "open a pull request on" if options.create_pr else "commit to"
-            visibility = "private" if options.private else "public"
             message = push_commit_message(resolved, options)
-            log(f"    would {action} {plan.repo_id} ({visibility}) with message {message!r}")
+            log(f"    would {action} {plan.repo_id} ({announced_visibility(plan.repo_id, options.private)}) with message {message!r}")
         results.append(VariantResult(plan))
     return results

@@ -133,6 +133,7 @@ from torch import nn
 from . import accounting
 from .api import flowcut
 from .modeling.configuration_flowcut_llava import FIELD_VALIDATORS, validate_target_num
+from .cli import target_num_argument, retain_ratio_argument
 
 __all__ = [
     "PRESET",
@@ -1237,11 +1238,11 @@ def register_cli(subparsers) -> None:
         "only), or LLaVA-OneVision (a 768x768 image, 3699 stock visual tokens; stock vs VFlowOpt's 10/25/50%% presets)",
     )
     parser.add_argument(
-        "--retain-ratio", type=float, action="append", metavar="R",
+        "--retain-ratio", type=retain_ratio_argument, action="append", metavar="R",
         help="Qwen2-VL / Qwen2.5-VL: share of each image's tokens kept; repeat for several (default 0.333 0.222 0.111)",
     )
     parser.add_argument(
-        "--target-num", type=int, action="append", metavar="N",
+        "--target-num", type=target_num_argument, action="append", metavar="N",
         help="visual tokens kept per image; repeat for several (default 64; LLaVA-NeXT 160, 320, 640). For LLaVA-1.5 "
         "N >= 576 is the passthrough row",
     )

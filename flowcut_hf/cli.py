@@ -47,6 +47,32 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def target_num_argument(text: str) -> int:
+    """``--target-num``'s type: a whole number of visual tokens kept per image, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1 or str(value) != text.strip():
+        raise argparse.ArgumentTypeError(
+            f"must be a whole number of visual tokens kept per image, at least 1 (e.g. 64), got {text!r}"
+        )
+    return value
+
+
+def retain_ratio_argument(text: str) -> float:
+    """``--retain-ratio``'s type: the share of each image's tokens kept, in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(
+            f"must be the share of each image's tokens kept, above 0 and at most 1 (e.g. 0.111), got {text!r}"
+        )
+    return value
+
+
 def requested_command(argv: Sequence[str]) -> str | None:
     """The subcommand ``argv`` names, when it starts with one (options before it need the full parser)."""
     return argv[0] if argv and argv[0] in SUBCOMMAND_MODULES else None

@@ -17,6 +17,7 @@ import torch
 from .api import flowcut, flowcut_processor
 from .modeling.modeling_flowcut_llava_next import stock_token_count
 from .tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
+from .cli import target_num_argument
 
 PROMPT = "USER: <image>\n<image>\nWhat is different between these two pictures? ASSISTANT:"
 
@@ -212,7 +213,7 @@ def register_cli(subparsers) -> None:
         "--family", choices=["all", *DEMOS], default="all", help="which model family to run (default: all)"
     )
     parser.add_argument(
-        "--target-num", type=int, default=None,
+        "--target-num", type=target_num_argument, default=None,
         help="visual tokens kept per image (default: the paper's, 64 for LLaVA-1.5 and 160 for LLaVA-NeXT; Qwen2.5-VL "
         "keeps a quarter of each image's tokens unless this is given)",
     )

@@ -17,6 +17,7 @@ from pathlib import Path
 # Standard library only: this process runs the checks while they hold the model (see run_in_stages).
 from .export.checks import CheckJob, VerificationError, run_check
 from .export.options import DEFAULT_NAME_PATTERN, ExportOptions, parse_memory_size
+from .cli import target_num_argument, retain_ratio_argument
 
 DESCRIPTION = """\
 Turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into pruned-by-design FlowCut variants.
@@ -44,13 +45,13 @@ def register_cli(subparsers) -> None:
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="local folder or Hub repo id of the base checkpoint")
-    parser.add_argument("--target-num", type=int, action="append", default=[], dest="target_nums",
+    parser.add_argument("--target-num", type=target_num_argument, action="append", default=[], dest="target_nums",
                         help="visual tokens kept per image; repeat for several variants")
     parser.add_argument("--method", choices=("flowcut", "vflowopt"), default="flowcut",
                         help="the pruning method (vflowopt: LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT, with --preset)")
     parser.add_argument("--preset", action="append", default=[], dest="presets",
                         help="VFlowOpt: a released preset (10%%, 25%%, 50%%) or a preset JSON from `flowcut-hf search`; repeat for several")
-    parser.add_argument("--retain-ratio", type=float, action="append", default=[], dest="retain_ratios",
+    parser.add_argument("--retain-ratio", type=retain_ratio_argument, action="append", default=[], dest="retain_ratios",
                         help="Qwen2-VL / Qwen2.5-VL: share of each image's tokens kept (e.g. 0.111); repeat for several")
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per variant")
     parser.add_argument("--push", metavar="REPO_ID", help="push to the Hub: a repo id, a namespace, or a pattern with {n}")
@@ -111,10 +112,10 @@ def report_outcome(work: Callable[[], list | None]) -> int:
     try:
         results = work()
     except VerificationError as error:
-        print(f"flowcut-hf export: verification failed, nothing was pushed: {error}")
+        print(f"flowcut-hf export: verification failed, nothing was pushed: {error}", file=sys.stderr)
         return 1
     except PushError as error:
-        print(f"flowcut-hf export: {error}")
+        print(f"flowcut-hf export: {error}", file=sys.stderr)
         return 1
     for result in results or []:
         line = f"{result.plan.name}: {result.plan.folder}"
@@ -144,7 +145,7 @@ def run_in_stages(args: argparse.Namespace, options: ExportOptions) -> int:
             try:
                 reports[job.name] = run_check(job, options.max_memory)
             except VerificationError as error:
-                print(f"flowcut-hf export: verification failed, nothing was pushed: {error}")
+                print(f"flowcut-hf export: verification failed, nothing was pushed: {error}", file=sys.stderr)
                 return 1
         (state_dir / "reports.json").write_text(json.dumps(reports))
         return run_worker("finish", state_dir)

@@ -34,6 +34,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .bench import ModelModes, BenchRow, example_image_path, load_model
+from .cli import target_num_argument, retain_ratio_argument
 
 __all__ = [
     "FigureLayout",
@@ -348,9 +349,42 @@ def make_example_image(size: tuple[int, int] = (448, 336)) -> Image.Image:
     return image
 
 
+OUTPUT_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+"""``--out`` extensions and the format each is written in."""
+
+
+def output_format(out: Path) -> str:
+    """The image format ``--out``'s extension names; a ValueError naming the accepted ones otherwise."""
+    image_format = OUTPUT_FORMATS.get(out.suffix.lower())
+    if image_format is None:
+        raise ValueError(f"--out {out} must end in {', '.join(OUTPUT_FORMATS)}, the formats visualize writes")
+    return image_format
+
+
+def check_image_file(path: Path) -> None:
+    """Refuses, by name, a file that is missing or that PIL cannot read as an image (before any model loads)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError) as error:  # UnidentifiedImageError is an OSError
+        raise ValueError(f"{path} is not an image PIL can read ({type(error).__name__}: {error}); give a PNG, JPEG or WebP file") from None
+
+
+def save_picture(picture: Image.Image, out: Path) -> None:
+    image_format = output_format(out)
+    if image_format == "JPEG":
+        picture.convert("RGB").save(out, format="JPEG", quality=95)
+    elif image_format == "WEBP":
+        picture.save(out, format="WEBP", lossless=True)
+    else:
+        picture.save(out, format="PNG", optimize=True)
+
+
 def _cli(args: argparse.Namespace) -> int:
-    if not args.image.exists():
-        raise FileNotFoundError(f"image {args.image} does not exist")
+    check_image_file(args.image)
+    output_format(args.out)
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
     if args.preset != "llava":
@@ -369,8 +403,8 @@ def _cli(args: argparse.Namespace) -> int:
     picture = visualize_kept_tokens(
         model, processor, args.image, args.target_num, scale=args.scale, retain_ratio=args.retain_ratio
     )
-    picture.save(args.out, format="PNG", optimize=True)
-    print(f"wrote {args.out} ({picture.width}x{picture.height})")
+    save_picture(picture, args.out)
+    print(f"wrote {args.out} ({picture.width}x{picture.height}, {output_format(args.out)})")
     return 0
 
 
@@ -393,13 +427,13 @@ def register_cli(subparsers) -> None:
         help="image file (default: the packaged example image)",
     )
     parser.add_argument(
-        "--target-num", type=int, default=None, help="visual tokens kept (default: the model's, or the family's paper default)"
+        "--target-num", type=target_num_argument, default=None, help="visual tokens kept (default: the model's, or the family's paper default)"
     )
     parser.add_argument(
-        "--retain-ratio", type=float, default=None,
+        "--retain-ratio", type=retain_ratio_argument, default=None,
         help="Qwen2-VL / Qwen2.5-VL: share of the image's tokens kept (default: the model's, or 0.111)",
     )
-    parser.add_argument("--out", type=Path, default=Path("kept.png"), help="output PNG (default kept.png)")
+    parser.add_argument("--out", type=Path, default=Path("kept.png"), help="output image: .png, .jpg, .jpeg or .webp (default kept.png)")
     parser.add_argument(
         "--scale", type=int, default=None, help="pixels per input pixel (default 2 for LLaVA-1.5, 1 for the others)"
     )

@@ -72,6 +72,9 @@ class VariantCardInfo:
         budget: VFlowOpt: the share of visual tokens kept, averaged over the decoder layers, if known.
         search: VFlowOpt: how a searched preset was found (``budget``, ``trials``, ``data``, ``objective``, ...).
         preset_note: VFlowOpt: where a released preset's settings come from (one sentence), instead of the default.
+        base_commit: the commit of the base repo the weights were exported from (recorded in the body and as
+            ``flowcut.base_revision``: ``base_model`` can only hold the repo id).
+        base_revision_requested: the ``--revision`` it was asked for as (a branch or tag), if any.
         image_tokens: visual tokens per image without pruning (N, 576 for LLaVA-1.5 at 336 px; for LLaVA-NeXT the
             most an image can have, 2928 with the standard grid); ``K < N``.
         settings: the FlowCut fields of the variant's ``config.json``, name → JSON value. Written as the card's
@@ -108,6 +111,8 @@ class VariantCardInfo:
     budget: float | None = None
     search: Mapping[str, Any] | None = None
     preset_note: str | None = None
+    base_commit: str | None = None
+    base_revision_requested: str | None = None
 
     def __post_init__(self) -> None:
         _check_repo_id("repo_id", self.repo_id)
@@ -160,6 +165,10 @@ class VariantCardInfo:
                 " otherwise nothing is pruned"
             )
 
+        for name in ("base_commit", "base_revision_requested"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or _BAD_REVISION.search(value)):
+                raise ValueError(f"{name} must be a commit hash, tag or branch name without spaces or quotes, got {value!r}")
         if self.revision is not None and (
             not isinstance(self.revision, str) or not self.revision or _BAD_REVISION.search(self.revision)
         ):
@@ -251,7 +260,7 @@ def build_card_data(info: VariantCardInfo, eval_results_path: str | Path | None 
         model_name=model_name,
         # No base_model_relation: the Hub accepts only adapter/merge/quantized/finetune, and unchanged weights are
         # none of those, so a value here would misdescribe the repo or fail the Hub's YAML validation.
-        flowcut=dict(info.settings),
+        flowcut={**info.settings, **({"base_revision": info.base_commit} if info.base_commit else {})},
     )
 
 
@@ -342,6 +351,8 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         # A hand-written preset file may record part of a search; the card describes only a complete record.
         "search": dict(info.search) if info.search and SEARCH_RECORD <= set(info.search) else None,
         "preset_note": info.preset_note,
+        "base_commit": info.base_commit,
+        "base_revision_requested": info.base_revision_requested,
         "repo_id_literal": json.dumps(info.repo_id),
         "revision_literal": json.dumps(info.revision or "main"),
         "revision_pinned": info.revision is not None,

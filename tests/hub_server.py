@@ -133,7 +133,7 @@ DEFAULT_GITATTRIBUTES = "".join(
 
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space", "kernels": "kernel"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/", "kernel": "kernels/"}
-_API_ACTIONS = {"revision", "preupload", "commit", "tree", "paths-info", "refs", "commits", "branch", "tag"}
+_API_ACTIONS = {"revision", "preupload", "commit", "tree", "paths-info", "refs", "commits", "branch", "tag", "settings"}
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 _HEX_PREFIX = re.compile(r"^[0-9a-f]{5,40}$")
 
@@ -870,6 +870,8 @@ class _HubHandler(BaseHTTPRequestHandler):
                 return self._branch(method, repo_type, repo_id, rest[1])
             if action == "tag" and len(rest) == 2 and method in ("POST", "DELETE"):
                 return self._tag(method, repo_type, repo_id, rest[1])
+            if action == "settings" and len(rest) == 1 and method == "PUT":
+                return self._settings(repo_type, repo_id)
         raise _HttpError(404, f"No route for {method} /api/{'/'.join(segs)}")
 
     def _find_repo(self, repo_type: str, repo_id: str) -> _Repo | None:
@@ -946,6 +948,19 @@ class _HubHandler(BaseHTTPRequestHandler):
         with self.hub._lock:
             if self.hub._repos.pop((repo_type, repo_id), None) is None:
                 raise _not_found_repo(repo_id)
+        self._send(200, {})
+
+    def _settings(self, repo_type: str, repo_id: str) -> None:
+        repo = self._get_repo(repo_type, repo_id, write=True)
+        body = self._json_body()
+        self.hub._maybe_fail("settings")
+        visibility = body.get("visibility")
+        if "private" in body:  # older clients
+            visibility = "private" if body["private"] else "public"
+        if visibility is not None:
+            if visibility not in ("public", "private"):
+                raise _HttpError(400, f"Invalid visibility: {visibility!r}")
+            repo.private = visibility == "private"
         self._send(200, {})
 
     def _validate_yaml(self) -> None:

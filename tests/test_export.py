@@ -260,8 +260,8 @@ def test_the_command_holds_no_libraries_beside_the_model_while_it_verifies(hf_ba
     weights.pop(next(key for key in weights if key.endswith("multi_modal_projector.linear_1.bias")))
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
     result = cli("export", str(broken), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID)
-    assert result.returncode == 1 and "verification failed, nothing was pushed" in result.stdout
-    assert "missing keys" in result.stdout
+    assert result.returncode == 1 and "verification failed, nothing was pushed" in result.stderr
+    assert "missing keys" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [".flowcut-export.json", "llava-tiny-hf-flowcut64"]
 
 
@@ -370,7 +370,7 @@ def test_failed_upload_is_completed_by_a_rerun_and_source_repo_is_refused(hf_bas
     args = ["export", str(hf_base), "--target-num", "32", "--out", str(out), "--push", repo_id, "--base-model", BASE_ID]
     hub.fail_next_lfs_put = True
     failed = cli(*args, env=env)
-    assert failed.returncode == 1 and "re-run the same command" in failed.stdout
+    assert failed.returncode == 1 and "re-run the same command" in failed.stderr
     assert "model.safetensors" not in hub.files(repo_id)
 
     rerun = cli(*args, env=env)
@@ -403,6 +403,82 @@ def test_create_pr_and_private_repo(hf_base, hub, tmp_path):
     assert hub.is_private(private_id)
 
 
+def test_private_makes_an_existing_public_repo_private_and_a_private_repo_stays_private(hf_base, hub, tmp_path):
+    env = hub.client_env(tmp_path / "hf_home")
+    public_id, private_id, new_id = "local-user/was-public-16", "local-user/stays-private-16", "local-user/new-16"
+    hub.create_repo(public_id, private=False)
+    hub.create_repo(private_id, private=True)
+    flags = ["--target-num", "16", "--base-model", BASE_ID, "--skip-verify"]
+
+    def export_to(repo_id: str, *extra: str) -> subprocess.CompletedProcess:
+        result = cli("export", str(hf_base), *flags, "--out", str(tmp_path / repo_id.split("/")[1]), "--push", repo_id,
+                     *extra, env=env)
+        assert result.returncode == 0, result.stderr
+        return result
+
+    planned = export_to(public_id, "--private", "--dry-run").stdout
+    assert "an existing public repo, made private before the upload (--private)" in planned
+    assert "a new private repo" in export_to(new_id, "--private", "--dry-run").stdout
+    assert "an existing private repo, which stays private" in export_to(private_id, "--dry-run").stdout
+    assert hub.files(public_id) == {".gitattributes": hub.files(public_id)[".gitattributes"]}, "a dry run pushes nothing"
+
+    pushed = export_to(public_id, "--private").stdout
+    assert "making it private before the upload" in pushed
+    assert hub.is_private(public_id) and "model.safetensors" in hub.files(public_id)
+    # The dry run announced the commit message the real run used (a local source, named by --base-model).
+    announced = next(line for line in planned.splitlines() if "with message" in line).split("with message ")[1]
+    assert announced == repr(hub.commits(public_id)[0]["title"]) == repr(f"Add FlowCut variant of {BASE_ID}")
+
+    export_to(private_id)  # no --private: an existing private repo is never made public
+    assert hub.is_private(private_id) and "model.safetensors" in hub.files(private_id)
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_arguments_are_checked_before_any_stage_runs(hf_base, tmp_path, dry_run):
+    out = tmp_path / "out"
+    base = ["export", str(hf_base), "--target-num", "16", "--out", str(out), "--base-model", BASE_ID, *(["--dry-run"] * dry_run)]
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "wrong.json").write_text(json.dumps({"results": [{"dataset_name": "POPE"}]}))
+    cases = [
+        (["--eval-results", str(tmp_path / "missing.json")], "missing.json"),
+        (["--eval-results", str(tmp_path / "broken.json")], "broken.json: not valid JSON"),
+        (["--eval-results", str(tmp_path / "wrong.json")], "results[0].task_type is required"),
+        (["--push", "org/bad name"], "--push 'org/bad name' is not a repo id"),
+        (["--push", "org/{model}-x"], "--push 'org/{model}-x' has the unknown placeholder {model}; the valid ones are {n} and {base}"),
+        (["--push", "org", "--name-pattern", "{model}-x"], "--name-pattern '{model}-x' has the unknown placeholder {model}"),
+        (["--name-pattern", "{base}-{n}-{"], "--name-pattern '{base}-{n}-{' is not a valid pattern"),
+        (["--push", "org/x--y-{n}"], "--push gives 'org/x--y-16', which is not a valid Hub repo id"),
+    ]
+    for extra, message in cases:
+        result = cli(*base, *extra)
+        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
+        assert "Traceback" not in result.stderr and not out.exists(), extra
+    zero = cli("export", str(hf_base), "--target-num", "0", "--out", str(out), "--base-model", BASE_ID)
+    assert zero.returncode == 2 and "--target-num: must be a whole number of visual tokens" in zero.stderr
+    assert "flowcut_enabled" not in zero.stderr and "flowcut_target_num" not in zero.stderr
+
+
+def test_a_damaged_source_is_named_while_resolving(hf_base, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(hf_base, damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1000])  # an interrupted download
+    for flags in ([], ["--dry-run"]):
+        result = cli("export", str(damaged), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID, *flags)
+        assert result.returncode == 2 and f"{weights} is damaged" in result.stderr, result.stderr
+        assert "where its header describes" in result.stderr and "Traceback" not in result.stderr
+        assert "verif" not in result.stdout + result.stderr
+    weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")
+    result = cli("export", str(damaged), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID)
+    assert result.returncode == 2 and "is damaged (its header is not valid JSON" in result.stderr
+
+    sharded = tmp_path / "sharded"
+    shutil.copytree(hf_base, sharded)
+    (sharded / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model.safetensors"')
+    result = cli("export", str(sharded), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID)
+    assert result.returncode == 2 and "model.safetensors.index.json is damaged" in result.stderr
+
+
 def test_hub_source_at_a_pinned_revision_with_eval_results(hf_base, hub, tmp_path):
     env = hub.client_env(tmp_path / "hf_home")
     source_id = "local-user/llava-tiny-base"
@@ -422,6 +498,9 @@ def test_hub_source_at_a_pinned_revision_with_eval_results(hf_base, hub, tmp_pat
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == source_id and card.data.license == "llama2"
     assert card.data.eval_results[0].metric_value == 80.2 and card.data.eval_results[0].dataset_name == "POPE"
+    # Provenance: base_model holds only the repo id, so the commit goes into the body and the flowcut: block.
+    assert card.data.flowcut["base_revision"] == pinned
+    assert f"at commit `{pinned}`" in card.text and "current `main` may differ" in card.text
 
 
 def test_full_strategy_model_exports_and_verifies(tmp_path):

@@ -99,7 +99,7 @@ def test_qwen2_5_variant_pushes_and_loads_from_the_hub_as_remote_code(local_hub,
 
 @pytest.mark.parametrize(
     "flags, message",
-    [(["--retain-ratio", "1.0"], "prunes nothing"), (["--retain-ratio", "0"], "flowcut_retain_ratio"),
+    [(["--retain-ratio", "1.0"], "prunes nothing"), (["--retain-ratio", "0"], "--retain-ratio: must be the share"),
      (["--retain-ratio", "0.2", "--retain-ratio", "0.2"], "given twice"), ([], "--target-num or --retain-ratio")],
 )
 def test_amounts_that_cannot_work_are_refused_up_front(qwen_base, tmp_path, flags, message):

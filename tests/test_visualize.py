@@ -175,3 +175,21 @@ def test_next_picture_shows_the_tokens_each_stage_keeps_over_the_whole_image(tmp
     assert len(expected_cells(survivors)[0]) + len(expected_cells(survivors)[1]) == 40
     assert type(model).__name__ == "FlowCutLlavaNextForConditionalGeneration" and model.config.flowcut_target_num == 40
 
+
+
+def test_cli_writes_the_format_out_names_and_refuses_what_it_cannot_read_or_write(tmp_path, example, capsys):
+    image_path = tmp_path / "input.png"
+    example.save(image_path)
+    for name, image_format in (("kept.jpg", "JPEG"), ("kept.webp", "WEBP")):
+        out = tmp_path / name
+        assert cli.main(["visualize", "tiny", str(image_path), "--target-num", str(TARGET), "--out", str(out)]) == 0
+        with Image.open(out) as written:
+            assert written.format == image_format, f"{name} must hold {image_format} bytes"
+
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("these are notes, not pixels")
+    assert cli.main(["visualize", "tiny", str(not_an_image), "--out", str(tmp_path / "x.png")]) == 2
+    error = capsys.readouterr().err
+    assert f"{not_an_image} is not an image PIL can read" in error and "Traceback" not in error
+    assert cli.main(["visualize", "tiny", str(image_path), "--out", str(tmp_path / "kept.gif")]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "kept.gif").exists()
