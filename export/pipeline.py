@@ -1291,6 +1291,10 @@ def prepare_export(
             "unpickling untrusted files can run arbitrary code. Pass --allow-pickle to convert them anyway; they are then "
             "read with torch.load(weights_only=True)"
         )
+    base_model = options.base_model or resolved.base_model
+    for plan in plans:
+        if plan.repo_id and base_model and plan.repo_id.lower() == base_model.lower():
+            raise ValueError(f"--push {plan.repo_id} is the base model the variant is made from; choose another repo id.")
     if options.eval_results is not None:
         # Read now, not at the card stage: a bad file must stop the export before hours of writing and checking.
         from ..hub_cards import load_eval_results

@@ -448,6 +448,7 @@ def test_arguments_are_checked_before_any_stage_runs(hf_base, tmp_path, dry_run)
         (["--push", "org", "--name-pattern", "{model}-x"], "--name-pattern '{model}-x' has the unknown placeholder {model}"),
         (["--name-pattern", "{base}-{n}-{"], "--name-pattern '{base}-{n}-{' is not a valid pattern"),
         (["--push", "org/x--y-{n}"], "--push gives 'org/x--y-16', which is not a valid Hub repo id"),
+        (["--push", BASE_ID], f"--push {BASE_ID} is the base model the variant is made from"),
     ]
     for extra, message in cases:
         result = cli(*base, *extra)
