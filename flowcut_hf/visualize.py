@@ -411,7 +411,7 @@ def _cli(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "visualize",
-        help="draw which image patches FlowCut keeps and the tokens per encoder layer (PNG)",
+        help="draw which image patches FlowCut keeps and the tokens per encoder layer (PNG, JPEG or WebP)",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
