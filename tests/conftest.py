@@ -10,6 +10,9 @@ import tempfile
 # here may reach the real Hub.
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="flowcut-hf-modules-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# `flowcut-hf export` runs in one process here, as the Python API does, which saves two interpreter starts per export;
+# the tests of the three-process command (its memory promise, failures, push, relative paths) use staged_env().
+os.environ.setdefault("FLOWCUT_EXPORT_ONE_PROCESS", "1")
 import subprocess
 import sys
 import textwrap
@@ -22,6 +25,12 @@ from flowcut_hf import flowcut, flowcut_processor
 from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
 
 TARGET_NUM = 64
+
+
+def staged_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) for a `flowcut-hf export` that runs as users run it, in three processes."""
+    return {k: v for k, v in (os.environ if env is None else env).items() if k != "FLOWCUT_EXPORT_ONE_PROCESS"}
+
 PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
 
 # Makes `import flowcut_hf` fail inside a subprocess, so remote code that leans on the installed package is caught.

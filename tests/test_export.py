@@ -16,7 +16,8 @@ import torch
 
 from huggingface_hub import ModelCard
 
-from conftest import PROMPT, run_clean_python
+from conftest import PROMPT, run_clean_python, staged_env
+from flowcut_hf import cli as flowcut_cli
 from flowcut_hf.export import checks, pipeline
 from flowcut_hf.export.checks import memory_plan
 from flowcut_hf.export.options import parse_memory_size
@@ -158,7 +159,7 @@ def test_original_llava_source_is_converted_and_verified(tmp_path):
     [
         ("missing-folder/nowhere/really", {}, "neither an existing folder"),
         ("NOT_LLAVA", {}, r"not a checkpoint of a FlowCut family .* LLaVA-1\.5 .* LLaVA-NeXT"),
-        ("BASE", {"target_nums": [0]}, "flowcut_target_num must be >= 1"),
+        ("BASE", {"target_nums": [0]}, "--target-num must be a whole number"),
         ("BASE", {"target_nums": [577]}, "choose a value below 576"),
         ("BASE", {"target_nums": [576]}, "prunes nothing"),
         ("BASE", {"name_pattern": "{base}"}, "overlaps"),
@@ -238,18 +239,21 @@ print(json.dumps({"code": code, "torch": "torch" in sys.modules, "transformers":
 """
 
 
-def test_the_command_holds_no_libraries_beside_the_model_while_it_verifies(hf_base, tmp_path):
+def test_the_command_holds_no_libraries_beside_the_model_while_it_verifies(hf_base, hub, tmp_path):
     # The memory promise of the README: while the check holds the model, the command's own process has imported
-    # neither torch nor transformers (its workers did, and exited).
+    # neither torch nor transformers (its workers did, and exited; the last one pushed).
     out = tmp_path / "out"
-    args = ["export", str(hf_base), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID]
-    result = subprocess.run([sys.executable, "-c", CLI_IN_THIS_PROCESS, *args], capture_output=True, text=True, timeout=600)
+    repo_id = "local-user/staged-flowcut64"
+    args = ["export", str(hf_base), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID, "--push", repo_id]
+    result = subprocess.run([sys.executable, "-c", CLI_IN_THIS_PROCESS, *args], capture_output=True, text=True, timeout=600,
+                            env=staged_env(hub.client_env(tmp_path / "hf_home")))
     status = json.loads(result.stdout.strip().splitlines()[-1])
     assert status == {"code": 0, "torch": False, "transformers": False}, result.stderr
     assert "verify in a clean subprocess" in result.stdout
     assert (out / "llava-tiny-hf-flowcut64" / "README.md").is_file()
     assert json.loads((out / ".flowcut-export.json").read_text())["variants"]["llava-tiny-hf-flowcut64"]["verified"]
     assert sorted(p.name for p in out.iterdir()) == [".flowcut-export.json", "llava-tiny-hf-flowcut64"], "no work folder left"
+    assert hub.file_bytes(repo_id, "model.safetensors") == (hf_base / "model.safetensors").read_bytes()
 
     # A variant that fails its check is judged by the last worker: exit code 1, no folder, no work folder left.
     from safetensors.torch import load_file, save_file
@@ -259,13 +263,13 @@ def test_the_command_holds_no_libraries_beside_the_model_while_it_verifies(hf_ba
     weights = load_file(broken / "model.safetensors")
     weights.pop(next(key for key in weights if key.endswith("multi_modal_projector.linear_1.bias")))
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
-    result = cli("export", str(broken), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID)
+    result = cli("export", str(broken), "--target-num", "64", "--out", str(out), "--base-model", BASE_ID, env=staged_env())
     assert result.returncode == 1 and "verification failed, nothing was pushed" in result.stderr
     assert "missing keys" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == [".flowcut-export.json", "llava-tiny-hf-flowcut64"]
 
 
-def test_the_base_model_is_read_from_the_folder_or_left_out_with_a_warning(hf_base, tmp_path):
+def test_the_base_model_is_read_from_the_folder_or_left_out_with_a_warning(hf_base, tmp_path, capsys):
     def copy_of_base(name: str, readme: str | None = None, name_or_path: str | None = None) -> Path:
         folder = tmp_path / name
         shutil.copytree(hf_base, folder)
@@ -276,16 +280,15 @@ def test_the_base_model_is_read_from_the_folder_or_left_out_with_a_warning(hf_ba
             (folder / "config.json").write_text(json.dumps({**config, "_name_or_path": name_or_path}))
         return folder
 
-    def dry_run(folder: Path, *flags: str) -> subprocess.CompletedProcess:
-        result = cli("export", str(folder), "--target-num", "64", "--out", str(tmp_path / "dry"), "--dry-run", *flags)
-        assert result.returncode == 0, result.stderr
-        return result
+    def dry_run(folder: Path, *flags: str) -> str:
+        assert flowcut_cli.main(["export", str(folder), "--target-num", "64", "--out", str(tmp_path / "dry"), "--dry-run", *flags]) == 0
+        return capsys.readouterr().out
 
     from_config = copy_of_base("from-config", name_or_path="llava-hf/llava-1.5-7b-hf")
-    assert "base model: llava-hf/llava-1.5-7b-hf (from the config's _name_or_path" in dry_run(from_config).stdout
-    assert "base model: org/chosen (from --base-model)" in dry_run(from_config, "--base-model", "org/chosen").stdout
+    assert "base model: llava-hf/llava-1.5-7b-hf (from the config's _name_or_path" in dry_run(from_config)
+    assert "base model: org/chosen (from --base-model)" in dry_run(from_config, "--base-model", "org/chosen")
     from_card = copy_of_base("from-card", readme="---\nlicense: llama2\nbase_model: org/from-card\n---\n# a copy\n")
-    assert "base model: org/from-card (from the base_model of the folder's model card" in dry_run(from_card).stdout
+    assert "base model: org/from-card (from the base_model of the folder's model card" in dry_run(from_card)
 
     # Nothing names it: `hf download --local-dir` left its metadata, which records the commit but not the repo.
     unknown = copy_of_base("downloaded", readme="---\nlicense: llama2\n---\n# no base named\n")
@@ -294,7 +297,7 @@ def test_the_base_model_is_read_from_the_folder_or_left_out_with_a_warning(hf_ba
     metadata.parent.mkdir(parents=True)
     metadata.write_text(f"{commit}\n{'b' * 40}\n{time.time() + 5}\n")
     out = tmp_path / "out"
-    result = cli("export", str(unknown), "--target-num", "64", "--out", str(out))
+    result = cli("export", str(unknown), "--target-num", "64", "--out", str(out), "--skip-verify")
     assert result.returncode == 0, result.stderr
     warning = next(line for line in result.stderr.splitlines() if line.startswith("flowcut-hf export: warning:"))
     assert "cannot tell which Hub model" in warning and "--base-model OWNER/NAME" in warning and commit in warning
@@ -434,7 +437,7 @@ def test_private_makes_an_existing_public_repo_private_and_a_private_repo_stays_
 
 
 @pytest.mark.parametrize("dry_run", [True, False])
-def test_arguments_are_checked_before_any_stage_runs(hf_base, tmp_path, dry_run):
+def test_arguments_are_checked_before_any_stage_runs(hf_base, tmp_path, capsys, dry_run):
     out = tmp_path / "out"
     base = ["export", str(hf_base), "--target-num", "16", "--out", str(out), "--base-model", BASE_ID, *(["--dry-run"] * dry_run)]
     (tmp_path / "broken.json").write_text("{not json")
@@ -450,34 +453,44 @@ def test_arguments_are_checked_before_any_stage_runs(hf_base, tmp_path, dry_run)
         (["--push", "org/x--y-{n}"], "--push gives 'org/x--y-16', which is not a valid Hub repo id"),
         (["--push", BASE_ID], f"--push {BASE_ID} is the base model the variant is made from"),
     ]
-    for extra, message in cases:
-        result = cli(*base, *extra)
-        assert result.returncode == 2 and message in result.stderr, (extra, result.stderr)
-        assert "Traceback" not in result.stderr and not out.exists(), extra
-    zero = cli("export", str(hf_base), "--target-num", "0", "--out", str(out), "--base-model", BASE_ID)
-    assert zero.returncode == 2 and "--target-num: must be a whole number of visual tokens" in zero.stderr
-    assert "flowcut_enabled" not in zero.stderr and "flowcut_target_num" not in zero.stderr
+    for extra, message in cases:  # the command's own entry point, in this process (the same code, faster)
+        assert flowcut_cli.main([*base, *extra]) == 2, extra
+        error = capsys.readouterr().err
+        assert message in error and "Traceback" not in error, (extra, error)
+        assert not out.exists(), extra
+    if not dry_run:  # and once as users run it: the three-process command refuses before its first worker writes
+        result = cli(*base, "--eval-results", str(tmp_path / "wrong.json"), env=staged_env())
+        assert result.returncode == 2 and "results[0].task_type is required" in result.stderr and not out.exists()
+    with pytest.raises(SystemExit) as refused:
+        flowcut_cli.main(["export", str(hf_base), "--target-num", "0", "--out", str(out), "--base-model", BASE_ID])
+    error = capsys.readouterr().err
+    assert refused.value.code == 2 and "--target-num: must be a whole number of visual tokens" in error
+    assert "flowcut_enabled" not in error and "flowcut_target_num" not in error
 
 
-def test_a_damaged_source_is_named_while_resolving(hf_base, tmp_path):
+def test_a_damaged_source_is_named_while_resolving(hf_base, tmp_path, capsys):
+    def export_error(source: Path, *flags: str) -> str:
+        args = ["export", str(source), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID]
+        assert flowcut_cli.main([*args, *flags]) == 2
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err and "verif" not in captured.out + captured.err
+        assert not (tmp_path / "out").exists()
+        return captured.err
+
     damaged = tmp_path / "damaged"
     shutil.copytree(hf_base, damaged)
     weights = damaged / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-1000])  # an interrupted download
     for flags in ([], ["--dry-run"]):
-        result = cli("export", str(damaged), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID, *flags)
-        assert result.returncode == 2 and f"{weights} is damaged" in result.stderr, result.stderr
-        assert "where its header describes" in result.stderr and "Traceback" not in result.stderr
-        assert "verif" not in result.stdout + result.stderr
+        error = export_error(damaged, *flags)
+        assert f"{weights} is damaged" in error and "where its header describes" in error
     weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}...")
-    result = cli("export", str(damaged), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID)
-    assert result.returncode == 2 and "is damaged (its header is not valid JSON" in result.stderr
+    assert "is damaged (its header is not valid JSON" in export_error(damaged)
 
     sharded = tmp_path / "sharded"
     shutil.copytree(hf_base, sharded)
     (sharded / "model.safetensors.index.json").write_text('{"weight_map": {"a": "model.safetensors"')
-    result = cli("export", str(sharded), "--target-num", "16", "--out", str(tmp_path / "out"), "--base-model", BASE_ID)
-    assert result.returncode == 2 and "model.safetensors.index.json is damaged" in result.stderr
+    assert "model.safetensors.index.json is damaged" in export_error(sharded)
 
 
 def test_hub_source_at_a_pinned_revision_with_eval_results(hf_base, hub, tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import ModelCard
 from PIL import Image
 
-from conftest import PROMPT, greedy, run_clean_python
+from conftest import PROMPT, greedy, run_clean_python, staged_env
 from flowcut_hf import flowcut
 from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.registry import family_named
@@ -162,6 +162,7 @@ def test_export_with_relative_paths_from_another_folder(next_base, tmp_path):
 
     workdir = tmp_path / "user"
     shutil.copytree(next_base, workdir / "base")
-    result = cli("export", "base", "--target-num", str(TARGET), "--out", "variants", "--base-model", BASE_ID, cwd=workdir)
+    result = cli("export", "base", "--target-num", str(TARGET), "--out", "variants", "--base-model", BASE_ID, cwd=workdir,
+                 env=staged_env())  # as users run it: the workers and the checks each start from the user's folder
     assert result.returncode == 0, result.stderr
     assert (workdir / "variants" / f"base-flowcut{TARGET}" / "model.safetensors").is_file()
