@@ -101,12 +101,12 @@ def run(args: argparse.Namespace) -> int:
 
         return export(args.source, options)
 
-    return report_outcome(whole_export)
+    return report_outcome(whole_export, print_results=not options.dry_run)
 
 
-def report_outcome(work: Callable[[], list | None]) -> int:
-    """Runs ``work`` (an export or a part of one), prints the variants it finished and turns its failures into the
-    command's messages and exit codes."""
+def report_outcome(work: Callable[[], list | None], print_results: bool = True) -> int:
+    """Runs ``work`` (an export or a part of one), prints the variants it finished (a dry run finished none) and turns
+    its failures into the command's messages and exit codes."""
     from .export.pipeline import PushError
 
     try:
@@ -117,7 +117,7 @@ def report_outcome(work: Callable[[], list | None]) -> int:
     except PushError as error:
         print(f"flowcut-hf export: {error}", file=sys.stderr)
         return 1
-    for result in results or []:
+    for result in (results or []) if print_results else []:
         line = f"{result.plan.name}: {result.plan.folder}"
         if result.plan.repo_id:
             line += f" -> {result.plan.repo_id}" + (f" ({result.pushed_url})" if result.pushed_url else "")

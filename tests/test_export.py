@@ -313,6 +313,7 @@ def test_dry_run_writes_and_pushes_nothing(hf_base, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "would open a pull request on org/llava-tiny-hf-flowcut64" in result.stdout
     assert "org/llava-tiny-hf-flowcut32" in result.stdout and "'hello'" in result.stdout
+    assert " -> org/" not in result.stdout, "a dry run must not print the lines of variants it exported and pushed"
     assert not out.exists()
 
 
