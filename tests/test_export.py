@@ -49,6 +49,16 @@ def exported(hf_base, tmp_path_factory) -> Path:
     return out
 
 
+def refusal(capsys, *args: str) -> tuple[int, str]:
+    """The exit code and stderr of `flowcut-hf ARGS`, run through the command's entry point in this process (for
+    refusals, which happen before any stage: the same code as a subprocess, without an interpreter start)."""
+    try:
+        code = flowcut_cli.main(list(args))
+    except SystemExit as exited:  # argparse's usage errors
+        code = exited.code
+    return code, capsys.readouterr().err
+
+
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flowcut_hf.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600

@@ -16,7 +16,7 @@ from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.registry import family_named
 from flowcut_hf.tiny import build_tiny_qwen_vl
 from hub_server import local_hub  # noqa: F401  (pytest fixture)
-from test_export import cli
+from test_export import cli, refusal
 
 BASE_ID = "Qwen/Qwen2-VL-7B-Instruct"
 
@@ -102,9 +102,9 @@ def test_qwen2_5_variant_pushes_and_loads_from_the_hub_as_remote_code(local_hub,
     [(["--retain-ratio", "1.0"], "prunes nothing"), (["--retain-ratio", "0"], "--retain-ratio: must be the share"),
      (["--retain-ratio", "0.2", "--retain-ratio", "0.2"], "given twice"), ([], "--target-num or --retain-ratio")],
 )
-def test_amounts_that_cannot_work_are_refused_up_front(qwen_base, tmp_path, flags, message):
-    result = cli("export", str(qwen_base), *flags, "--out", str(tmp_path / "out"), "--base-model", BASE_ID)
-    assert result.returncode != 0 and message in result.stderr
+def test_amounts_that_cannot_work_are_refused_up_front(qwen_base, tmp_path, capsys, flags, message):
+    code, error = refusal(capsys, "export", str(qwen_base), *flags, "--out", str(tmp_path / "out"), "--base-model", BASE_ID)
+    assert code == 2 and message in error
     assert not (tmp_path / "out").exists()
 
 

@@ -12,7 +12,7 @@ from huggingface_hub import ModelCard
 from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.registry import family_named
 from flowcut_hf.tiny import build_tiny_llava_onevision
-from test_export import cli
+from test_export import refusal
 
 BASE_ID = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
 
@@ -59,14 +59,14 @@ def test_released_and_searched_presets_export_verify_and_card(onevision_base, tm
     assert "**25.0%**" in card.text and "run unchanged" in card.text
 
 
-def test_vflowopt_export_refusals_name_the_fix(onevision_base, tmp_path):
-    result = cli("export", str(onevision_base), "--target-num", "64", "--out", str(tmp_path / "o"), "--base-model", BASE_ID)
-    assert result.returncode == 2 and "--method vflowopt --preset" in result.stderr
-    result = cli("export", str(onevision_base), "--method", "vflowopt", "--out", str(tmp_path / "o"), "--base-model", BASE_ID)
-    assert result.returncode == 2 and "needs --preset" in result.stderr
-    result = cli("export", str(onevision_base), "--method", "vflowopt", "--preset", "5%", "--out", str(tmp_path / "o"),
-                 "--base-model", BASE_ID)
-    assert result.returncode == 2 and "released preset" in result.stderr
+def test_vflowopt_export_refusals_name_the_fix(onevision_base, tmp_path, capsys):
+    base = ["export", str(onevision_base), "--out", str(tmp_path / "o"), "--base-model", BASE_ID]
+    code, error = refusal(capsys, *base, "--target-num", "64")
+    assert code == 2 and "--method vflowopt --preset" in error
+    code, error = refusal(capsys, *base, "--method", "vflowopt")
+    assert code == 2 and "needs --preset" in error
+    code, error = refusal(capsys, *base, "--method", "vflowopt", "--preset", "5%")
+    assert code == 2 and "released preset" in error
     assert not (tmp_path / "o").exists()
 
 
