@@ -357,11 +357,7 @@ def weight_files(folder: Path, *, allow_pickle: bool, what: str) -> tuple[list[P
     )
     if bin_files:
         if not allow_pickle:
-            raise ValueError(
-                f"the {what} in {folder} is stored as PyTorch pickle files ({bin_files[0].name}, ...); unpickling "
-                f"untrusted files can run arbitrary code. Pass allow_pickle=True (CLI: --allow-pickle) to convert "
-                f"them anyway; they are then read with torch.load(weights_only=True)"
-            )
+            raise pickle_refusal(f"the {what} in {folder}", bin_files[0].name)
         return bin_files, True
     raise FileNotFoundError(f"no {what} weights (*.safetensors or pytorch_model*.bin) found in {folder}")
 
@@ -398,6 +394,15 @@ def safetensors_problem(path: Path) -> str | None:
     if size != expected:
         return f"{size} bytes where its header describes {expected}"
     return None
+
+
+def pickle_refusal(where: str, first_file: str) -> ValueError:
+    """The error for pickle weights without the flag that accepts them (``where``: "the checkpoint in ...")."""
+    return ValueError(
+        f"{where} is stored as PyTorch pickle files ({first_file}, ...); unpickling untrusted files can run arbitrary "
+        "code. Pass allow_pickle=True (CLI: --allow-pickle) to convert them anyway; they are then read with "
+        "torch.load(weights_only=True)"
+    )
 
 
 def _files_from_index(folder: Path, index_path: Path) -> list[Path]:

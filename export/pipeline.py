@@ -11,10 +11,9 @@ The pipeline is a sequence of named stages, each a plain function:
 2. :func:`convert` turns an original-LLaVA checkpoint into the HF layout (streamed, one tensor at a time).
 3. :func:`write_variant` writes one variant folder: weights copied or hard-linked byte-identical, ``config.json``
    with the FlowCut fields and ``auto_map``, the remote-code files verbatim, processor, tokenizer, generation config.
-4. :func:`verify_variant` loads the folder as remote code in a clean subprocess and checks it (keys, placeholder and
-   kept-token counts, and one forward pass equal to the library's own classes on the same loaded instance). It is
-   three steps: :func:`prepare_check`, :func:`flowcut_hf.export.checks.run_check` (standard library only) and
-   :func:`judge_check`.
+4. The check loads the folder as remote code in a clean subprocess (keys, placeholder and kept-token counts, and one
+   forward pass equal to the library's own classes on the same loaded instance), in three steps:
+   :func:`prepare_check`, :func:`flowcut_hf.export.checks.run_check` (standard library only) and :func:`judge_check`.
 5. :func:`write_card` renders README.md.
 6. :func:`push_variant` creates the repo and uploads the folder.
 
@@ -48,7 +47,9 @@ from ..modeling.configuration_flowcut_llava import DEFAULT_TARGET_NUM
 from ..modeling.flowcut_remote_code import copy_remote_code_files
 from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named
 from .checks import CheckJob, VerificationError, run_check
-from .convert import check_weight_files, convert_original_llava, is_original_llava, load_pickle_state, weight_files
+from .convert import (
+    check_weight_files, convert_original_llava, is_original_llava, load_pickle_state, pickle_refusal, weight_files,
+)
 from .options import DEFAULT_NAME_PATTERN, VFLOWOPT_NAME_PATTERN, ExportOptions
 
 logger = logging.getLogger(__name__)
@@ -890,25 +891,6 @@ def _vflowopt_problems(remote: dict, config: dict[str, Any]) -> list[str]:
     return problems
 
 
-def verify_variant(
-    folder: Path, amount: RetainedAmount | int, work_dir: Path, *, max_memory: int | None = None
-) -> dict:
-    """Loads ``folder`` as remote code in a clean subprocess and checks it, then the library's classes on the same
-    loaded instance (one copy of the weights, in the checkpoint's dtype; ``max_memory`` bytes at most, see
-    :func:`flowcut_hf.export.checks.memory_plan`).
-
-    Returns the remote-code run's report (with the vision ``token_schedule`` and the visual-token counts it saw on
-    the check image). Raises VerificationError.
-    """
-    amount = amount if isinstance(amount, RetainedAmount) else RetainedAmount(target_num=amount)
-    check_dir = Path(tempfile.mkdtemp(prefix="verify-", dir=work_dir.resolve()))
-    try:
-        job = prepare_check(Path(folder).name, Path(folder), amount, check_dir)
-        return judge_check(job, run_check(job, max_memory), amount)
-    finally:
-        shutil.rmtree(check_dir, ignore_errors=True)
-
-
 def judge_check(job: CheckJob, remote: dict[str, Any], amount: RetainedAmount) -> dict[str, Any]:
     """The report of a check run that passed; raises VerificationError naming every problem otherwise."""
     problems = check_problems(job, remote, amount)
@@ -1286,11 +1268,7 @@ def prepare_export(
     announce_base_model(resolved, options, log)
     pickled = [name for name in resolved.source_weight_files if name.endswith(".bin")]
     if pickled and not any(name.endswith(".safetensors") for name in resolved.source_weight_files) and not options.allow_pickle:
-        raise ValueError(
-            f"the checkpoint in {resolved.repo_id or resolved.local_dir} is stored as PyTorch pickle files ({pickled[0]}, ...); "
-            "unpickling untrusted files can run arbitrary code. Pass --allow-pickle to convert them anyway; they are then "
-            "read with torch.load(weights_only=True)"
-        )
+        raise pickle_refusal(f"the checkpoint in {resolved.repo_id or resolved.local_dir}", pickled[0])
     base_model = options.base_model or resolved.base_model
     for plan in plans:
         if plan.repo_id and base_model and plan.repo_id.lower() == base_model.lower():
