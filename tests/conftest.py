@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import tempfile
 
 # Before transformers is imported: remote code loaded in-process goes to a throwaway module cache, and nothing
 # here may reach the real Hub.
 os.environ["HF_MODULES_CACHE"] = tempfile.mkdtemp(prefix="flowcut-hf-modules-")
+# A test run leaves nothing behind in the temporary folder (pytest's own tmp_path folders are pytest's to rotate).
+atexit.register(shutil.rmtree, os.environ["HF_MODULES_CACHE"], ignore_errors=True)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # `flowcut-hf export` runs in one process here, as the Python API does, which saves two interpreter starts per export;
 # the tests of the three-process command (its memory promise, failures, push, relative paths) use staged_env().

@@ -1,9 +1,8 @@
-"""FlowCut's selections must equal those of the authors' own code (cases in ../shared/reference/)."""
+"""FlowCut's selections must equal those of the authors' own code (cases in tests/reference/, see its README)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,8 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from flowcut_hf.modeling.flowcut_clip import encode_clip_with_flowcut, feature_layer_index
 from flowcut_hf.modeling.flowcut_settings import FlowCutSettings
 
-REFERENCE_DIR = Path(os.environ.get("FLOWCUT_REFERENCE_DIR", Path(__file__).resolve().parents[1] / ".." / "shared" / "reference"))
+# The cases travel with the repository, so a fresh clone runs every test with nothing beside it.
+REFERENCE_DIR = Path(__file__).resolve().parent / "reference"
 
 
 def load_cases():
@@ -53,11 +53,6 @@ def run_flowcut(encoder, case, tensors):
     return hidden[:, 1:], keep, schedule
 
 
-if not (REFERENCE_DIR / "flowcut_vision_cases.json").exists():
-    raise FileNotFoundError(
-        f"FlowCut reference cases not found in {REFERENCE_DIR}; check out shared/ beside the repository or set "
-        "FLOWCUT_REFERENCE_DIR to the folder holding flowcut_vision_cases.json."
-    )
 CASES = load_cases()
 
 
