@@ -30,7 +30,8 @@ class ExportOptions:
     create_pr: bool = False
     allow_pickle: bool = False
     vision_tower: Path | None = None
-    eval_results: Path | None = None
+    eval_results: Path | Sequence[Path] | None = None
+    """Evaluation-results JSON files (lmms-eval's, or the simple schema) merged into the card's model-index."""
     name_pattern: str = DEFAULT_NAME_PATTERN
     base_model: str | None = None
     verify: bool = True

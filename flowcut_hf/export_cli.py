@@ -63,7 +63,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
     parser.add_argument("--allow-pickle", action="store_true", help="accept and convert pickle .bin weights (trusted sources only)")
     parser.add_argument("--vision-tower", type=Path, help="local CLIP folder for an original-LLaVA source (default: download the repo its config names)")
-    parser.add_argument("--eval-results", type=Path, help="JSON file of evaluation results for the model card (model-index)")
+    parser.add_argument("--eval-results", type=Path, nargs="+", action="extend", metavar="FILE",
+                        help="JSON files of evaluation results for the model card's model-index (lmms-eval results "
+                        "files, or the simple schema); several files, or the flag repeated, are merged")
     parser.add_argument("--base-model", help="Hub id to record as base_model in the card (default: the source repo id)")
     parser.add_argument("--name-pattern", default=DEFAULT_NAME_PATTERN, help=f"variant name pattern (default {DEFAULT_NAME_PATTERN!r})")
     parser.add_argument("--max-memory", metavar="SIZE",

@@ -20,18 +20,26 @@ import json
 from collections import defaultdict
 from typing import Any
 
-import torch
-from lmms_eval.api.instance import Instance
-from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
-from PIL import Image
-
 MODEL_ID = "flowcut"
 
 
-def model_manifest() -> ModelManifest:
-    """The entry point lmms-eval loads from the ``lmms_eval.models`` group."""
+def model_manifest():
+    """The entry point lmms-eval loads from the ``lmms_eval.models`` group: a ``ModelManifest`` naming
+    :class:`FlowCutLMMS` by path.
+
+    It is defined before this module imports lmms-eval, and imports lmms-eval's registry only when called: importing
+    this module first imports ``lmms_eval.models``, which loads the entry points, which come back here while this
+    module is still half-imported. So the plug-in registers whichever is imported first.
+    """
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     return ModelManifest(model_id=MODEL_ID, simple_class_path=f"{__name__}.FlowCutLMMS", aliases=("flowcut_hf",))
+
+
+import torch  # noqa: E402  (after model_manifest, see its docstring)
+from lmms_eval.api.instance import Instance  # noqa: E402
+from lmms_eval.api.model import lmms  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 class FlowCutLMMS(lmms):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -243,7 +243,9 @@ class VariantCardInfo:
         return f"{_HUB_URL}/{self.base_model}/blob/main/{link.removeprefix('./')}"
 
 
-def build_card_data(info: VariantCardInfo, eval_results_path: str | Path | None = None) -> ModelCardData:
+def build_card_data(
+    info: VariantCardInfo, eval_results_path: str | Path | Sequence[str | Path] | None = None
+) -> ModelCardData:
     """The card's front matter as :class:`~huggingface_hub.ModelCardData` (see :func:`render_variant_card`)."""
     eval_results = model_name = None
     if eval_results_path is not None:
@@ -268,13 +270,15 @@ SEARCH_RECORD = {"trials", "samples", "data", "budget", "objective", "best_value
 """What ``flowcut-hf search`` records about how it found a preset (the card's "How the settings were found")."""
 
 
-def render_variant_card(info: VariantCardInfo, eval_results_path: str | Path | None = None) -> ModelCard:
+def render_variant_card(
+    info: VariantCardInfo, eval_results_path: str | Path | Sequence[str | Path] | None = None
+) -> ModelCard:
     """Render the README.md model card of a FlowCut variant repo.
 
     Front matter: ``base_model``, the base's ``license`` (see :class:`VariantCardInfo` for the unknown / "other"
     rules), ``library_name: transformers``, ``pipeline_tag: image-text-to-text``, ``tags`` (flowcut,
     visual-token-pruning, the family, image-text-to-text), a ``flowcut:`` block holding ``info.settings``, and,
-    when ``eval_results_path`` is given, a ``model-index`` built from that JSON file (schema:
+    when ``eval_results_path`` is given, a ``model-index`` built from that JSON file or files (schema:
     :mod:`flowcut_hf.hub_cards.eval_results`). There is deliberately no ``base_model_relation``.
 
     Body: what changed (N → K visual tokens per image, weights unchanged), a usage snippet with the real repo id
@@ -314,7 +318,8 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
     eval_rows = [
         {
             "dataset": _md_cell(r.dataset_name),
-            "dataset_url": f"{_HUB_URL}/datasets/{r.dataset_type}" if _is_repo_id(r.dataset_type) else None,
+            # Only a namespaced id is known to be a Hub dataset; a bare name is often a local lmms-eval task.
+            "dataset_url": f"{_HUB_URL}/datasets/{r.dataset_type}" if _is_namespaced_repo_id(r.dataset_type) else None,
             "split": _md_cell(r.dataset_split or ""),
             "metric": _md_cell(r.metric_name or r.metric_type),
             "value": _md_cell(str(r.metric_value)),
@@ -400,12 +405,12 @@ def _check_repo_id(name: str, value: Any) -> None:
         raise ValueError(f"{name} is not a valid Hub repo id: {err}") from None
 
 
-def _is_repo_id(value: str) -> bool:
+def _is_namespaced_repo_id(value: str) -> bool:
     try:
         validate_repo_id(value)
     except ValueError:
         return False
-    return True
+    return value.count("/") == 1
 
 
 def _is_real(value: Any) -> bool:

@@ -28,7 +28,9 @@ field. Every problem raises :class:`ValueError` naming the file and the offendin
 
 The results file that lmms-eval writes (``<output_path>/<model>/<date>_results.json``: ``results`` maps each task to
 ``"metric,filter": value``) is read as well, through :func:`from_lmms_eval`: one result per task and metric, with the
-task's dataset (its Hub id when ``dataset_path`` is one, else the task name) and split, and lmms-eval as the source.
+task's dataset (its Hub id when ``dataset_path`` is one, else the task name, which the card does not link: a local
+task has no Hub page) and split, and lmms-eval as the source. Several files, for example the results of separate
+lmms-eval runs, are merged into one ``model-index``; the same metric on the same dataset in two files is an error.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +64,15 @@ _TOP_LEVEL = frozenset({"model_name", "results"})
 _GROUP_SHARED = ("task_name", "dataset_name", "dataset_args", "source_name", "source_url")
 
 
-def load_eval_results(path: str | Path, *, default_model_name: str) -> tuple[str, list[EvalResult]]:
-    """Read and validate an evaluation-results JSON file (schema in this module's docstring).
+def load_eval_results(
+    paths: str | Path | Sequence[str | Path], *, default_model_name: str
+) -> tuple[str, list[EvalResult]]:
+    """Read, validate and merge evaluation-results JSON files (schema in this module's docstring).
 
     Args:
-        path: the JSON file.
-        default_model_name: the ``model-index`` name used when the file has no ``model_name``.
+        paths: one JSON file, or several (for example the results files of separate lmms-eval runs); their results
+            are merged into one ``model-index``.
+        default_model_name: the ``model-index`` name used when no file has a ``model_name``.
 
     Returns:
         ``(model_name, results)``. ``results`` is ordered the way ``model-index`` groups them (by task, dataset,
@@ -74,19 +80,41 @@ def load_eval_results(path: str | Path, *, default_model_name: str) -> tuple[str
         the written card.
 
     Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file is not JSON or breaks the schema; the message names the field.
+        FileNotFoundError: a file does not exist.
+        ValueError: a file is not JSON or breaks the schema (the message names the file and the field); two files
+            give the same metric on the same dataset, or different model names.
     """
-    path = Path(path)
+    paths = [Path(paths)] if isinstance(paths, (str, Path)) else [Path(p) for p in paths]
+    if not paths:
+        raise ValueError("no evaluation-results file given")
+    model_names: dict[str, Path] = {}
+    results: list[EvalResult] = []
+    labels: list[str] = []
+    for path in paths:
+        raw = _read_json(path)
+        if is_lmms_eval_results(raw):
+            raw = from_lmms_eval(raw, source=str(path))
+        model_name, file_results = parse_eval_results(raw, default_model_name=default_model_name, source=str(path))
+        if isinstance(raw, dict) and "model_name" in raw:
+            model_names.setdefault(model_name, path)
+        results += file_results
+        labels += [f"{path}: results[{index}]" if len(paths) > 1 else f"results[{index}]" for index in range(len(file_results))]
+    if len(model_names) > 1:
+        (first, first_path), (second, second_path) = list(model_names.items())[:2]
+        raise ValueError(f"{first_path} names the model {first!r} but {second_path} names it {second!r}; give files of one model")
+    model_name = next(iter(model_names), default_model_name)
+    if len(paths) == 1:
+        return model_name, results
+    return model_name, _group_like_model_index(results, labels, lambda msg: ValueError(msg))
+
+
+def _read_json(path: Path) -> Any:
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
     except _NonFiniteError as err:
         raise ValueError(f"{path}: {err}") from None
-    if is_lmms_eval_results(raw):
-        raw = from_lmms_eval(raw, source=str(path))
-    return parse_eval_results(raw, default_model_name=default_model_name, source=str(path))
 
 
 LMMS_EVAL_URL = "https://github.com/EvolvingLMMs-Lab/lmms-eval"
@@ -171,7 +199,7 @@ def parse_eval_results(
         raise fail(f"results must be a non-empty list, got {entries!r}")
 
     results = [_parse_entry(entry, f"results[{i}]", fail) for i, entry in enumerate(entries)]
-    return model_name, _group_like_model_index(results, fail)
+    return model_name, _group_like_model_index(results, [f"results[{i}]" for i in range(len(results))], fail)
 
 
 def _parse_entry(entry: Any, where: str, fail) -> EvalResult:
@@ -200,7 +228,8 @@ def _parse_entry(entry: Any, where: str, fail) -> EvalResult:
     return EvalResult(**entry)
 
 
-def _group_like_model_index(results: list[EvalResult], fail) -> list[EvalResult]:
+def _group_like_model_index(results: list[EvalResult], labels: list[str], fail) -> list[EvalResult]:
+    """``results`` grouped as ``model-index`` stores them; ``labels`` names each result in error messages."""
     groups: dict[tuple, list[tuple[int, EvalResult]]] = {}
     for i, result in enumerate(results):
         groups.setdefault(result.unique_identifier, []).append((i, result))
@@ -213,7 +242,7 @@ def _group_like_model_index(results: list[EvalResult], fail) -> list[EvalResult]
             for key in _GROUP_SHARED:
                 if getattr(result, key) != getattr(first, key):
                     raise fail(
-                        f"results[{i}].{key} is {getattr(result, key)!r} but results[{first_i}] (same task, dataset,"
+                        f"{labels[i]}.{key} is {getattr(result, key)!r} but {labels[first_i]} (same task, dataset,"
                         f" config, split and revision) has {getattr(first, key)!r}; model-index stores one value"
                         " per dataset entry"
                     )
@@ -222,7 +251,7 @@ def _group_like_model_index(results: list[EvalResult], fail) -> list[EvalResult]
             )
             if metric_key in seen_metrics:
                 first_seen = seen_metrics[metric_key]
-                raise fail(f"results[{i}] repeats the metric of results[{first_seen}] on the same dataset")
+                raise fail(f"{labels[i]} repeats the metric of {labels[first_seen]} on the same dataset")
             seen_metrics[metric_key] = i
             ordered.append(result)
     return ordered

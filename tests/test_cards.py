@@ -377,3 +377,31 @@ def test_info_is_not_affected_by_later_changes_to_settings():
     info = make_info(settings=settings)
     settings["flowcut_target_num"] = 1
     assert front_matter(str(render_variant_card(info)))["flowcut"]["flowcut_target_num"] == 64
+
+
+def test_several_eval_files_are_merged_into_one_model_index(tmp_path):
+    """The results of separate runs (one file per task or per run) become one model-index; a metric reported twice
+    for the same dataset is refused naming both files, since one of the two values would be lost."""
+    first = write_json(tmp_path, {"results": EVAL["results"][:1]}, "run1_results.json")
+    second = write_json(tmp_path, {"results": EVAL["results"][1:]}, "run2_results.json")
+    name, merged = load_eval_results([first, second], default_model_name="x")
+    _, together = load_eval_results(write_json(tmp_path, EVAL), default_model_name="x")
+    assert name == "x" and merged == together
+    card = render_variant_card(make_info(), [first, second])
+    assert {entry["dataset"]["name"] for entry in front_matter(str(card))["model-index"][0]["results"]} == {"POPE", "GQA"}
+
+    with pytest.raises(ValueError, match="repeats the metric") as err:
+        load_eval_results([first, write_json(tmp_path, {"results": EVAL["results"][:1]}, "again.json")], default_model_name="x")
+    assert str(first) in str(err.value) and str(tmp_path / "again.json") in str(err.value)
+    with pytest.raises(ValueError, match="names the model"):
+        load_eval_results([write_json(tmp_path, dict(EVAL, model_name="one"), "one.json"),
+                           write_json(tmp_path, {"model_name": "two", "results": [_entry(dataset_name="Other", dataset_type="o/x")]}, "two.json")],
+                          default_model_name="x")
+
+
+def test_only_hub_datasets_are_linked(tmp_path):
+    """A bare dataset name (a local lmms-eval task) has no Hub page, so the card names it without a link."""
+    local = _entry(dataset_type="my_local_task", dataset_name="my_local_task")
+    card = str(render_variant_card(make_info(), write_json(tmp_path, {"results": [local, EVAL["results"][0]]})))
+    assert "| my_local_task |" in card and "datasets/my_local_task" not in card
+    assert "[POPE](https://huggingface.co/datasets/lmms-lab/POPE)" in card

@@ -94,19 +94,25 @@ def test_lmms_eval_runs_a_flowcut_model_and_its_results_become_the_card(tiny_tas
     (samples_file,) = out.glob("*/*_samples_flowcut_tiny.jsonl")
     assert len(samples_file.read_text().splitlines()) == len(docs)
 
-    # The results file goes straight into the exporter and becomes the card's model-index.
+    # The results files of two runs (the second stands for another task's run into the same folder) go straight into
+    # the exporter, as the README's *_results.json glob gives them, and become one model-index in the card.
+    second = json.loads(json.dumps(results).replace("flowcut_tiny", "flowcut_tiny_again"))
+    (results_file.parent / "20260101_000000_results.json").write_text(json.dumps(second))
     export_out = tmp_path / "variants"
     exported = subprocess.run(
         [str(BIN / "flowcut-hf"), "export", str(base), "--target-num", "32", "--out", str(export_out), "--skip-verify",
-         "--base-model", "org/llava-tiny", "--eval-results", str(results_file)],
+         "--base-model", "org/llava-tiny", "--eval-results", *map(str, sorted(out.glob("*/*_results.json")))],
         capture_output=True, text=True, env=env, timeout=600,
     )
     assert exported.returncode == 0, exported.stderr
     card = ModelCard.load(export_out / "llava-tiny-flowcut32" / "README.md")
-    (result,) = card.data.eval_results
+    assert sorted(result.task_name for result in card.data.eval_results) == ["flowcut_tiny", "flowcut_tiny_again"]
+    result = next(result for result in card.data.eval_results if result.task_name == "flowcut_tiny")
     assert (result.task_name, result.dataset_name, result.dataset_split) == ("flowcut_tiny", "flowcut_tiny", "test")
     assert result.metric_type == "exact_match" and result.metric_value == results["results"]["flowcut_tiny"]["exact_match,none"]
     assert result.source_url == "https://github.com/EvolvingLMMs-Lab/lmms-eval"
+    # A local task has no Hub dataset page: the card names it without a (dead) link.
+    assert "huggingface.co/datasets/flowcut_tiny" not in card.text
 
 
 def requests_for(docs: list[dict], task: str = "flowcut_tiny") -> list[Instance]:
@@ -158,3 +164,14 @@ def test_model_args_are_checked(tmp_path):
         FlowCutLMMS(pretrained=str(tmp_path), target_num=64)
     with pytest.raises(ValueError, match=r"unknown model_args \['target'\]"):
         FlowCutLMMS(pretrained=str(tmp_path), method="flowcut", target=64)
+
+
+@pytest.mark.parametrize("first_import", ["flowcut_hf.lmms_eval_plugin", "lmms_eval.models"])
+def test_the_plugin_registers_whatever_is_imported_first(first_import, tmp_path):
+    """Importing the plug-in module first makes lmms-eval load its entry points while the module is half-imported;
+    the model must still be found."""
+    code = f"import {first_import}\nfrom lmms_eval.models import get_model\nprint(get_model('flowcut').__name__)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.split()[-1] == "FlowCutLMMS"
+    assert "circular import" not in run.stderr
