@@ -1064,7 +1064,7 @@ def write_card(
         base_commit=resolved.commit or resolved.download_commit,
         base_revision_requested=resolved.requested_revision if resolved.requested_revision != resolved.commit else None,
     )
-    render_variant_card(info, eval_results_path=options.eval_results).save(folder / "README.md")
+    render_variant_card(info, eval_results_path=options.eval_results or None).save(folder / "README.md")
 
 
 # --------------------------------------------------------------------------------------------------- 6. push
@@ -1206,12 +1206,28 @@ def fingerprint(resolved: ResolvedSource, amount: RetainedAmount) -> str:
     """Identifies what a variant folder was built from, so that a re-run can reuse it instead of rebuilding."""
     from .. import __version__
 
-    files = sorted(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.local_dir.iterdir() if p.is_file()
-    )
+    if resolved.repo_id:
+        # A Hub commit names its files; a dry run, which downloads only the metadata, gives the same fingerprint.
+        source: list[Any] = [resolved.repo_id, resolved.commit]
+    else:
+        files = sorted(
+            (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in resolved.local_dir.iterdir() if p.is_file()
+        )
+        source = [str(resolved.local_dir), files]
     code = [hashlib.sha256(p.read_bytes()).hexdigest() for p in resolved.family.remote_code_files()]
-    payload = json.dumps([str(resolved.local_dir), resolved.commit, files, amount.label, __version__, code])
+    payload = json.dumps([*source, amount.label, __version__, code])
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def existing_folder_action(plan: VariantPlan, resolved: ResolvedSource, manifest: dict[str, Any], options: ExportOptions) -> str:
+    """What happens to a variant folder: ``"write"`` (none there, or ``--overwrite``), ``"reuse"`` (this command
+    already finished it from the same source and settings, verified unless ``--skip-verify``) or ``"refuse"``. The real
+    run and the dry run both ask this, so the dry run announces what the real run does."""
+    if not plan.folder.exists() or options.overwrite:
+        return "write"
+    previous = manifest["variants"].get(plan.name) or {}
+    same = previous.get("fingerprint") == fingerprint(resolved, plan.amount)
+    return "reuse" if same and (previous.get("verified") or not options.verify) else "refuse"
 
 
 @dataclass
@@ -1273,13 +1289,20 @@ def prepare_export(
     for plan in plans:
         if plan.repo_id and base_model and plan.repo_id.lower() == base_model.lower():
             raise ValueError(f"--push {plan.repo_id} is the base model the variant is made from; choose another repo id.")
-    if options.eval_results is not None:
+    if options.eval_results:
         # Read now, not at the card stage: a bad file must stop the export before hours of writing and checking.
         from ..hub_cards import load_eval_results
 
         load_eval_results(options.eval_results, default_model_name=plans[0].name)
+    actions = {plan.name: existing_folder_action(plan, resolved, manifest, options) for plan in plans}
+    for plan in plans:
+        if actions[plan.name] == "refuse":
+            raise FileExistsError(
+                f"{plan.folder} already exists and was not exported from this source with these settings; pass "
+                "--overwrite to replace it."
+            )
     if options.dry_run:
-        return _dry_run(resolved, plans, options, log)
+        return _dry_run(resolved, plans, options, actions, log)
 
     work_dir = Path(tempfile.mkdtemp(prefix=".flowcut-export-", dir=_work_parent(out)))
     prepared = PreparedExport(resolved, options, work_dir, results=[], pending=[])
@@ -1288,13 +1311,8 @@ def prepare_export(
         for plan in plans:
             result = VariantResult(plan)
             prepared.results.append(result)
-            previous = manifest["variants"].get(plan.name) or {}
-            if plan.folder.exists() and not options.overwrite:
-                reusable = previous.get("fingerprint") == fingerprint(resolved, plan.amount) and (
-                    previous.get("verified") or not options.verify
-                )
-                if not reusable:
-                    raise FileExistsError(f"{plan.folder} already exists; pass --overwrite to replace it.")
+            if actions[plan.name] == "reuse":
+                previous = manifest["variants"][plan.name]
                 log(f"{plan.name}: already exported from this source in {plan.folder}; reusing it")
                 result.reused = True
                 result.token_schedule = previous.get("token_schedule")
@@ -1408,7 +1426,10 @@ def _move_into_place(staging: Path, destination: Path) -> None:
         os.replace(staging, destination)
 
 
-def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: ExportOptions, log: Callable[[str], None]) -> list[VariantResult]:
+def _dry_run(
+    resolved: ResolvedSource, plans: list[VariantPlan], options: ExportOptions, actions: dict[str, str],
+    log: Callable[[str], None],
+) -> list[VariantResult]:
     source_desc = resolved.repo_id and f"{resolved.repo_id}@{resolved.commit}" or str(resolved.local_dir)
     log(f"dry run: nothing is written or pushed. Source: {source_desc} ({resolved.family.display_name}, {resolved.kind} format)")
     if resolved.kind == "original":
@@ -1423,9 +1444,22 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
     else:
         weights_line = f"weights (unchanged, byte-identical): {', '.join(resolved.source_weight_files)}"
     code_files = ", ".join(p.name for p in resolved.family.remote_code_files())
+
+    def log_push(plan: VariantPlan) -> None:
+        if plan.repo_id:
+            action = "open a pull request on" if options.create_pr else "commit to"
+            message = push_commit_message(resolved, options)
+            log(f"    would {action} {plan.repo_id} ({announced_visibility(plan.repo_id, options.private)}) with message {message!r}")
+
     results = []
     for plan in plans:
-        log(f"  {plan.name}: would write {plan.folder}")
+        if actions[plan.name] == "reuse":
+            log(f"  {plan.name}: already exported from this source in {plan.folder}; the real run reuses it "
+                "(and rewrites only its README.md)")
+            log_push(plan)
+            results.append(VariantResult(plan))
+            continue
+        log(f"  {plan.name}: would {'replace' if plan.folder.exists() else 'write'} {plan.folder}")
         log(f"    {weights_line}")
         if plan.amount.preset is not None:
             field = f"pruning_method=vflowopt and the preset's vflowopt_* fields ({plan.amount.describe(0)})"
@@ -1439,11 +1473,6 @@ def _dry_run(resolved: ResolvedSource, plans: list[VariantPlan], options: Export
                 "generation_config.json, README.md")
         else:
             log("    processor_config.json, tokenizer files, chat template, generation_config.json, README.md")
-        if plan.folder.exists() and not options.overwrite:
-            log(f"    note: {plan.folder} exists; the real run needs --overwrite")
-        if plan.repo_id:
-            action = "open a pull request on" if options.create_pr else "commit to"
-            message = push_commit_message(resolved, options)
-            log(f"    would {action} {plan.repo_id} ({announced_visibility(plan.repo_id, options.private)}) with message {message!r}")
+        log_push(plan)
         results.append(VariantResult(plan))
     return results

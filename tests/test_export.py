@@ -193,9 +193,13 @@ def test_bad_input_is_refused_before_anything_is_written(hf_base, tmp_path, sour
     assert sorted(p.name for p in hf_base.iterdir()) == before, "the source must stay untouched"
 
 
-def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_base, tmp_path):
+def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_base, tmp_path, capsys):
     folder = exported / "llava-tiny-hf-flowcut64"
     (folder / "user-notes.txt").write_text("mine")
+    args = ["export", str(hf_base), "--target-num", "64", "--out", str(exported), "--base-model", BASE_ID]
+    # The dry run says what the real run then does: reuse the finished folder.
+    assert flowcut_cli.main([*args, "--dry-run"]) == 0
+    assert "the real run reuses it" in capsys.readouterr().out
     result = cli("export", str(hf_base), "--target-num", "64", "--out", str(exported), "--base-model", BASE_ID)
     # Same source and settings as the finished export: it is reused, not rebuilt and not destroyed.
     assert result.returncode == 0, result.stderr
@@ -208,6 +212,10 @@ def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_ba
     result = cli("export", str(hf_base), "--target-num", "64", "--out", str(exported), "--base-model", BASE_ID)
     assert result.returncode == 2 and "--overwrite" in result.stderr
     assert (folder / "user-notes.txt").exists(), "a refused export must not touch the existing folder"
+    assert flowcut_cli.main([*args, "--dry-run"]) == 2, "the dry run refuses what the real run refuses"
+    assert "--overwrite" in capsys.readouterr().err
+    assert flowcut_cli.main([*args, "--dry-run", "--overwrite"]) == 0
+    assert f"would replace {folder}" in capsys.readouterr().out
 
     pickled = tmp_path / "pickled"
     pickled.mkdir()
