@@ -34,7 +34,9 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
@@ -785,6 +787,27 @@ class PushError(RuntimeError):
     """Creating the repo or uploading to it failed; the exported folder itself is complete."""
 
 
+class ExportInterrupted(KeyboardInterrupt):
+    """Ctrl-C after the variant folders were moved into place: its message says what is complete and how to finish."""
+
+
+@contextlib.contextmanager
+def interruption_deferred():
+    """Holds Ctrl-C back until the block is done (the block must be short), then raises it: moving the variants into
+    place and recording them in the manifest happen together or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def expected_visual_tokens(
     family: FlowCutFamily, config: dict[str, Any], amount: RetainedAmount | int, image_size, grid_thw=None
 ) -> dict:
@@ -1350,30 +1373,38 @@ def finish_export(
             variant.result.token_schedule = report["token_schedule"]
             variant.result.verification = verification_summary(report)
     out = Path(options.out)
-    manifest = read_manifest(out)
     for variant in prepared.pending:
-        result, plan = variant.result, variant.result.plan
-        log(f"{plan.name}: card")
-        write_card(variant.staging, resolved, plan, result.verification, options)
-        _move_into_place(variant.staging, plan.folder)
-        manifest["variants"][plan.name] = {
-            "fingerprint": fingerprint(resolved, plan.amount),
-            "target_num": plan.target_num,
-            "retain_ratio": plan.amount.retain_ratio,
-            "verified": options.verify,
-            "token_schedule": result.token_schedule,
-            "verification": result.verification,
-        }
-        (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
+        log(f"{variant.result.plan.name}: card")
+        write_card(variant.staging, resolved, variant.result.plan, variant.result.verification, options)
+    with interruption_deferred():
+        manifest = read_manifest(out)
+        for variant in prepared.pending:
+            result, plan = variant.result, variant.result.plan
+            _move_into_place(variant.staging, plan.folder)
+            manifest["variants"][plan.name] = {
+                "fingerprint": fingerprint(resolved, plan.amount),
+                "target_num": plan.target_num,
+                "retain_ratio": plan.amount.retain_ratio,
+                "verified": options.verify,
+                "token_schedule": result.token_schedule,
+                "verification": result.verification,
+            }
+            (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
     for result in prepared.results:
         result.files = sorted(p.name for p in result.plan.folder.iterdir())
-    for result in prepared.results:
-        if result.plan.repo_id:
-            log(f"{result.plan.name}: push to {result.plan.repo_id}")
-            result.pushed_commit, result.pushed_url = push_variant(
-                result.plan.folder, result.plan.repo_id, private=options.private,
-                commit_message=push_commit_message(resolved, options), create_pr=options.create_pr, log=log,
-            )
+    try:
+        for result in prepared.results:
+            if result.plan.repo_id:
+                log(f"{result.plan.name}: push to {result.plan.repo_id}")
+                result.pushed_commit, result.pushed_url = push_variant(
+                    result.plan.folder, result.plan.repo_id, private=options.private,
+                    commit_message=push_commit_message(resolved, options), create_pr=options.create_pr, log=log,
+                )
+    except KeyboardInterrupt:
+        raise ExportInterrupted(
+            f"interrupted during the push; the variant folders in {out} are complete: re-run the same command to "
+            "finish the push"
+        ) from None
     return prepared.results
 
 

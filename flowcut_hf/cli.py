@@ -91,12 +91,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
-    return report_errors(args.command, lambda: args.func(args))
+    return report_errors(args.command, lambda: args.func(args), getattr(args, "on_interrupt", INTERRUPTED))
 
 
-def report_errors(command: str, work: Callable[[], int | None]) -> int:
+INTERRUPTED = "interrupted"
+"""What a command says on Ctrl-C; a subcommand that can say more sets ``on_interrupt`` in its parser's defaults."""
+
+EXIT_INTERRUPTED = 130
+"""The shell's code for a command stopped by SIGINT (128 + 2)."""
+
+
+def report_errors(command: str, work: Callable[[], int | None], on_interrupt: str = INTERRUPTED) -> int:
     """Runs ``work`` and turns the errors a user can fix (bad input, missing or existing files) into one line on
-    stderr and exit code 2."""
+    stderr and exit code 2, and Ctrl-C into one line (the interruption's own message, or ``on_interrupt``) and exit
+    code 130."""
     default_format = warnings.formatwarning
 
     def format_warning(message, category, filename, lineno, line=None) -> str:
@@ -111,6 +119,9 @@ def report_errors(command: str, work: Callable[[], int | None]) -> int:
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         print(f"flowcut-hf {command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interruption:
+        print(f"flowcut-hf {command}: {str(interruption) or on_interrupt}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

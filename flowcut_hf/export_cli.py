@@ -8,6 +8,7 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -17,7 +18,7 @@ from pathlib import Path
 # Standard library only: this process runs the checks while they hold the model (see run_in_stages).
 from .export.checks import CheckJob, VerificationError, run_check
 from .export.options import DEFAULT_NAME_PATTERN, ExportOptions, parse_memory_size
-from .cli import target_num_argument, retain_ratio_argument
+from .cli import EXIT_INTERRUPTED, retain_ratio_argument, target_num_argument
 
 DESCRIPTION = """\
 Turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into pruned-by-design FlowCut variants.
@@ -72,7 +73,11 @@ def register_cli(subparsers) -> None:
                         help="memory the verification may use, e.g. 8GB (default: half the free memory); what does not "
                         "fit is offloaded to disk, so a model larger than RAM still verifies")
     parser.add_argument("--skip-verify", action="store_true", help="skip the subprocess verification (not recommended)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, on_interrupt=NOTHING_WRITTEN)
+
+
+NOTHING_WRITTEN = "interrupted; nothing was written"
+"""What Ctrl-C leaves before the variants are moved into place: their staging folders are removed."""
 
 
 ONE_PROCESS_ENV = "FLOWCUT_EXPORT_ONE_PROCESS"
@@ -151,36 +156,76 @@ def run_in_stages(args: argparse.Namespace, options: ExportOptions) -> int:
                 return 1
         (state_dir / "reports.json").write_text(json.dumps(reports))
         return run_worker("finish", state_dir)
+    except WorkerInterrupted as interruption:
+        if not interruption.said_so:
+            print(f"flowcut-hf export: {NOTHING_WRITTEN}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
+        if work_dir is None and (state_dir / "checks.json").is_file():  # the first worker finished as it was stopped
+            work_dir = Path(json.loads((state_dir / "checks.json").read_text())["work_dir"])
         shutil.rmtree(state_dir, ignore_errors=True)
         if work_dir is not None:
             shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def run_worker(stage: str, state_dir: Path) -> int:
+    """Runs a worker and returns its exit code. Ctrl-C reaches the worker (the terminal signals the whole process
+    group), which cleans up and says in one line what it left; this process waits for it quietly meanwhile."""
     sys.stdout.flush()
-    return subprocess.run([sys.executable, "-m", "flowcut_hf.export_cli", stage, str(state_dir)]).returncode
+    worker = subprocess.Popen([sys.executable, "-m", "flowcut_hf.export_cli", stage, str(state_dir)])
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        returncode = worker.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if returncode == EXIT_INTERRUPTED:
+        raise WorkerInterrupted(said_so=True)
+    if returncode == -signal.SIGINT:  # stopped while its interpreter started, before it could say anything
+        raise WorkerInterrupted(said_so=False)
+    return returncode
+
+
+class WorkerInterrupted(Exception):
+    """The worker stopped on Ctrl-C (and, if ``said_so``, has said what it left)."""
+
+    def __init__(self, said_so: bool) -> None:
+        super().__init__()
+        self.said_so = said_so
 
 
 def work_stage(stage: str, state_dir: Path) -> int:
-    """A worker of :func:`run_in_stages`: ``prepare`` or ``finish``."""
+    """A worker of :func:`run_in_stages`: ``prepare`` or ``finish``. On Ctrl-C it cleans up, says in one line what it
+    left, and exits with 130."""
     from .cli import report_errors
-    from .export.pipeline import PreparedExport, finish_export, prepare_export
 
     def prepare() -> None:
+        from .export.pipeline import PreparedExport, prepare_export
+
         args = pickle.loads((state_dir / "args.pickle").read_bytes())
         prepared = prepare_export(args.source, export_options(args))
         assert isinstance(prepared, PreparedExport)
-        (state_dir / "prepared.pickle").write_bytes(pickle.dumps(prepared))
-        checks = {"work_dir": str(prepared.work_dir), "checks": [job.to_json() for job in prepared.checks]}
-        (state_dir / "checks.json").write_text(json.dumps(checks))
+        try:
+            (state_dir / "prepared.pickle").write_bytes(pickle.dumps(prepared))
+            checks = {"work_dir": str(prepared.work_dir), "checks": [job.to_json() for job in prepared.checks]}
+            (state_dir / "checks.json").write_text(json.dumps(checks))
+        except BaseException:
+            shutil.rmtree(prepared.work_dir, ignore_errors=True)
+            raise
 
     def finish() -> list:
+        from .export.pipeline import finish_export
+
         prepared = pickle.loads((state_dir / "prepared.pickle").read_bytes())
         return finish_export(prepared, json.loads((state_dir / "reports.json").read_text()))
 
-    return report_errors("export", lambda: report_outcome(prepare if stage == "prepare" else finish))
+    return report_errors("export", lambda: report_outcome(prepare if stage == "prepare" else finish), NOTHING_WRITTEN)
 
 
 if __name__ == "__main__":
-    sys.exit(work_stage(sys.argv[1], Path(sys.argv[2])))
+    exit_code = work_stage(sys.argv[1], Path(sys.argv[2]))
+    # The stage is done and has reported: a late Ctrl-C must not turn it into a traceback, and the interpreter's
+    # teardown (which restores the default SIGINT action) is skipped.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)

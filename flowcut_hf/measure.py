@@ -75,14 +75,18 @@ def measure(command: Sequence[str], interval: float = 0.05) -> Measurement:
     start = time.perf_counter()
     process = subprocess.Popen(list(command))
     peak = peak_rss = peak_processes = 0
-    while process.poll() is None:
-        tree = process_tree(process.pid)
-        samples = [memory_bytes(pid) for pid in tree]
-        total = sum(pss for pss, _ in samples)
-        if total > peak:
-            peak, peak_processes = total, len(tree)
-        peak_rss = max(peak_rss, sum(rss for _, rss in samples))
-        time.sleep(interval)
+    try:
+        while process.poll() is None:
+            tree = process_tree(process.pid)
+            samples = [memory_bytes(pid) for pid in tree]
+            total = sum(pss for pss, _ in samples)
+            if total > peak:
+                peak, peak_processes = total, len(tree)
+            peak_rss = max(peak_rss, sum(rss for _, rss in samples))
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the measured command too (the terminal signals the whole group); it says what it left.
+        process.wait()
     return Measurement(list(command), process.returncode, time.perf_counter() - start, peak, peak_rss, peak_processes)
 
 

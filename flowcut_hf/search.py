@@ -268,7 +268,9 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
     parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
     parser.add_argument("--no-progress", action="store_true")
-    parser.set_defaults(func=_cli)
+    parser.set_defaults(
+        func=_cli, on_interrupt="interrupted; the finished trials are kept in the storage file: run the same command to go on"
+    )
 
 
 __all__ = ["CalibrationSample", "Objective", "load_calibration", "run_search", "search_space", "settings_for"]

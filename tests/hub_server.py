@@ -54,7 +54,7 @@ Snippets run by ``HubClient`` get a prelude defining ``emit(obj)`` (prints one J
 Server-side helpers (no client needed): ``create_repo``, ``commit_files`` (seed a repo),
 ``files``/``file_bytes``/``file_info``, ``head``, ``commit_count``, ``commits``, ``refs``,
 ``lfs_bytes_uploaded``, ``lfs_put_count``, ``downloads``, ``requests``,
-``authorizations``, ``fail_next(...)`` / ``fail_next_lfs_put``.
+``authorizations``, ``fail_next(...)`` / ``fail_next_lfs_put``, ``lfs_put_delay`` / ``lfs_put_started``.
 
 Protocol notes (what the real client relies on)
 -----------------------------------------------
@@ -94,6 +94,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -339,6 +340,8 @@ class LocalHubServer:
         self.internal_errors: list[str] = []
         self.lfs_bytes_uploaded = 0  # bytes received by successful LFS PUTs (what the client re-sent, too)
         self.lfs_put_count = 0  # PUT attempts, including failed/injected ones
+        self.lfs_put_started = threading.Event()  # set when an LFS PUT arrives (a test can interrupt the upload then)
+        self.lfs_put_delay = 0.0  # seconds every LFS PUT waits before it is answered (a slow upload)
         self.lfs_objects_uploaded: list[tuple[str, str]] = []  # (repo_id, sha256) per successful PUT
         self.downloads: list[tuple[str, str, str]] = []  # (repo_id, commit sha, path) per GET /resolve
         self.commits_created = 0  # commits created through the API (all repos, all refs)
@@ -1226,6 +1229,8 @@ class _HubHandler(BaseHTTPRequestHandler):
         with hub._lock:
             hub.lfs_put_count += 1
             target = hub._uploads.get(upload_id)
+        hub.lfs_put_started.set()
+        time.sleep(hub.lfs_put_delay)
         hub._maybe_fail("lfs_put")
         if target is None:
             raise _HttpError(403, "Unknown or expired upload URL")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -206,7 +209,6 @@ def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_ba
     assert "reusing it" in result.stdout and (folder / "user-notes.txt").exists()
 
     (hf_base / "README.md").touch()  # the source changed: the old folder no longer matches
-    import os
 
     os.utime(hf_base / "config.json", None)
     result = cli("export", str(hf_base), "--target-num", "64", "--out", str(exported), "--base-model", BASE_ID)
@@ -620,3 +622,53 @@ def test_a_memory_cap_below_the_weights_offloads_and_still_verifies(hf_base, tmp
     assert parse_memory_size("2.5GB") == 2_500_000_000 and parse_memory_size("500MiB") == 500 * 2**20
     result = cli("export", str(hf_base), "--target-num", "64", "--out", str(tmp_path / "o"), "--max-memory", "lots")
     assert result.returncode == 2 and "--max-memory takes a size such as 8GB" in result.stderr
+
+
+def interrupted_export(args: list[str], when: Callable[[str], bool], env: dict) -> subprocess.CompletedProcess:
+    """Runs `flowcut-hf ARGS` as users run it (three processes, in its own process group, as a terminal starts it) and
+    presses Ctrl-C, signalling the whole group as a terminal does, once ``when`` accepts a line it printed."""
+    process = subprocess.Popen([sys.executable, "-m", "flowcut_hf.cli", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    printed = []
+    for line in process.stdout:
+        printed.append(line)
+        if when(line):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    rest, stderr = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, "".join(printed) + rest, stderr)
+
+
+@pytest.mark.parametrize("stage", ["write", "verify"])
+def test_ctrl_c_says_one_line_leaves_nothing_and_the_rerun_works(hf_base, tmp_path, stage):
+    out = tmp_path / "out"
+    args = ["export", str(hf_base), "--target-num", "32", "--out", str(out), "--base-model", BASE_ID]
+    env = staged_env()
+    # "write" is printed by the first worker, "verify" by the command's own process while a check runs.
+    stopped = interrupted_export(args, lambda line: f": {stage}" in line, env)
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.stderr.strip().splitlines() == ["flowcut-hf export: interrupted; nothing was written"]
+    assert not out.exists() or not [p for p in out.iterdir()], "nothing, not even a staging folder, is left"
+    again = cli(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert (out / "llava-tiny-hf-flowcut32" / "model.safetensors").is_file()
+
+
+def test_ctrl_c_during_the_push_says_the_folders_are_complete(hf_base, hub, tmp_path):
+    env = staged_env(hub.client_env(tmp_path / "hf_home"))
+    out = tmp_path / "out"
+    repo_id = "local-user/interrupted-flowcut32"
+    args = ["export", str(hf_base), "--target-num", "32", "--out", str(out), "--push", repo_id, "--base-model", BASE_ID]
+    hub.lfs_put_started.clear()
+    hub.lfs_put_delay = 60.0
+    try:
+        stopped = interrupted_export(args, lambda line: "push to" in line and hub.lfs_put_started.wait(60), env)
+    finally:
+        hub.lfs_put_delay = 0.0
+    assert stopped.returncode == 130, stopped.stderr
+    (message,) = stopped.stderr.strip().splitlines()
+    assert message.startswith("flowcut-hf export: interrupted during the push;") and "re-run the same command" in message
+    assert (out / "llava-tiny-hf-flowcut32" / "model.safetensors").is_file(), "the folder was complete and stays"
+    again = cli(*args, env=env)
+    assert again.returncode == 0 and "reusing it" in again.stdout, again.stderr
+    assert hub.file_bytes(repo_id, "model.safetensors") == (hf_base / "model.safetensors").read_bytes()
