@@ -47,7 +47,7 @@ from typing import Any
 
 from ..modeling.configuration_flowcut_llava import DEFAULT_TARGET_NUM
 from ..modeling.flowcut_remote_code import copy_remote_code_files
-from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named
+from ..registry import FAMILIES, FlowCutFamily, family_for_config, family_named, family_of_checkpoint
 from .checks import CheckJob, VerificationError, run_check
 from .convert import (
     check_weight_files, convert_original_llava, is_original_llava, load_pickle_state, pickle_refusal, weight_files,
@@ -246,16 +246,9 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
                 "export its HF-format copy instead (llava-hf publishes them, e.g. llava-hf/llava-v1.6-vicuna-7b-hf)."
             )
     else:
-        try:
-            family = family_for_config(config)
-        except ValueError:
-            raise ValueError(
-                f"{source} is not a checkpoint of a FlowCut family (model_type={config.get('model_type')!r}, "
-                f"architectures={config.get('architectures')}). FlowCut export supports HF-format "
-                + ", ".join(f"{f.display_name} ({f.stock_model_class.__name__})" for f in FAMILIES)
-                + " and original-LLaVA-1.5 (LlavaLlamaForCausalLM) checkpoints."
-            ) from None
+        family = family_of_checkpoint(config, str(source))
         kind = "hf"
+        check_processor_files(local_dir, str(source))
     if repo_files is None or not metadata_only:
         # The weights are here: a damaged file is reported now, by name, not as a failed check hours later.
         files, _ = weight_files(local_dir, allow_pickle=True, what="checkpoint")  # raises if there are none at all
@@ -273,6 +266,28 @@ def resolve(source: str | os.PathLike, revision: str | None = None, *, metadata_
     if repo_id is None:
         resolved.download_commit = downloaded_commit(local_dir)
     return resolved
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer.tiktoken")
+
+
+def check_processor_files(local_dir: Path, source: str) -> None:
+    """A variant carries the base's processor (tokenizer and image processor), so a source without one is refused now,
+    by what it lacks, not by a traceback from the write stage."""
+    missing = []
+    processor_config = local_dir / "processor_config.json"
+    has_image_processor = (local_dir / "preprocessor_config.json").is_file() or (
+        processor_config.is_file() and "image_processor" in json.loads(processor_config.read_text())
+    )
+    if not has_image_processor:
+        missing.append("image processor (preprocessor_config.json, or processor_config.json with image_processor)")
+    if not any((local_dir / name).is_file() for name in TOKENIZER_FILES) and not list(local_dir.glob("*.tiktoken")):
+        missing.append(f"tokenizer ({' or '.join(TOKENIZER_FILES[:2])})")
+    if missing:
+        raise ValueError(
+            f"{source} has no {' and no '.join(missing)}; a variant ships the base's processor. Save it beside the "
+            "weights: processor.save_pretrained(FOLDER) (or AutoProcessor.from_pretrained(BASE).save_pretrained(FOLDER))."
+        )
 
 
 def find_base_model(resolved: ResolvedSource, card_base_model: str | None) -> tuple[str | None, str | None]:

@@ -320,6 +320,20 @@ def family_for_config(config: Mapping[str, Any] | PretrainedConfig) -> FlowCutFa
     )
 
 
+def family_of_checkpoint(config: Mapping[str, Any], source: str) -> FlowCutFamily:
+    """The family of the checkpoint ``source`` (a folder or a repo id) from its ``config.json``; a one-line ValueError
+    naming what is supported otherwise, the same for every command."""
+    try:
+        return family_for_config(config)
+    except ValueError:
+        raise ValueError(
+            f"{source} is not a checkpoint of a FlowCut family (model_type={config.get('model_type')!r}, "
+            f"architectures={config.get('architectures')}). flowcut-hf supports HF-format "
+            + ", ".join(f"{f.display_name} ({f.stock_model_class.__name__})" for f in FAMILIES)
+            + " checkpoints; `flowcut-hf export` also converts original-LLaVA-1.5 (LlavaLlamaForCausalLM) ones."
+        ) from None
+
+
 def family_named(name: str) -> FlowCutFamily:
     for family in FAMILIES:
         if family.name == name:
@@ -327,4 +341,4 @@ def family_named(name: str) -> FlowCutFamily:
     raise ValueError(f"unknown FlowCut family {name!r}; known: {', '.join(f.name for f in FAMILIES)}")
 
 
-__all__ = ["FAMILIES", "FlowCutFamily", "family_for_config", "family_for_model", "family_named"]
+__all__ = ["FAMILIES", "FlowCutFamily", "family_for_config", "family_for_model", "family_named", "family_of_checkpoint"]

@@ -672,3 +672,23 @@ def test_ctrl_c_during_the_push_says_the_folders_are_complete(hf_base, hub, tmp_
     again = cli(*args, env=env)
     assert again.returncode == 0 and "reusing it" in again.stdout, again.stderr
     assert hub.file_bytes(repo_id, "model.safetensors") == (hf_base / "model.safetensors").read_bytes()
+
+
+def test_a_saved_builtin_model_is_a_complete_source_and_a_folder_without_a_processor_is_refused(tmp_path, capsys):
+    from flowcut_hf.builtin import save_builtin_model
+
+    source = save_builtin_model(tmp_path / "llava-builtin", "llava", "tiny", dtype=torch.float16)
+    assert flowcut_cli.main(["export", str(source), "--target-num", "64", "--out", str(tmp_path / "out"), "--dry-run",
+                             "--base-model", BASE_ID]) == 0
+    assert "llava-builtin-flowcut64: would write" in capsys.readouterr().out
+
+    weights_only = tmp_path / "weights-only"
+    weights_only.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copyfile(source / name, weights_only / name)
+    for extra in ([], ["--dry-run"]):
+        code, error = refusal(capsys, "export", str(weights_only), "--target-num", "64", "--out", str(tmp_path / "out"), *extra)
+        assert code == 2 and len(error.strip().splitlines()) == 1 and "Traceback" not in error
+        assert "has no image processor" in error and "no tokenizer (tokenizer.json or tokenizer.model)" in error
+        assert "processor.save_pretrained" in error
+    assert not (tmp_path / "out").exists()
