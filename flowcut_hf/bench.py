@@ -5,7 +5,7 @@ Usage::
     flowcut-hf bench [MODEL] --target-num 64 [--target-num 128 ...] --repeats 5 --warmup 1 --json bench.json \
         [--device cpu|cuda] [--dtype auto|float32|float16|bfloat16]
 
-``MODEL`` is ``preset`` (the default: LLaVA-1.5-7B geometry at 1/4 width, random weights, no download, see
+``MODEL`` is ``builtin`` (the default: LLaVA-1.5-7B geometry at 1/4 width, random weights, no download, see
 :func:`flowcut_hf.presets.bench_preset_config`), ``tiny`` (the test model of :mod:`flowcut_hf.tiny`), a local folder
 or a Hub repo id holding a stock LLaVA-1.5 or a FlowCut export (loaded with ``AutoModelForImageTextToText`` and
 ``AutoProcessor``, ``trust_remote_code=True``).
@@ -133,7 +133,10 @@ from torch import nn
 from . import accounting
 from .api import flowcut
 from .modeling.configuration_flowcut_llava import FIELD_VALIDATORS, validate_target_num
-from .cli import target_num_argument, retain_ratio_argument
+from .cli import (
+    BUILTIN_MODEL, TINY_MODEL, add_family_option, builtin_model_name, plain_help, retain_ratio_argument,
+    target_num_argument,
+)
 
 __all__ = [
     "PRESET",
@@ -156,8 +159,8 @@ __all__ = [
     "register_cli",
 ]
 
-PRESET = "preset"
-TINY = "tiny"
+PRESET = BUILTIN_MODEL
+TINY = TINY_MODEL
 DEFAULT_PROMPT = "What is shown in this image? Answer in one sentence."
 SCHEMA_VERSION = 1
 
@@ -204,57 +207,65 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         raise ValueError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {dtype!r}") from None
 
 
-def build_preset(seed: int = 0):
-    """The bench preset (:func:`~flowcut_hf.presets.bench_preset_config`) as a random stock LLaVA and a processor.
+def checkpoint_config(spec: str) -> dict:
+    """The ``config.json`` of the folder or Hub repo ``spec``, read without loading anything else."""
+    from transformers import PretrainedConfig
 
-    The processor is :func:`flowcut_hf.tiny.build_tiny_processor` (byte-level tokenizer, LLaVA-1.5 CLIP image
-    preprocessing); the model's ``<image>``, pad, bos and eos ids are set to the tokenizer's, so the two agree.
-    """
-    from .presets import bench_preset_config
-    from .tiny import build_random_llava
+    from .export.pipeline import looks_like_repo_id
 
-    return build_random_llava(bench_preset_config(), seed=seed)
+    if not Path(spec).exists() and not looks_like_repo_id(spec):
+        raise FileNotFoundError(f"model {spec!r} is neither an existing folder nor a Hub repo id (owner/name)")
+    try:
+        return PretrainedConfig.get_config_dict(spec)[0]
+    except OSError:
+        raise FileNotFoundError(f"{spec} has no config.json that can be read; is it a model checkpoint?") from None
+
+
+def checkpoint_family(spec: str):
+    """The FlowCut family of the folder or Hub repo ``spec``, from its config alone; refused in one line, as the
+    exporter refuses it, when it is none."""
+    from .registry import family_of_checkpoint
+
+    return family_of_checkpoint(checkpoint_config(spec), spec)
 
 
 def load_model(
     spec: str = PRESET,
     *,
+    family: str = "llava",
     device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
     attn_implementation: str | None = None,
     seed: int = 0,
 ):
-    """Returns ``(model, processor)`` for ``spec``: ``"preset"``, ``"tiny"``, a local folder or a Hub repo id.
+    """Returns ``(model, processor)`` for ``spec``: a built-in random model of ``family`` (``"builtin"``, ``"tiny"``;
+    see :mod:`flowcut_hf.builtin`), a local folder or a Hub repo id (whose own config says its family).
 
     Folders and repo ids are loaded with ``AutoModelForImageTextToText`` / ``AutoProcessor`` and
-    ``trust_remote_code=True``, so both stock LLaVA-1.5 and FlowCut exports work. The model is put in eval mode on
-    ``device`` in ``dtype`` (``auto``: float32 on the CPU, bfloat16 on CUDA).
+    ``trust_remote_code=True``, so both stock checkpoints and FlowCut exports work; one that is not of a FlowCut family
+    is refused from its config, before anything loads. The model is put in eval mode on ``device`` in ``dtype``
+    (``auto``: float32 on the CPU, bfloat16 on CUDA).
     """
     device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, device)
-    if spec == PRESET:
-        model, processor = build_preset(seed)
-    elif spec == TINY:
-        from .tiny import build_tiny_llava
+    if spec in (PRESET, TINY):
+        from .builtin import build_builtin_model
 
-        model, processor = build_tiny_llava(seed=seed)
+        model, processor = build_builtin_model(family, spec, seed)
+        if attn_implementation is not None:
+            model.set_attn_implementation(attn_implementation)
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from .export.pipeline import looks_like_repo_id
-
-        if not Path(spec).exists() and not looks_like_repo_id(spec):
-            raise FileNotFoundError(f"model {spec!r} is neither an existing folder nor a Hub repo id (owner/name)")
-        kwargs = {"trust_remote_code": True, "dtype": torch_dtype}
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        model = AutoModelForImageTextToText.from_pretrained(spec, **kwargs)
+        checkpoint_family(spec)
         try:
             processor = AutoProcessor.from_pretrained(spec, trust_remote_code=True)
         except (OSError, ValueError) as error:
             raise ValueError(f"{spec} has no usable processor (tokenizer + image processor): {error}") from error
-    if attn_implementation is not None and spec in (PRESET, TINY):
-        model.set_attn_implementation(attn_implementation)
+        kwargs = {"trust_remote_code": True, "dtype": torch_dtype}
+        if attn_implementation is not None:
+            kwargs["attn_implementation"] = attn_implementation
+        model = AutoModelForImageTextToText.from_pretrained(spec, **kwargs)
     model = model.to(device=device, dtype=torch_dtype).eval()
     return model, processor
 
@@ -721,7 +732,7 @@ def run_bench(
 
     Args:
         model: a loaded LLaVA-1.5 model (stock or FlowCut; it is switched between modes in place and restored at the
-            end) with its ``processor``, or a spec for :func:`load_model` (``"preset"``, ``"tiny"``, folder, repo id).
+            end) with its ``processor``, or a spec for :func:`load_model` (``"builtin"``, ``"tiny"``, folder, repo id).
         target_nums: the FlowCut / oracle token counts; any value >= 576 is the passthrough row.
         repeats, warmup: timed and untimed interleaved rounds.
         batch_size: prompts per prefill (the same prompt and image repeated).
@@ -1110,24 +1121,6 @@ def format_table(report: dict) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def load_next_model(spec: str, device: torch.device, dtype: torch.dtype):
-    """``(model, processor)`` of a LLaVA-NeXT spec: the NeXT preset, the tiny NeXT model, a folder or a repo id."""
-    if spec == PRESET:
-        from .bench_next import build_next_preset
-
-        model, processor = build_next_preset()
-    elif spec == TINY:
-        from .tiny import build_tiny_llava_next
-
-        model, processor = build_tiny_llava_next()
-    else:
-        return load_model(spec, device=device, dtype=dtype)
-    return model.to(device=device, dtype=dtype).eval(), processor
-
-
-QWEN_PRESETS = {"qwen2-vl": "2", "qwen2.5-vl": "2.5"}  # --preset value -> Qwen-VL version
-
-
 def _cli(args: argparse.Namespace) -> int:
     from .registry import family_for_model
 
@@ -1136,22 +1129,10 @@ def _cli(args: argparse.Namespace) -> int:
     if args.json is not None and args.json.parent and not args.json.parent.exists():
         raise FileNotFoundError(f"the folder of --json {args.json} does not exist")
     model = processor = None
-    qwen_version = QWEN_PRESETS.get(args.preset)
-    if args.preset != "llava" or args.model not in (PRESET, TINY):
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        if qwen_version is not None:
-            from .bench_qwen import load_qwen_model
-
-            model, processor = load_qwen_model(args.model, qwen_version, device, dtype)
-        elif args.preset == "llava-onevision":
-            from .bench_onevision import load_onevision_model
-
-            model, processor = load_onevision_model(args.model, device, dtype)
-        elif args.preset == "llava-next":
-            model, processor = load_next_model(args.model, device, dtype)
-        else:
-            model, processor = load_model(args.model, device=device, dtype=dtype, attn_implementation=args.attn_implementation)
+    args.model = builtin_model_name(args.model)
+    if args.family != "llava" or args.model not in (PRESET, TINY):
+        model, processor = load_model(args.model, family=args.family, device=args.device, dtype=args.dtype,
+                                      attn_implementation=args.attn_implementation)
     family = family_for_model(model) if model is not None else None
     if family is not None and family.name == "llava_onevision":
         from .bench_onevision import format_onevision_table, run_onevision_bench
@@ -1174,7 +1155,7 @@ def _cli(args: argparse.Namespace) -> int:
         report = run_qwen_bench(
             model, processor, retain_ratios=args.retain_ratio or DEFAULT_RATIOS, repeats=args.repeats,
             warmup=args.warmup, progress=not args.no_progress,
-            spec=f"{args.model} ({args.preset})" if args.model in (PRESET, TINY) else args.model,
+            spec=f"{args.model} ({args.family})" if args.model in (PRESET, TINY) else args.model,
         )
         print(format_qwen_table(report))
     elif family is not None and family.llm_stage:
@@ -1222,17 +1203,17 @@ def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "bench",
         help="time prefill of FlowCut vs the stock model and an oracle; FLOPs, KV cache, memory",
-        description=__doc__.split("JSON schema")[0],
+        description=plain_help(__doc__.split("JSON schema")[0]),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "model", nargs="?", default=PRESET,
-        help="'preset' (default: the --preset family's 7B geometry at 1/4 width, random weights), 'tiny', a folder or "
+        help="'builtin' (default: the --family's 7B geometry at 1/4 width, random weights), 'tiny', a folder or "
         "a repo id (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL, told apart by its config)",
     )
-    parser.add_argument(
-        "--preset", choices=("llava", "llava-next", *QWEN_PRESETS, "llava-onevision"), default="llava",
-        help="family of 'preset' and 'tiny': LLaVA-1.5 (default), LLaVA-NeXT (a 672x672 image, 5 crops, 2928 "
+    add_family_option(
+        parser, choices=("llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "llava-onevision"), default="llava",
+        help="family of 'builtin' and 'tiny': LLaVA-1.5 (default), LLaVA-NeXT (a 672x672 image, 5 crops, 2928 "
         "stock visual tokens; stock vs FlowCut vs oracle at 160, 320 and 640), or Qwen2-VL (a 1288x980 image, 1610 "
         "stock visual tokens; stock vs FlowCut vs oracle at retain ratios 0.333, 0.222 and 0.111; qwen2.5-vl: 'tiny' "
         "only), or LLaVA-OneVision (a 768x768 image, 3699 stock visual tokens; stock vs VFlowOpt's 10/25/50%% presets)",

@@ -1,4 +1,4 @@
-"""``flowcut-hf bench --preset llava-next``: FlowCut on LLaVA-NeXT against the stock model and an oracle.
+"""``flowcut-hf bench --family llava-next``: FlowCut on LLaVA-NeXT against the stock model and an oracle.
 
 The LLaVA-NeXT counterpart of :mod:`flowcut_hf.bench` (whose measurement helpers it uses). One 672x672 image by
 default: 5 anyres crops, 2928 stock visual tokens (the paper's "2880" = 5 x 576 patches, plus 48 newline tokens).
@@ -138,14 +138,6 @@ class NextModelModes:
                 self.model.config.__dict__.pop(name, None)
 
 
-def build_next_preset(seed: int = 0):
-    """LLaVA-NeXT-7B geometry at 1/4 width (:func:`flowcut_hf.presets.bench_preset_next_config`), random weights."""
-    from .presets import bench_preset_next_config
-    from .tiny import build_random_llava_next
-
-    return build_random_llava_next(bench_preset_next_config(), seed=seed)
-
-
 def prompt_inputs(processor, image, prompt: str, image_token_id: int, placeholders: int | None) -> dict:
     """The stock processor's inputs for one image; with ``placeholders``, its span holds that many instead."""
     inputs = dict(processor(images=image, text=f"USER: <image>\n{prompt} ASSISTANT:", return_tensors="pt"))
@@ -178,7 +170,7 @@ def run_next_bench(
     image_size: tuple[int, int] = PRESET_IMAGE_SIZE,
     prompt: str = DEFAULT_PROMPT,
     progress: bool = True,
-    spec: str = "preset (llava-next)",
+    spec: str = "builtin (llava-next)",
 ) -> dict:
     """Runs the LLaVA-NeXT benchmark and returns its report (see the module docstring).
 
@@ -196,7 +188,9 @@ def run_next_bench(
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     if model is None:
-        model, processor = build_next_preset()
+        from .builtin import build_builtin_model
+
+        model, processor = build_builtin_model("llava-next")
     elif processor is None:
         raise ValueError("pass the model's processor along with a loaded model")
     model.eval()
@@ -375,4 +369,4 @@ def format_next_table(report: dict) -> str:
     return "\n".join(out)
 
 
-__all__ = ["OracleLlavaNextModel", "build_next_preset", "format_next_table", "run_next_bench"]
+__all__ = ["OracleLlavaNextModel", "format_next_table", "run_next_bench"]

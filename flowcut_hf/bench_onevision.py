@@ -103,28 +103,6 @@ class OnevisionModes:
         restore_instance(self.model, self.original)
 
 
-def build_onevision_preset(seed: int = 0):
-    """LLaVA-OneVision-7B geometry at 1/4 width (:func:`flowcut_hf.presets.bench_preset_llava_onevision_config`)."""
-    from .presets import bench_preset_llava_onevision_config
-    from .tiny import build_random_llava_onevision
-
-    return build_random_llava_onevision(bench_preset_llava_onevision_config, seed)
-
-
-def load_onevision_model(spec: str, device: torch.device, dtype: torch.dtype):
-    from .bench import PRESET, TINY, load_model
-
-    if spec == PRESET:
-        model, processor = build_onevision_preset()
-    elif spec == TINY:
-        from .tiny import build_tiny_llava_onevision
-
-        model, processor = build_tiny_llava_onevision()
-    else:
-        return load_model(spec, device=device, dtype=dtype)
-    return model.to(device=device, dtype=dtype).eval(), processor
-
-
 def run_onevision_bench(
     model: nn.Module | None = None,
     processor=None,
@@ -136,7 +114,7 @@ def run_onevision_bench(
     image_size: tuple[int, int] = PRESET_IMAGE_SIZE,
     question: str = "Describe this image in detail.",
     progress: bool = True,
-    spec: str = "preset (llava-onevision)",
+    spec: str = "builtin (llava-onevision)",
 ) -> dict:
     """Runs the LLaVA-OneVision benchmark and returns its report (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -150,7 +128,9 @@ def run_onevision_bench(
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     if model is None:
-        model, processor = build_onevision_preset()
+        from .builtin import build_builtin_model
+
+        model, processor = build_builtin_model("llava-onevision")
     model.eval()
     parameter = next(model.parameters())
     timer = DeviceTimer(parameter.device)
@@ -298,4 +278,4 @@ def format_onevision_table(report: dict) -> str:
     ])
 
 
-__all__ = ["OnevisionModes", "OracleLlavaOnevisionModel", "build_onevision_preset", "format_onevision_table", "load_onevision_model", "run_onevision_bench"]
+__all__ = ["OnevisionModes", "OracleLlavaOnevisionModel", "format_onevision_table", "run_onevision_bench"]

@@ -1,4 +1,4 @@
-"""``flowcut-hf bench --preset qwen2-vl``: FlowCut on Qwen2-VL against the stock model and an oracle.
+"""``flowcut-hf bench --family qwen2-vl``: FlowCut on Qwen2-VL against the stock model and an oracle.
 
 The Qwen2-VL counterpart of :mod:`flowcut_hf.bench_next` (whose measurement helpers it shares). One 1288x980 image by
 default: a 92 x 70 patch grid, 6440 ViT patches, 1610 stock visual tokens (2x2 merge units).
@@ -22,7 +22,7 @@ included, as ``generate()``'s first step. A measurement pass per row then record
 decoder layer holds (measured, and compared with :func:`flowcut_hf.accounting.kv_cache_bytes` over the same
 per-layer lengths) and the peak memory.
 
-JSON (``--json FILE``): as ``--preset llava-next`` writes, with ``"family": "qwen2_vl"``, ``settings.retain_ratios``
+JSON (``--json FILE``): as ``--family llava-next`` writes, with ``"family": "qwen2_vl"``, ``settings.retain_ratios``
 and ``settings.grid_thw``, per config ``retain_ratio``, ``vit_schedule`` (patches per block) and ``analytic``
 (``vision_flops``, ``llm_flops``, ``kv_cache_bytes``), and ``targets.speedup_at_0.111`` (limit 3.0) and
 ``targets.flowcut_over_oracle_at_0.111`` (limit 1.0).
@@ -129,41 +129,6 @@ class QwenModelModes:
         restore_instance(self.model, self.original)
 
 
-def build_qwen_preset(seed: int = 0):
-    """Qwen2-VL-7B geometry at 1/4 width (:func:`flowcut_hf.presets.bench_preset_qwen2_vl_config`), random weights,
-    and the stock processor with Qwen2-VL-7B-Instruct's pixel budget."""
-    from .presets import bench_preset_qwen2_vl_config
-    from .tiny import (
-        STOCK_QWEN_PIXELS,
-        build_random_qwen_vl,
-        build_tiny_qwen_processor,
-        build_tiny_qwen_tokenizer,
-        qwen_token_ids,
-    )
-
-    tokenizer = build_tiny_qwen_tokenizer()
-    config = bench_preset_qwen2_vl_config(vocab_size=len(tokenizer), **qwen_token_ids(tokenizer))
-    model = build_random_qwen_vl(config, tokenizer, seed)
-    return model, build_tiny_qwen_processor(tokenizer, "2", STOCK_QWEN_PIXELS)
-
-
-def load_qwen_model(spec: str, version: str, device: torch.device, dtype: torch.dtype):
-    """``(model, processor)`` of a Qwen spec: the Qwen2-VL preset, a tiny model, a folder or a repo id."""
-    from .bench import PRESET, TINY, load_model
-
-    if spec == PRESET:
-        if version != "2":
-            raise ValueError("the 'preset' model is Qwen2-VL-7B geometry: use --preset qwen2-vl (or 'tiny' for 2.5)")
-        model, processor = build_qwen_preset()
-    elif spec == TINY:
-        from .tiny import build_tiny_qwen_vl
-
-        model, processor = build_tiny_qwen_vl(version)
-    else:
-        return load_model(spec, device=device, dtype=dtype)
-    return model.to(device=device, dtype=dtype).eval(), processor
-
-
 def question_inputs(processor, image, question: str) -> dict:
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True
@@ -182,7 +147,7 @@ def run_qwen_bench(
     image_size: tuple[int, int] = PRESET_IMAGE_SIZE,
     question: str = DEFAULT_QUESTION,
     progress: bool = True,
-    spec: str = "preset (qwen2-vl)",
+    spec: str = "builtin (qwen2-vl)",
 ) -> dict:
     """Runs the Qwen-VL benchmark and returns its report (see the module docstring).
 
@@ -197,7 +162,9 @@ def run_qwen_bench(
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     if model is None:
-        model, processor = build_qwen_preset()
+        from .builtin import build_builtin_model
+
+        model, processor = build_builtin_model("qwen2-vl")
     elif processor is None:
         raise ValueError("pass the model's processor along with a loaded model")
     model.eval()
@@ -374,5 +341,4 @@ def format_qwen_table(report: dict) -> str:
     return "\n".join(out)
 
 
-__all__ = ["OracleQwenVisualMixin", "QwenModelModes", "build_qwen_preset", "format_qwen_table", "load_qwen_model",
-           "run_qwen_bench"]
+__all__ = ["OracleQwenVisualMixin", "QwenModelModes", "format_qwen_table", "run_qwen_bench"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -71,6 +72,58 @@ def retain_ratio_argument(text: str) -> float:
             f"must be the share of each image's tokens kept, above 0 and at most 1 (e.g. 0.111), got {text!r}"
         )
     return value
+
+
+BUILTIN_MODEL = "builtin"
+"""The MODEL of bench and visualize that is built in: the family's 7B geometry at 1/4 width, random weights."""
+TINY_MODEL = "tiny"
+"""The MODEL that is built in at test size (real token geometry, tiny widths)."""
+RENAMED_MODELS = {"preset": BUILTIN_MODEL}
+"""Old names of the built-in models, still accepted with a note ("preset" now means a VFlowOpt preset only)."""
+
+
+def deprecation_note(old: str, new: str) -> None:
+    """Tells the user, on stderr, that ``old`` still works but is now spelled ``new``."""
+    print(f"flowcut-hf: note: {old} is deprecated and will be removed; use {new}", file=sys.stderr)
+
+
+def builtin_model_name(name: str) -> str:
+    """``name`` of a MODEL argument with the old spellings of the built-in models renamed (with a note)."""
+    if name in RENAMED_MODELS and not Path(name).exists():
+        deprecation_note(f"the model name {name!r}", repr(RENAMED_MODELS[name]))
+        return RENAMED_MODELS[name]
+    return name
+
+
+class RenamedOption(argparse.Action):
+    """An option that was renamed: it still works, stores into the new option's ``dest`` and says the new name."""
+
+    def __init__(self, option_strings, dest, new_name: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        deprecation_note(option_string, f"{self.new_name} {values}")
+        setattr(namespace, self.dest, values)
+
+
+def add_family_option(parser: argparse.ArgumentParser, choices: Sequence[str], default: str, help: str) -> None:
+    """``--family``: which model family a built-in model has. It was called ``--preset`` in bench and visualize, a word
+    that now means only a VFlowOpt preset; that spelling keeps working, with a note."""
+    parser.add_argument("--family", choices=choices, default=default, help=help)
+    parser.add_argument("--preset", dest="family", choices=choices, action=RenamedOption, new_name="--family",
+                        help=argparse.SUPPRESS)
+
+
+RST_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|obj):`~?([^`]+)`")
+RST_LITERAL = re.compile(r"``([^`]+)``")
+
+
+def plain_help(docstring: str) -> str:
+    """A module docstring as a command's ``--help`` text: the reStructuredText markup of the API docs taken out."""
+    text = RST_ROLE.sub(lambda match: match.group(1), docstring)
+    text = RST_LITERAL.sub(lambda match: match.group(1), text)
+    return text.replace("::\n", ":\n")
 
 
 def requested_command(argv: Sequence[str]) -> str | None:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .cli import plain_help
+
 PROC = Path("/proc")
 
 
@@ -109,7 +111,7 @@ def _cli(args: argparse.Namespace) -> int:
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "measure", help="peak memory (all processes) and wall time of a command",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--interval", type=float, default=0.05, help="seconds between samples (default 0.05)")
     parser.add_argument("--json", type=Path, default=None, help="also write the measurement as JSON")

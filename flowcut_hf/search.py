@@ -4,7 +4,7 @@ Usage::
 
     flowcut-hf search MODEL --method vflowopt --budget 0.10 --calibration DATA --trials 300 --out preset.json
 
-The objective (VFlowOpt, spec §3) is the cosine similarity between the pruned and the unpruned model's final hidden
+The objective, as the VFlowOpt paper defines it, is the cosine similarity between the pruned and the unpruned model's final hidden
 state (after the last norm) of the last prompt token, summed over the calibration samples; the unpruned states are
 computed once and cached. Five settings are searched (the stage-0 keep share, the threshold of the importance map,
 the recycling cell side, the entropy weight and the first LLM stage's keep share); the last LLM stage's share is
@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+
+from .cli import deprecation_note, plain_help
 
 from .modeling.vflowopt_core import VFlowOptSettings, average_retention, solve_last_ratio
 
@@ -215,8 +217,11 @@ def _cli(args: argparse.Namespace) -> int:
         raise ValueError("the search finds VFlowOpt settings: pass --method vflowopt")
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
-    if args.model in TINY_MODELS:
-        model, processor = build_tiny_model(args.model)
+    if args.model in RENAMED_TINY_MODELS:
+        deprecation_note(f"the model name {args.model!r}", f"'tiny' --family {RENAMED_TINY_MODELS[args.model]}")
+        args.model, args.family = "tiny", RENAMED_TINY_MODELS[args.model]
+    if args.model == "tiny":
+        model, processor = build_tiny_model(args.family)
     else:
         model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
     samples = load_calibration(args.calibration, image_column=args.image_column, prompt_column=args.prompt_column,
@@ -231,16 +236,18 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-TINY_MODELS = ("tiny", "tiny-llava", "tiny-llava-next")
+RENAMED_TINY_MODELS = {"tiny-llava": "llava", "tiny-llava-next": "llava-next"}
+"""Old names of the tiny built-in models, now ``tiny --family F`` as in bench and visualize."""
+SEARCH_FAMILIES = ("llava-onevision", "llava", "llava-next")
 
 
-def build_tiny_model(name: str):
-    """A built-in random model and its processor: LLaVA-OneVision (``tiny``), LLaVA-1.5 or LLaVA-NeXT."""
+def build_tiny_model(family: str):
+    """The tiny built-in random model of ``family`` (``--family``'s words) and its processor."""
     from . import tiny
 
-    if name == "tiny-llava":
+    if family == "llava":
         return tiny.build_tiny_llava(num_text_layers=4)
-    if name == "tiny-llava-next":
+    if family == "llava-next":
         return tiny.build_tiny_llava_next()
     return tiny.build_tiny_llava_onevision()
 
@@ -248,26 +255,29 @@ def build_tiny_model(name: str):
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "search", help="find VFlowOpt settings for a token budget (Bayesian search, resumable)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", help="a folder or a repo id (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT), or a built-in random model: "
-        "'tiny' (LLaVA-OneVision), 'tiny-llava', 'tiny-llava-next'"
+        "model", help="a folder or a repo id (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT), or 'tiny': a built-in random "
+        "model of the --family"
     )
-    parser.add_argument("--method", default="vflowopt", choices=("vflowopt",))
+    parser.add_argument("--family", choices=SEARCH_FAMILIES, default="llava-onevision",
+                        help="family of 'tiny' (default llava-onevision, the method's own model)")
+    parser.add_argument("--method", default="vflowopt", choices=("vflowopt",), help="the method whose settings are searched")
     parser.add_argument("--budget", type=float, required=True, help="share of visual tokens kept, averaged over the decoder layers (e.g. 0.10)")
     parser.add_argument("--calibration", required=True, help="folder with data.jsonl, or a Hub dataset id")
-    parser.add_argument("--image-column", default="image")
-    parser.add_argument("--prompt-column", default="prompt")
+    parser.add_argument("--image-column", default="image", help="a Hub dataset's image column (default image)")
+    parser.add_argument("--prompt-column", default="prompt", help="a Hub dataset's prompt column (default prompt)")
     parser.add_argument("--split", default="train", help="split of a Hub dataset (default train)")
     parser.add_argument("--samples", type=int, default=None, help="use the first N samples (the method used 30)")
     parser.add_argument("--trials", type=int, default=300, help="trials in all, counting those a resumed search has done")
     parser.add_argument("--out", type=Path, required=True, help="preset JSON to write")
     parser.add_argument("--storage", type=Path, default=None, help="Optuna storage file (default: OUT with .optuna.db)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="the sampler's seed (default 0): the same seed, the same trials")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                        help="auto: float32 on cpu, bfloat16 on cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(
         func=_cli, on_interrupt="interrupted; the finished trials are kept in the storage file: run the same command to go on"
     )

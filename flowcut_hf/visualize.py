@@ -4,8 +4,8 @@ Usage::
 
     flowcut-hf visualize MODEL IMAGE --target-num 64 --out kept.png
 
-``MODEL`` is ``preset`` (random weights, no download), ``tiny``, a local folder or a Hub repo id (a stock model or a
-FlowCut export; ``--preset llava-next`` / ``qwen2-vl`` / ``qwen2.5-vl`` picks that family's ``preset``/``tiny``). For
+``MODEL`` is ``builtin`` (random weights, no download), ``tiny``, a local folder or a Hub repo id (a stock model or a
+FlowCut export; ``--family llava-next`` / ``qwen2-vl`` / ``qwen2.5-vl`` picks that family's ``builtin``/``tiny``). For
 LLaVA-1.5 the PNG shows, on the
 left, the image exactly as the processor hands it to the model (resized and centre-cropped to 336 px, de-normalised),
 with the kept patches left clear and the pruned ones dimmed and hatched; on the right, the number of tokens (CLS
@@ -33,8 +33,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import ModelModes, BenchRow, example_image_path, load_model
-from .cli import target_num_argument, retain_ratio_argument
+from .bench import ModelModes, BenchRow, checkpoint_config, example_image_path, load_model
+from .cli import (
+    BUILTIN_MODEL, TINY_MODEL, add_family_option, builtin_model_name, plain_help, retain_ratio_argument, target_num_argument,
+)
 
 __all__ = [
     "FigureLayout",
@@ -382,24 +384,26 @@ def save_picture(picture: Image.Image, out: Path) -> None:
         picture.save(out, format="PNG", optimize=True)
 
 
+def check_amounts(args: argparse.Namespace, config: dict) -> None:
+    """``--target-num`` and ``--retain-ratio`` are refused as ``flowcut-hf export`` refuses them (one that prunes
+    nothing, a ratio on a family that keeps a count), in the same words."""
+    from .export.pipeline import validate_targets
+
+    if args.target_num is not None or args.retain_ratio is not None:
+        validate_targets([args.target_num] if args.target_num is not None else [], config,
+                         [args.retain_ratio] if args.retain_ratio is not None else [])
+
+
 def _cli(args: argparse.Namespace) -> int:
     check_image_file(args.image)
     output_format(args.out)
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
-    if args.preset != "llava":
-        from .bench import QWEN_PRESETS, load_next_model, resolve_device, resolve_dtype
-
-        device = resolve_device(args.device)
-        dtype = resolve_dtype(args.dtype, device)
-        if args.preset in QWEN_PRESETS:
-            from .bench_qwen import load_qwen_model
-
-            model, processor = load_qwen_model(args.model, QWEN_PRESETS[args.preset], device, dtype)
-        else:
-            model, processor = load_next_model(args.model, device, dtype)
-    else:
-        model, processor = load_model(args.model, device=args.device, dtype=args.dtype)
+    args.model = builtin_model_name(args.model)
+    if args.model not in (BUILTIN_MODEL, TINY_MODEL):  # a checkpoint's amounts are refused before it loads
+        check_amounts(args, checkpoint_config(args.model))
+    model, processor = load_model(args.model, family=args.family, device=args.device, dtype=args.dtype)
+    check_amounts(args, model.config.to_dict())
     picture = visualize_kept_tokens(
         model, processor, args.image, args.target_num, scale=args.scale, retain_ratio=args.retain_ratio
     )
@@ -412,15 +416,16 @@ def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "visualize",
         help="draw which image patches FlowCut keeps and the tokens per encoder layer (PNG, JPEG or WebP)",
-        description=__doc__,
+        description=plain_help(__doc__),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", help="'preset', 'tiny', a folder or a repo id (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL)"
+        "model", help="'builtin' (the --family's 7B geometry at 1/4 width, random weights), 'tiny', a folder or a repo "
+        "id (LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL)"
     )
-    parser.add_argument(
-        "--preset", choices=("llava", "llava-next", "qwen2-vl", "qwen2.5-vl"), default="llava",
-        help="family of 'preset' and 'tiny' (default llava)",
+    add_family_option(
+        parser, choices=("llava", "llava-next", "qwen2-vl", "qwen2.5-vl"), default="llava",
+        help="family of 'builtin' and 'tiny' (default llava)",
     )
     parser.add_argument(
         "image", type=Path, nargs="?", default=example_image_path(),
@@ -437,6 +442,7 @@ def register_cli(subparsers) -> None:
     parser.add_argument(
         "--scale", type=int, default=None, help="pixels per input pixel (default 2 for LLaVA-1.5, 1 for the others)"
     )
-    parser.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
+    parser.add_argument("--dtype", choices=("auto", "float32", "float16", "bfloat16"), default="auto",
+                        help="auto: float32 on cpu, bfloat16 on cuda")
     parser.set_defaults(func=_cli)

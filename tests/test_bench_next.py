@@ -1,4 +1,4 @@
-"""``flowcut-hf bench --preset llava-next``: stock vs FlowCut vs oracle on LLaVA-NeXT, with per-layer KV accounting."""
+"""``flowcut-hf bench --family llava-next``: stock vs FlowCut vs oracle on LLaVA-NeXT, with per-layer KV accounting."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def test_next_bench_report_counts_every_layers_own_kv_length_and_restores_the_mo
 
 def test_bench_command_runs_the_next_preset_family_and_writes_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "tiny", "--preset", "llava-next", "--target-num", "40", "--repeats", "1", "--warmup", "0",
+    code = main(["bench", "tiny", "--family", "llava-next", "--target-num", "40", "--repeats", "1", "--warmup", "0",
                  "--threads", "1", "--no-progress", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())

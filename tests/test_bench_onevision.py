@@ -1,4 +1,4 @@
-"""``flowcut-hf bench --preset llava-onevision``: stock vs VFlowOpt's presets, per-layer KV accounting and the KV
+"""``flowcut-hf bench --family llava-onevision``: stock vs VFlowOpt's presets, per-layer KV accounting and the KV
 reduction the paper reports."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def test_onevision_bench_reports_stage_lengths_kv_reduction_and_restores_the_mod
     assert "vflowopt@10%" in format_onevision_table(report) and "oracle@10%" in format_onevision_table(report)
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "tiny", "--preset", "llava-onevision", "--repeats", "1", "--warmup", "0", "--no-progress",
+    assert main(["bench", "tiny", "--family", "llava-onevision", "--repeats", "1", "--warmup", "0", "--no-progress",
                  "--threads", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["family"] == "llava_onevision"
     assert "VFlowOpt@10% KV cache saved" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""``flowcut-hf bench --preset qwen2-vl`` and ``visualize`` on Qwen: stock vs FlowCut vs oracle, per-layer KV
+"""``flowcut-hf bench --family qwen2-vl`` and ``visualize`` on Qwen: stock vs FlowCut vs oracle, per-layer KV
 accounting, and the picture of the kept 2x2 units."""
 
 from __future__ import annotations
@@ -57,19 +57,19 @@ def test_qwen_vision_flops_follow_the_schedule():
 
 def test_bench_and_visualize_commands_run_the_qwen_families(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    code = main(["bench", "tiny", "--preset", "qwen2.5-vl", "--retain-ratio", "0.5", "--repeats", "1", "--warmup", "0",
+    code = main(["bench", "tiny", "--family", "qwen2.5-vl", "--retain-ratio", "0.5", "--repeats", "1", "--warmup", "0",
                  "--threads", "1", "--no-progress", "--json", str(out)])
     assert code == 0
     report = json.loads(out.read_text())
     assert report["family"] == "qwen2_5_vl" and [c["name"] for c in report["configs"]] == ["stock", "flowcut@0.5", "oracle@0.5"]
     assert "FlowCut@0.111 speed-up vs stock" in capsys.readouterr().out
-    assert main(["bench", "tiny", "--preset", "llava", "--retain-ratio", "0.5", "--no-progress"]) == 2
+    assert main(["bench", "tiny", "--family", "llava", "--retain-ratio", "0.5", "--no-progress"]) == 2
     assert "--retain-ratio applies to Qwen2-VL" in capsys.readouterr().err
 
     image = tmp_path / "photo.png"
     synthetic_image(1, size=IMAGE_SIZE).save(image)
     picture = tmp_path / "kept.png"
-    assert main(["visualize", "tiny", str(image), "--preset", "qwen2-vl", "--retain-ratio", "0.25", "--out", str(picture)]) == 0
+    assert main(["visualize", "tiny", str(image), "--family", "qwen2-vl", "--retain-ratio", "0.25", "--out", str(picture)]) == 0
     assert Image.open(picture).format == "PNG"
 
 

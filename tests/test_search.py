@@ -60,10 +60,11 @@ def test_budget_solving_and_bad_calibration_data_are_clear(tmp_path):
     assert main(["search", "tiny", "--budget", "1.5", "--calibration", str(tmp_path), "--out", str(tmp_path / "p.json")]) == 2
 
 
-def test_search_finds_llava_settings_that_meet_the_budget_on_its_own_depth(calibration, tmp_path):
+def test_search_finds_llava_settings_that_meet_the_budget_on_its_own_depth(calibration, tmp_path, capsys):
     out = tmp_path / "llava.json"
-    assert main(["search", "tiny-llava", "--budget", "0.10", "--calibration", str(calibration), "--samples", "2",
-                 "--trials", "3", "--out", str(out), "--no-progress"]) == 0
+    assert main(["search", "tiny", "--family", "llava", "--budget", "0.10", "--calibration", str(calibration),
+                 "--samples", "2", "--trials", "3", "--out", str(out), "--no-progress"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
     preset = json.loads(out.read_text())
     settings = preset["settings"]
     assert settings["vflowopt_llm_layers"] == [1, 3], "the stage layers of the 10% preset, moved to 4 layers"

@@ -139,7 +139,7 @@ def test_next_picture_shows_the_tokens_each_stage_keeps_over_the_whole_image(tmp
     image_path = tmp_path / "wide.png"
     wide.save(image_path)
     out = tmp_path / "next.png"
-    assert cli.main(["visualize", "tiny", str(image_path), "--preset", "llava-next", "--target-num", "40", "--out", str(out)]) == 0
+    assert cli.main(["visualize", "tiny", str(image_path), "--family", "llava-next", "--target-num", "40", "--out", str(out)]) == 0
     picture = Image.open(out)
     picture.verify()
     picture = Image.open(out)
