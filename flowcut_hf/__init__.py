@@ -13,7 +13,8 @@ __version__ = "0.1.0"
 
 _PUBLIC_NAMES = {
     ".api": ("flowcut", "flowcut_processor", "prune"),
-    ".registry": ("FAMILIES", "FlowCutFamily", "family_for_config", "family_for_model"),
+    ".registry": ("FAMILIES", "family_for_config", "family_for_model"),
+    ".family": ("FlowCutFamily",),
     ".modeling.configuration_flowcut_llava": ("FlowCutLlavaConfig",),
     ".modeling.configuration_flowcut_llava_next": ("FlowCutLlavaNextConfig",),
     ".modeling.modeling_flowcut_llava": (
@@ -71,4 +72,5 @@ if TYPE_CHECKING:
         FlowCutQwen2VLForConditionalGeneration,
     )
     from .modeling.processing_flowcut_llava import FlowCutLlavaProcessor
-    from .registry import FAMILIES, FlowCutFamily, family_for_config, family_for_model
+    from .family import FlowCutFamily
+    from .registry import FAMILIES, family_for_config, family_for_model

@@ -1,4 +1,4 @@
-"""Analytic compute and memory accounting for LLaVA-1.5 with FlowCut pruning.
+"""Analytic compute and memory accounting of a vision-language prefill, with pruning.
 
 Everything here is pure Python integer arithmetic on config objects: no
 tensors are built and nothing is timed, so the numbers are exact,
@@ -57,6 +57,7 @@ from typing import Any, Sequence
 __all__ = [
     "AnyresImageTokens",
     "PrefillAccount",
+    "PrefillFlops",
     "decoder_layer_flops",
     "next_prefill_account",
     "dtype_nbytes",
@@ -68,7 +69,6 @@ __all__ = [
     "num_patches",
     "prefill_account",
     "projector_flops",
-    "qwen_vision_flops",
     "vision_encoder_flops",
     "vision_layer_flops",
 ]
@@ -98,7 +98,7 @@ def _pair(value: Any) -> tuple[int, int]:
     return int(value), int(value)
 
 
-def _check_count(name: str, value: Any, minimum: int = 0) -> int:
+def check_count(name: str, value: Any, minimum: int = 0) -> int:
     # operator.index admits numpy / 0-d torch integers (schedules often come
     # from tensors) but refuses floats; bool is refused because a stray True
     # would silently count as 1.
@@ -114,7 +114,7 @@ def _check_count(name: str, value: Any, minimum: int = 0) -> int:
 
 
 def _check_schedule(cfg: Any, token_schedule: Sequence[int]) -> list[int]:
-    schedule = [_check_count(f"token_schedule[{i}]", n, minimum=1) for i, n in enumerate(token_schedule)]
+    schedule = [check_count(f"token_schedule[{i}]", n, minimum=1) for i, n in enumerate(token_schedule)]
     if len(schedule) > cfg.num_hidden_layers:
         raise ValueError(
             f"token_schedule has {len(schedule)} entries but the encoder has only "
@@ -159,7 +159,7 @@ def dtype_nbytes(dtype: Any) -> int:
     plain positive int taken as the byte count.
     """
     if isinstance(dtype, int) and not isinstance(dtype, bool):
-        return _check_count("dtype", dtype, minimum=1)
+        return check_count("dtype", dtype, minimum=1)
     itemsize = getattr(dtype, "itemsize", None)
     if isinstance(itemsize, int) and itemsize > 0:
         return itemsize
@@ -191,7 +191,7 @@ def layers_run(num_hidden_layers: int, vision_feature_layer: int | Sequence[int]
     ``i < 0`` needs ``num_hidden_layers + 1 + i``. For a list of feature
     layers the deepest one decides.
     """
-    _check_count("num_hidden_layers", num_hidden_layers)
+    check_count("num_hidden_layers", num_hidden_layers)
     indices = [vision_feature_layer] if isinstance(vision_feature_layer, int) else list(vision_feature_layer)
     if not indices:
         raise ValueError("vision_feature_layer must not be an empty sequence")
@@ -230,7 +230,7 @@ def vision_layer_flops(vision_config: Any, seq_len: int) -> int:
     MLP width ``m``.
     """
     cfg = _vision_cfg(vision_config)
-    n = _check_count("seq_len", seq_len)
+    n = check_count("seq_len", seq_len)
     d = int(cfg.hidden_size)
     m = int(cfg.intermediate_size)
     projections = 4 * (2 * n * d * d)
@@ -255,7 +255,7 @@ def vision_encoder_flops(vision_config: Any, token_schedule: Sequence[int], batc
     patch embedding always runs on the full image.
     """
     cfg = _vision_cfg(vision_config)
-    batch_size = _check_count("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     schedule = _check_schedule(cfg, token_schedule)
     per_image = _patch_embedding_flops(cfg) + sum(vision_layer_flops(cfg, n) for n in schedule)
     return batch_size * per_image
@@ -264,25 +264,6 @@ def vision_encoder_flops(vision_config: Any, token_schedule: Sequence[int], batc
 # --------------------------------------------------------------------------- #
 # projector
 # --------------------------------------------------------------------------- #
-
-
-def qwen_vision_flops(vision_config: Any, token_schedule: Sequence[int], merged_tokens: int) -> int:
-    """FLOPs of a Qwen2-VL ViT over one image: the patch embedding of ``token_schedule[0]`` patches, block ``i`` on
-    ``token_schedule[i]`` patches (full attention, as in every Qwen2-VL block) and the merger of ``merged_tokens``
-    2x2 units. Qwen2.5-VL's window blocks attend less, so this overcounts their attention.
-    """
-    d = int(getattr(vision_config, "embed_dim", None) or vision_config.hidden_size)
-    out = int(getattr(vision_config, "out_hidden_size", None) or vision_config.hidden_size)
-    gated = getattr(vision_config, "intermediate_size", None) is not None and not hasattr(vision_config, "mlp_ratio")
-    mlp = int(vision_config.intermediate_size) if gated else int(d * vision_config.mlp_ratio)
-    merge = int(vision_config.spatial_merge_size) ** 2
-    patch_pixels = int(vision_config.in_channels) * int(vision_config.temporal_patch_size) * int(vision_config.patch_size) ** 2
-    total = 2 * int(token_schedule[0]) * patch_pixels * d
-    for n in token_schedule:
-        n = _check_count("tokens", n)
-        total += 2 * n * d * 4 * d + 2 * 2 * n * n * d + 2 * n * d * mlp * (3 if gated else 2)
-    units = _check_count("merged_tokens", merged_tokens)
-    return total + 2 * units * (merge * d) ** 2 + 2 * units * merge * d * out
 
 
 def full_num_image_tokens(config: Any) -> int:
@@ -302,8 +283,8 @@ def projector_flops(config: Any, num_image_tokens: int, batch_size: int = 1) -> 
     several feature layers are concatenated the first linear's input widens
     accordingly, as in ``LlavaMultiModalProjector``.
     """
-    num_image_tokens = _check_count("num_image_tokens", num_image_tokens)
-    batch_size = _check_count("batch_size", batch_size)
+    num_image_tokens = check_count("num_image_tokens", num_image_tokens)
+    batch_size = check_count("batch_size", batch_size)
     feature_layer = getattr(config, "vision_feature_layer", -2)
     num_feature_layers = 1 if isinstance(feature_layer, int) else len(feature_layer)
     d_in = int(config.vision_config.hidden_size) * num_feature_layers
@@ -319,7 +300,7 @@ def projector_flops(config: Any, num_image_tokens: int, batch_size: int = 1) -> 
 def decoder_layer_flops(text_config: Any, seq_len: int, *, causal: bool = False) -> int:
     """FLOPs of one Llama decoder layer over ``seq_len`` tokens (batch 1); see :func:`llm_prefill_flops`."""
     cfg = _text_cfg(text_config)
-    n = _check_count("seq_len", seq_len)
+    n = check_count("seq_len", seq_len)
     d = int(cfg.hidden_size)
     m = int(cfg.intermediate_size)
     heads = int(cfg.num_attention_heads)
@@ -360,13 +341,13 @@ def llm_prefill_flops(
     drops tokens between layers (FlowCut's LLM stage on LLaVA-NeXT).
     """
     cfg = _text_cfg(text_config)
-    batch_size = _check_count("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     lengths = _layer_lengths(cfg, seq_len)
     n = lengths[-1]
     if lm_head_tokens is None:
         head_positions = n
     else:
-        head_positions = min(_check_count("lm_head_tokens", lm_head_tokens), n)
+        head_positions = min(check_count("lm_head_tokens", lm_head_tokens), n)
     lm_head = 2 * head_positions * int(cfg.hidden_size) * int(cfg.vocab_size)
     return batch_size * (sum(decoder_layer_flops(cfg, length, causal=causal) for length in lengths) + lm_head)
 
@@ -374,8 +355,8 @@ def llm_prefill_flops(
 def _layer_lengths(cfg: Any, seq_len: int | Sequence[int]) -> list[int]:
     layers = int(cfg.num_hidden_layers)
     if isinstance(seq_len, int) and not isinstance(seq_len, bool):
-        return [_check_count("seq_len", seq_len)] * layers
-    lengths = [_check_count("seq_len", n) for n in seq_len]
+        return [check_count("seq_len", seq_len)] * layers
+    lengths = [check_count("seq_len", n) for n in seq_len]
     if len(lengths) != layers:
         raise ValueError(f"got {len(lengths)} per-layer sequence lengths for a {layers}-layer language model")
     return lengths
@@ -391,7 +372,7 @@ def kv_cache_bytes(text_config: Any, seq_len: int | Sequence[int], batch_size: i
     slack and any pre-allocated static-cache headroom.
     """
     cfg = _text_cfg(text_config)
-    batch_size = _check_count("batch_size", batch_size)
+    batch_size = check_count("batch_size", batch_size)
     per_token = 2 * _text_kv_heads(cfg) * _text_head_dim(cfg) * batch_size * dtype_nbytes(dtype)
     return per_token * sum(_layer_lengths(cfg, seq_len))
 
@@ -487,9 +468,9 @@ def prefill_account(
         kv_dtype: KV-cache element type (torch dtype, name or byte count).
         lm_head_tokens, causal: see :func:`llm_prefill_flops`.
     """
-    num_text_tokens = _check_count("num_text_tokens", num_text_tokens)
-    batch_size = _check_count("batch_size", batch_size)
-    images_per_prompt = _check_count("images_per_prompt", images_per_prompt)
+    num_text_tokens = check_count("num_text_tokens", num_text_tokens)
+    batch_size = check_count("batch_size", batch_size)
+    images_per_prompt = check_count("images_per_prompt", images_per_prompt)
     if token_schedule is None:
         schedule = full_schedule(config)
         if num_image_tokens is None:
@@ -498,7 +479,7 @@ def prefill_account(
         schedule = _check_schedule(_vision_cfg(config), token_schedule)
         if num_image_tokens is None:
             raise ValueError("num_image_tokens is required when token_schedule is given")
-    num_image_tokens = _check_count("num_image_tokens", num_image_tokens)
+    num_image_tokens = check_count("num_image_tokens", num_image_tokens)
 
     num_images = batch_size * images_per_prompt
     llm_seq_len = num_text_tokens + images_per_prompt * num_image_tokens
@@ -542,13 +523,15 @@ class AnyresImageTokens:
 
     @classmethod
     def stock(cls, config: Any, image_size_hw: Sequence[int]) -> "AnyresImageTokens":
-        """The stock model: every crop through all encoder layers unpruned, the stock token count into the LLM."""
-        from .modeling.modeling_flowcut_llava_next import AnyresGeometry, stock_token_count
+        """The stock model: every crop through all encoder layers unpruned, the stock token count into the LLM (the
+        crops and the count of the config's family, see :meth:`flowcut_hf.family.FlowCutFamily.image_crops`)."""
+        from .registry import family_for_config
 
+        family = family_for_config(config)
         vision = _vision_cfg(config)
-        count = stock_token_count(config, image_size_hw)
+        count = family.stock_image_tokens(config, image_size_hw)
         schedule = (num_patches(vision) + 1,) * int(vision.num_hidden_layers)
-        return cls(AnyresGeometry.of(config, image_size_hw).num_crops, schedule, count, count)
+        return cls(family.image_crops(config, image_size_hw), schedule, count, count)
 
 
 def next_prefill_account(
@@ -568,7 +551,7 @@ def next_prefill_account(
     plus every image's ``tokens_after_llm_stage`` (``None``: no LLM stage, every layer over the first). The KV cache
     holds each layer's own length.
     """
-    num_text_tokens = _check_count("num_text_tokens", num_text_tokens)
+    num_text_tokens = check_count("num_text_tokens", num_text_tokens)
     text = _text_cfg(config)
     vision = _vision_cfg(config)
     vision_flops = projector = 0
@@ -598,3 +581,10 @@ def next_prefill_account(
         kv_dtype=_dtype_name(kv_dtype),
         llm_layer_seq_lens=tuple(lengths),
     )
+
+
+@dataclass(frozen=True)
+class PrefillFlops:
+    """A prefill's analytic FLOPs, for accounts that count only the total."""
+
+    total_flops: int

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from transformers import PreTrainedModel, ProcessorMixin
 
-from .registry import FAMILIES, FlowCutFamily, family_for_model
+from .family import FlowCutFamily
+from .registry import display_names, families, family_for_model
 
 
 class FamilyDefault:
@@ -98,7 +99,7 @@ def flowcut_processor(
     ``target_num`` ``<image>`` placeholders per image. LLaVA-NeXT: ``processor`` itself, unchanged (the model replaces
     the stock placeholder spans by its kept tokens).
     """
-    for family in FAMILIES:
+    for family in families():
         if isinstance(processor, family.stock_processor_class):
             if "flowcut" not in family.methods:
                 return family.processor_for(processor, None, enabled)  # its stock processor, unchanged
@@ -107,7 +108,7 @@ def flowcut_processor(
             return family.processor_for(processor, count, enabled)
     raise TypeError(
         "flowcut_processor() takes the processor of a supported family ("
-        + ", ".join(f.stock_processor_class.__name__ for f in FAMILIES)
+        + ", ".join(f.stock_processor_class.__name__ for f in families())
         + f"), got {type(processor).__name__}."
     )
 
@@ -139,7 +140,7 @@ def prune(
         raise ValueError(f"unknown pruning method {method!r}; known: 'flowcut', 'vflowopt'.")
     family = family_for_model(model)
     if "vflowopt" not in family.methods:
-        supported = [f.display_name for f in FAMILIES if "vflowopt" in f.methods]
+        supported = display_names(lambda entry: "vflowopt" in entry.methods)
         raise ValueError(f"VFlowOpt is available for {supported}; {family.display_name} supports {list(family.methods)}.")
     from .modeling.vflowopt_core import check_llm_layers, preset_for_depth, vflowopt_fields, vflowopt_settings
 

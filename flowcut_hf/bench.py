@@ -211,7 +211,7 @@ def checkpoint_config(spec: str) -> dict:
     """The ``config.json`` of the folder or Hub repo ``spec``, read without loading anything else."""
     from transformers import PretrainedConfig
 
-    from .export.pipeline import looks_like_repo_id
+    from .export.resolve import looks_like_repo_id
 
     if not Path(spec).exists() and not looks_like_repo_id(spec):
         raise FileNotFoundError(f"model {spec!r} is neither an existing folder nor a Hub repo id (owner/name)")

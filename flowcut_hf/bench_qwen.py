@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from . import accounting
+from .families.qwen2_vl.accounting import qwen_vision_flops
 from .api import flowcut
 from .bench import (
     versions_and_device,
@@ -225,7 +226,7 @@ def run_qwen_bench(
     for row in rows:
         stats = stats_ms(row.samples)
         lengths = row.measured["layer_lengths"]
-        vision_flops = accounting.qwen_vision_flops(
+        vision_flops = qwen_vision_flops(
             model.config.vision_config, row.measured["vit_schedule"], row.measured["merged_units"]
         )
         llm_flops = accounting.llm_prefill_flops(model.config.text_config, lengths)

@@ -33,7 +33,8 @@ import torch
 from .api import flowcut
 from .cli import deprecation_note, plain_help, target_num_argument
 from .modeling.modeling_flowcut_llava_next import stock_token_count
-from .tiny import build_tiny_llava_next, synthetic_image
+from .families.llava_next.builtin import build_tiny_llava_next
+from .tiny import synthetic_image
 
 PROMPT = "USER: <image>\n<image>\nWhat is different between these two pictures? ASSISTANT:"
 
@@ -131,7 +132,7 @@ def run_qwen_demo(
 ) -> dict:
     """Runs the Qwen2.5-VL demo (stock processor, whole 2x2 units pruned in the ViT, then in the LLM, window attention
     kept); ``target_num`` replaces ``retain_ratio`` when given. Returns its figures."""
-    from .tiny import build_tiny_qwen_vl
+    from .families.qwen2_vl.builtin import build_tiny_qwen_vl
 
     torch.manual_seed(seed)
     model, processor = build_tiny_qwen_vl("2.5", seed=seed)

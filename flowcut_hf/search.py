@@ -243,13 +243,9 @@ SEARCH_FAMILIES = ("llava-onevision", "llava", "llava-next")
 
 def build_tiny_model(family: str):
     """The tiny built-in random model of ``family`` (``--family``'s words) and its processor."""
-    from . import tiny
+    from .builtin import build_builtin_model
 
-    if family == "llava":
-        return tiny.build_tiny_llava(num_text_layers=4)
-    if family == "llava-next":
-        return tiny.build_tiny_llava_next()
-    return tiny.build_tiny_llava_onevision()
+    return build_builtin_model(family, "tiny")
 
 
 def register_cli(subparsers) -> None:

@@ -387,10 +387,11 @@ def save_picture(picture: Image.Image, out: Path) -> None:
 def check_amounts(args: argparse.Namespace, config: dict) -> None:
     """``--target-num`` and ``--retain-ratio`` are refused as ``flowcut-hf export`` refuses them (one that prunes
     nothing, a ratio on a family that keeps a count), in the same words."""
-    from .export.pipeline import validate_targets
+    from .amounts import validate_targets
+    from .registry import family_for_config
 
     if args.target_num is not None or args.retain_ratio is not None:
-        validate_targets([args.target_num] if args.target_num is not None else [], config,
+        validate_targets(family_for_config(config), config, [args.target_num] if args.target_num is not None else [],
                          [args.retain_ratio] if args.retain_ratio is not None else [])
 
 

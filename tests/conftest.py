@@ -26,7 +26,9 @@ import pytest
 import torch
 
 from flowcut_hf import flowcut, flowcut_processor
-from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
+from flowcut_hf.families.llava.builtin import build_tiny_llava
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+from flowcut_hf.tiny import synthetic_image
 
 TARGET_NUM = 64
 

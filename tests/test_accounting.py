@@ -24,7 +24,7 @@ from transformers import (
 )
 
 from flowcut_hf import accounting as acc
-from flowcut_hf.presets import bench_preset_config, tiny_llava_config
+from flowcut_hf.families.llava.builtin import bench_preset_config, tiny_llava_config
 
 # --------------------------------------------------------------------------- #
 # fixtures: configs small enough to count by hand
@@ -410,7 +410,7 @@ def test_tiny_llava_rejects_image_token_outside_vocab():
 
 def test_next_account_counts_layers_before_and_after_the_llm_stage_by_hand():
     from flowcut_hf.accounting import AnyresImageTokens, decoder_layer_flops, next_prefill_account
-    from flowcut_hf.presets import bench_preset_next_config
+    from flowcut_hf.families.llava_next.builtin import bench_preset_next_config
 
     config = bench_preset_next_config()
     stock_image = AnyresImageTokens.stock(config, (672, 672))
@@ -437,7 +437,8 @@ def test_next_account_counts_layers_before_and_after_the_llm_stage_by_hand():
 def test_next_account_equals_the_cache_a_real_prefill_leaves():
     from flowcut_hf import flowcut
     from flowcut_hf.accounting import AnyresImageTokens, next_prefill_account
-    from flowcut_hf.tiny import build_tiny_llava_next, synthetic_image
+    from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+    from flowcut_hf.tiny import synthetic_image
 
     model, processor = build_tiny_llava_next(seed=0)
     flowcut(model, target_num=32)

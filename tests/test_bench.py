@@ -14,7 +14,7 @@ import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
 
 from flowcut_hf import accounting, bench, cli, flowcut
-from flowcut_hf.tiny import build_tiny_llava
+from flowcut_hf.families.llava.builtin import build_tiny_llava
 
 TARGET = 64
 REPEATS = 2

@@ -6,7 +6,7 @@ import json
 
 from flowcut_hf.bench_next import format_next_table, run_next_bench
 from flowcut_hf.cli import main
-from flowcut_hf.tiny import build_tiny_llava_next
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
 
 
 def test_next_bench_report_counts_every_layers_own_kv_length_and_restores_the_model():

@@ -7,7 +7,7 @@ import json
 
 from flowcut_hf.bench_onevision import format_onevision_table, run_onevision_bench
 from flowcut_hf.cli import main
-from flowcut_hf.tiny import build_tiny_llava_onevision
+from flowcut_hf.families.llava_onevision.builtin import build_tiny_llava_onevision
 
 
 def test_onevision_bench_reports_stage_lengths_kv_reduction_and_restores_the_model(tmp_path, capsys):

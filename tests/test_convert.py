@@ -25,8 +25,9 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-import flowcut_hf.export.convert as convert
-from flowcut_hf.export.convert import convert_original_llava, is_hf_llava, is_original_llava
+import flowcut_hf.families.llava.original as convert
+from flowcut_hf.export import weights
+from flowcut_hf.families.llava.original import convert_original_llava, is_hf_llava, is_original_llava
 
 VOCAB = 100  # -> 102 with <image> and <pad> -> 128 rows after padding to a multiple of 64
 IMAGE_ID = VOCAB
@@ -493,7 +494,7 @@ def test_vision_tower_fetched_from_hub_endpoint(world, tmp_path):
         hub.commit_files(CLIP_REPO, files)
         result = HubClient(hub, hf_home=tmp_path / "hf_home").run_json(
             """
-            from flowcut_hf.export.convert import convert_original_llava
+            from flowcut_hf.families.llava.original import convert_original_llava
             report = convert_original_llava(SOURCE, OUT)
             emit(report.vision_tower_source)
             """,
@@ -577,7 +578,7 @@ def test_bad_inputs_raise_clearly_and_leave_nothing(world, tmp_path, monkeypatch
         calls.append(name)
         raise OSError("disk full")
 
-    monkeypatch.setattr(convert._ShardWriter, "add", failing_write)
+    monkeypatch.setattr(weights.ShardWriter, "add", failing_write)
     with pytest.raises(OSError, match="disk full"):
         convert_original_llava(source, out, vision_tower_dir=clip_dir)
     assert calls and _leftovers(tmp_path, out.name) == []

@@ -15,7 +15,8 @@ from flowcut_hf.modeling.flowcut_core import (
     compute_layer_signals,
     fused_score,
 )
-from flowcut_hf.tiny import build_tiny_llava, synthetic_image
+from flowcut_hf.families.llava.builtin import build_tiny_llava
+from flowcut_hf.tiny import synthetic_image
 
 
 def test_signals_equal_the_full_attention_matrix_computation():

@@ -21,13 +21,15 @@ from huggingface_hub import ModelCard
 
 from conftest import PROMPT, run_clean_python, staged_env
 from flowcut_hf import cli as flowcut_cli
-from flowcut_hf.export import checks, pipeline
+from flowcut_hf.amounts import RetainedAmount
+from flowcut_hf.export import check_scripts, checks, pipeline, write
+from flowcut_hf.export.resolve import resolve
 from flowcut_hf.export.checks import memory_plan
 from flowcut_hf.export.options import parse_memory_size
 from flowcut_hf.export.pipeline import ExportOptions, VerificationError, export
 from flowcut_hf.modeling.flowcut_remote_code import remote_code_files
 from flowcut_hf.registry import family_named
-from flowcut_hf.tiny import build_tiny_llava
+from flowcut_hf.families.llava.builtin import build_tiny_llava
 from hub_server import local_hub  # noqa: F401  (pytest fixture)
 
 BASE_ID = "llava-hf/llava-1.5-7b-hf"
@@ -124,7 +126,7 @@ def test_write_stage_never_loads_weights(hf_base, tmp_path, monkeypatch):
     monkeypatch.setattr(safetensors.torch, "load_file", refuse)
     monkeypatch.setattr(safetensors, "safe_open", refuse)
     monkeypatch.setattr(torch, "load", refuse)
-    resolved = pipeline.resolve(hf_base)
+    resolved = resolve(hf_base)
     pipeline.write_variant(resolved, 64, tmp_path / "variant", allow_pickle=False)
     assert filecmp.cmp(tmp_path / "variant" / "model.safetensors", hf_base / "model.safetensors", shallow=False)
 
@@ -236,12 +238,12 @@ def test_existing_output_needs_overwrite_and_pickle_needs_a_flag(exported, hf_ba
 
 
 def test_failed_verification_stops_before_push_and_leaves_no_folder(hf_base, tmp_path, monkeypatch):
-    original = pipeline.flowcut_config
+    original = write.flowcut_config
 
     def wrong_count(config, amount):  # a config that disagrees with its processor
-        return original(config, pipeline.RetainedAmount(target_num=amount.target_num + 1))
+        return original(config, RetainedAmount(target_num=amount.target_num + 1))
 
-    monkeypatch.setattr(pipeline, "flowcut_config", wrong_count)
+    monkeypatch.setattr(write, "flowcut_config", wrong_count)
     pushed = []
     monkeypatch.setattr(pipeline, "push_variant", lambda *a, **k: pushed.append(a))
     out = tmp_path / "out"
@@ -567,7 +569,7 @@ def test_reused_folder_gets_the_card_of_the_new_push(hf_base, hub, tmp_path):
 
 
 def test_verification_compares_the_remote_code_with_the_library_on_the_same_loaded_weights(hf_base, tmp_path, monkeypatch):
-    original = pipeline.copy_remote_code_files
+    original = write.copy_remote_code_files
 
     def skewed_remote_code(destination, entry_files):  # remote code that drifted from the library's
         names = original(destination, entry_files)
@@ -582,7 +584,7 @@ def test_verification_compares_the_remote_code_with_the_library_on_the_same_load
         """))
         return names
 
-    monkeypatch.setattr(pipeline, "copy_remote_code_files", skewed_remote_code)
+    monkeypatch.setattr(write, "copy_remote_code_files", skewed_remote_code)
     with pytest.raises(VerificationError, match="differs from the library's on the same weights"):
         export(hf_base, ExportOptions(target_nums=[64], out=tmp_path / "out", base_model=BASE_ID), log=lambda _: None)
 
@@ -593,7 +595,7 @@ def load_kwargs_of_the_check_run(plan: dict, monkeypatch, gpu_free_bytes: int | 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu_free_bytes is not None)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda: (gpu_free_bytes, 2 * gpu_free_bytes))
     namespace = {"json": json}
-    exec(pipeline.LOAD_ONE_COPY, namespace)
+    exec(check_scripts.LOAD_ONE_COPY, namespace)
     return namespace["LOAD_KWARGS"]
 
 

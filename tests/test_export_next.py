@@ -15,7 +15,8 @@ from conftest import PROMPT, greedy, run_clean_python, staged_env
 from flowcut_hf import flowcut
 from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.registry import family_named
-from flowcut_hf.tiny import build_tiny_llava_next, synthetic_image
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+from flowcut_hf.tiny import synthetic_image
 from hub_server import local_hub  # noqa: F401  (pytest fixture)
 from test_export import cli
 

@@ -14,7 +14,7 @@ from huggingface_hub import ModelCard
 from conftest import run_clean_python
 from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.registry import family_named
-from flowcut_hf.tiny import build_tiny_qwen_vl
+from flowcut_hf.families.qwen2_vl.builtin import build_tiny_qwen_vl
 from hub_server import local_hub  # noqa: F401  (pytest fixture)
 from test_export import cli, refusal
 
@@ -109,7 +109,7 @@ def test_amounts_that_cannot_work_are_refused_up_front(qwen_base, tmp_path, caps
 
 
 def test_a_ratio_is_refused_for_llava_families(tmp_path):
-    from flowcut_hf.tiny import build_tiny_llava
+    from flowcut_hf.families.llava.builtin import build_tiny_llava
 
     model, processor = build_tiny_llava(seed=0)
     model.save_pretrained(tmp_path / "llava")

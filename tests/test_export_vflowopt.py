@@ -11,7 +11,7 @@ from huggingface_hub import ModelCard
 
 from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.registry import family_named
-from flowcut_hf.tiny import build_tiny_llava_onevision
+from flowcut_hf.families.llava_onevision.builtin import build_tiny_llava_onevision
 from test_export import refusal
 
 BASE_ID = "llava-hf/llava-onevision-qwen2-7b-ov-hf"
@@ -61,8 +61,6 @@ def test_released_and_searched_presets_export_verify_and_card(onevision_base, tm
 
 def test_vflowopt_export_refusals_name_the_fix(onevision_base, tmp_path, capsys):
     base = ["export", str(onevision_base), "--out", str(tmp_path / "o"), "--base-model", BASE_ID]
-    code, error = refusal(capsys, *base, "--target-num", "64")
-    assert code == 2 and "--method vflowopt --preset" in error
     code, error = refusal(capsys, *base, "--method", "vflowopt")
     assert code == 2 and "needs --preset" in error
     code, error = refusal(capsys, *base, "--method", "vflowopt", "--preset", "5%")
@@ -71,7 +69,8 @@ def test_vflowopt_export_refusals_name_the_fix(onevision_base, tmp_path, capsys)
 
 
 def test_llava_and_next_variants_take_the_stock_processor_and_a_preset_moved_to_their_depth(tmp_path):
-    from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next
+    from flowcut_hf.families.llava.builtin import build_tiny_llava
+    from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
 
     searched = tmp_path / "next-budget20.json"
     settings = {"vflowopt_vision_keep": 0.3, "vflowopt_threshold": 5.0, "vflowopt_cell_side": 6.0,

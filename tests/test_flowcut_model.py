@@ -8,7 +8,8 @@ from transformers import AutoModelForImageTextToText, LlavaForConditionalGenerat
 
 from conftest import PROMPT, TARGET_NUM, assert_one_trainer_step_changes_the_projector, fresh_flowcut_model, greedy
 from flowcut_hf import FlowCutLlavaForConditionalGeneration, flowcut, flowcut_processor
-from flowcut_hf.tiny import build_tiny_llava, synthetic_image
+from flowcut_hf.families.llava.builtin import build_tiny_llava
+from flowcut_hf.tiny import synthetic_image
 
 TWO_IMAGE_PROMPT = "USER: <image>\n<image>\nWhat differs between the pictures? ASSISTANT:"
 TEXT_ONLY_PROMPT = "USER: Tell me a joke. ASSISTANT:"

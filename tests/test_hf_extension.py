@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from flowcut_hf.tiny import build_tiny_llava
+from flowcut_hf.families.llava.builtin import build_tiny_llava
 
 BIN = Path(sys.executable).parent
 REPO_ROOT = Path(__file__).resolve().parents[1]

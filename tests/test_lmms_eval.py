@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard
 
-from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
+from flowcut_hf.families.llava.builtin import build_tiny_llava
+
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+
+from flowcut_hf.tiny import synthetic_image
 
 try:
     import lmms_eval  # noqa: F401  (only its presence is checked here)

@@ -17,7 +17,8 @@ from conftest import (
 )
 from flowcut_hf import FlowCutLlavaNextForConditionalGeneration, flowcut, flowcut_processor
 from flowcut_hf.modeling.modeling_flowcut_llava_next import stock_token_count
-from flowcut_hf.tiny import build_tiny_llava_next, synthetic_image
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+from flowcut_hf.tiny import synthetic_image
 
 TWO_IMAGE_PROMPT = "USER: <image>\n<image>\nWhat differs between the pictures? ASSISTANT:"
 TEXT_ONLY_PROMPT = "USER: Tell me a joke about cats. ASSISTANT:"

@@ -10,7 +10,8 @@ from transformers import LlavaOnevisionForConditionalGeneration
 from conftest import load_saved_folder
 from flowcut_hf import flowcut, prune
 from flowcut_hf.modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
-from flowcut_hf.tiny import build_tiny_llava_onevision, synthetic_image
+from flowcut_hf.families.llava_onevision.builtin import build_tiny_llava_onevision
+from flowcut_hf.tiny import synthetic_image
 
 SQUARE = (768, 768)  # a square image on the 2x2 grid: 729 + 54 x 55 = 3699 packed tokens (spec §2.2)
 # spec §2.2's counts (after stage 0, from layer 9, from layer 18). Which cells get a recycled token depends on the map;

@@ -12,7 +12,8 @@ from transformers.vision_utils import get_vision_position_ids
 
 from conftest import run_clean_python
 from flowcut_hf import flowcut, flowcut_processor
-from flowcut_hf.tiny import build_tiny_qwen_vl, synthetic_image
+from flowcut_hf.families.qwen2_vl.builtin import build_tiny_qwen_vl
+from flowcut_hf.tiny import synthetic_image
 
 VERSIONS = ["2", "2.5"]
 RATIO = 0.25

@@ -10,7 +10,9 @@ from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalG
 from conftest import PROMPT, greedy, load_saved_folder
 from flowcut_hf import flowcut, flowcut_processor, prune
 from flowcut_hf.modeling.vflowopt_core import preset_for_depth
-from flowcut_hf.tiny import build_tiny_llava, build_tiny_llava_next, synthetic_image
+from flowcut_hf.families.llava.builtin import build_tiny_llava
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+from flowcut_hf.tiny import synthetic_image
 
 TWO_IMAGES = "USER: <image> and <image>\nCompare them. ASSISTANT:"
 TEXT_ONLY = "USER: Tell me a joke. ASSISTANT:"

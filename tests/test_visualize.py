@@ -10,7 +10,7 @@ from transformers import LlavaForConditionalGeneration
 
 from flowcut_hf import cli, flowcut
 from flowcut_hf.bench import example_image_path
-from flowcut_hf.tiny import build_tiny_llava
+from flowcut_hf.families.llava.builtin import build_tiny_llava
 from flowcut_hf.visualize import figure_layout, kept_tokens, make_example_image, visualize_kept_tokens
 
 TARGET = 64
@@ -132,7 +132,7 @@ def clear_cells(picture: Image.Image, box, expected: np.ndarray, cell: int) -> s
 
 def test_next_picture_shows_the_tokens_each_stage_keeps_over_the_whole_image(tmp_path):
     from flowcut_hf.modeling.modeling_flowcut_llava_next import AnyresGeometry, unpadded_window
-    from flowcut_hf.tiny import build_tiny_llava_next
+    from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
     from flowcut_hf.visualize_next import kept_tokens_next, next_figure_layout
 
     wide = Image.open(example_image_path()).convert("RGB").resize((800, 450))
