@@ -142,12 +142,9 @@ prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 inputs = dict(processor(text=[prompt], images=[image], return_tensors="pt"))
 '''
 
-# The KV length of every decoder layer after the forward pass, from ``output``: what the LLM stages kept.
-LAYER_LENGTHS = "[output.cache.get_seq_length(layer) for layer in range(len(output.cache.layers))]"
-
-# VFlowOpt, on any family that runs it: the stock processor's prompt, stage 0's kept and recycled tokens, and the KV
-# length of every decoder layer (the LLM stages).
-VFLOWOPT = PROCESSOR_OR_IMAGE_ONLY + CHAT_PROMPT + r'''
+# ``features`` of the image, and a cached forward pass: ``lengths`` is the KV length of every decoder layer (what the
+# LLM stages kept), None if the forward pass failed (``forward_error``).
+FEATURES_AND_LAYER_LENGTHS = r'''
 forward_error, lengths = None, None
 with torch.no_grad():
     sizes = {"image_sizes": inputs["image_sizes"]} if "image_sizes" in inputs else {}  # a fixed-size family has none
@@ -155,9 +152,14 @@ with torch.no_grad():
     try:
         output = model(**inputs, use_cache=True)
         torch.save(output.logits[0, -1].float(), out_path)
-        lengths = ''' + LAYER_LENGTHS + r'''
+        lengths = [output.cache.get_seq_length(layer) for layer in range(len(output.cache.layers))]
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
+'''
+
+# VFlowOpt, on any family that runs it: the stock processor's prompt, stage 0's kept and recycled tokens, and the KV
+# length of every decoder layer (the LLM stages).
+VFLOWOPT = PROCESSOR_OR_IMAGE_ONLY + CHAT_PROMPT + FEATURES_AND_LAYER_LENGTHS + r'''
 report = {
     "kept": [int(f.shape[0]) for f in features.pooler_output],
     "recycled": [int(r.numel()) for r in features.recycled_positions],

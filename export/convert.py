@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flowcut_hf.export.convert SOURCE OUT ...``: converts one original-layout checkpoint."""
     parser = argparse.ArgumentParser(
         prog="python -m flowcut_hf.export.convert",
-        description="Convert a checkpoint in a family's original layout (e.g. original LLaVA-1.5) into an HF folder.",
+        description="Convert a checkpoint in a family's original (non-transformers) layout into an HF-layout folder.",
     )
     parser.add_argument("source_dir", type=Path, help="the original-layout checkpoint folder")
     parser.add_argument("out_dir", type=Path, help="the HF-layout folder to write")

@@ -20,7 +20,7 @@ class ExportOptions:
     out: Path
     retain_ratios: Sequence[float] = ()
     vflowopt_presets: Sequence[str] = ()
-    """VFlowOpt variants (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT): released preset names or preset JSON files."""
+    """VFlowOpt variants (families that run VFlowOpt): released preset names or preset JSON files."""
     push: str | None = None
     private: bool = False
     revision: str | None = None

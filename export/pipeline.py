@@ -197,7 +197,8 @@ def prepare_export(
                 continue
             if converted is None:
                 if resolved.kind == "original":
-                    log(f"convert: original-LLaVA checkpoint -> HF layout (vision tower: {options.vision_tower or resolved.config.get('mm_vision_tower')})")
+                    log(f"convert: original-layout {resolved.family.display_name} checkpoint -> HF layout "
+                        f"({resolved.family.original_source_note(resolved.config, options.vision_tower)})")
                 converted = convert(resolved, work_dir, vision_tower=options.vision_tower, allow_pickle=options.allow_pickle)
             staging = work_dir / plan.name
             log(f"{plan.name}: write ({plan.amount.describe(image_tokens_per_image(resolved.family, resolved.hf_config))})")
@@ -316,7 +317,8 @@ def _dry_run(
     source_desc = resolved.repo_id and f"{resolved.repo_id}@{resolved.commit}" or str(resolved.local_dir)
     log(f"dry run: nothing is written or pushed. Source: {source_desc} ({resolved.family.display_name}, {resolved.kind} format)")
     if resolved.kind == "original":
-        log(f"  convert: original-LLaVA -> HF layout, vision tower from {options.vision_tower or resolved.config.get('mm_vision_tower')}")
+        log(f"  convert: original-layout {resolved.family.display_name} -> HF layout, "
+            f"{resolved.family.original_source_note(resolved.config, options.vision_tower)}")
     if resolved.kind == "original":
         weights_line = (
             f"weights: converted to the HF layout, one tensor at a time, from {', '.join(resolved.source_weight_files)} "

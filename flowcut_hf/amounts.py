@@ -130,6 +130,14 @@ def flags_in_message(field_name: str, flag: str):
         raise ValueError(message) from None
 
 
+def ratio_refusal(family: FlowCutFamily) -> ValueError:
+    """The error for ``--retain-ratio`` on a family that keeps a count per image."""
+    return ValueError(
+        f"--retain-ratio applies to {display_names(lambda entry: 'retain_ratio' in entry.amount_kinds)}; "
+        f"{family.display_name} keeps a count per image: use --target-num."
+    )
+
+
 def _vflowopt_amounts(specs: Sequence[str], family: FlowCutFamily, config: dict[str, Any]) -> list[RetainedAmount]:
     from .modeling.vflowopt_core import VFLOWOPT_FIELD_VALIDATORS, vflowopt_settings
 
@@ -174,10 +182,7 @@ def validate_targets(
     if not target_nums and not retain_ratios:
         raise ValueError(f"Give at least one {'--target-num or --retain-ratio' if takes_ratio else '--target-num'}.")
     if retain_ratios and not takes_ratio:
-        raise ValueError(
-            f"--retain-ratio applies to {display_names(lambda entry: 'retain_ratio' in entry.amount_kinds)}; "
-            f"{family.display_name} keeps a count per image: use --target-num."
-        )
+        raise ratio_refusal(family)
     full = image_tokens_per_image(family, config)
     amounts: list[RetainedAmount] = []
     for target in target_nums:
@@ -209,4 +214,7 @@ def validate_targets(
     return amounts
 
 
-__all__ = ["RetainedAmount", "VFlowOptPreset", "flags_in_message", "image_tokens_per_image", "load_vflowopt_preset", "validate_targets"]
+__all__ = [
+    "RetainedAmount", "VFlowOptPreset", "flags_in_message", "image_tokens_per_image", "load_vflowopt_preset", "ratio_refusal",
+    "validate_targets",
+]

@@ -134,7 +134,7 @@ def prune(
     """
     if method == "flowcut":
         if preset is not None:
-            raise ValueError("FlowCut has no presets; pass target_num= (or retain_ratio= on Qwen).")
+            raise ValueError("FlowCut has no presets; pass target_num= (or retain_ratio=, where the family takes one).")
         return flowcut(model, enabled=enabled, **settings)
     if method != "vflowopt":
         raise ValueError(f"unknown pruning method {method!r}; known: 'flowcut', 'vflowopt'.")

@@ -1,5 +1,5 @@
-"""``flowcut-hf export``: turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into FlowCut variants, in
-folders and on the Hub."""
+"""``flowcut-hf export``: turn a base checkpoint of any supported family into pruned-by-design variants, in folders
+and on the Hub."""
 
 from __future__ import annotations
 
@@ -16,44 +16,54 @@ from collections.abc import Callable
 from pathlib import Path
 
 # Standard library only: this process runs the checks while they hold the model (see run_in_stages).
+from .cli import EXIT_INTERRUPTED, retain_ratio_argument, target_num_argument
 from .export.checks import CheckJob, VerificationError, run_check
 from .export.options import DEFAULT_NAME_PATTERN, ExportOptions, parse_memory_size
-from .cli import EXIT_INTERRUPTED, retain_ratio_argument, target_num_argument
+from .registry import REGISTRY, display_names
 
-DESCRIPTION = """\
-Turn a base LLaVA-1.5, LLaVA-NeXT, Qwen2-VL or Qwen2.5-VL checkpoint into pruned-by-design FlowCut variants.
 
-SOURCE is a local folder or a Hub repo id: an HF-format LLaVA-1.5 (LlavaForConditionalGeneration, e.g.
-llava-hf/llava-1.5-7b-hf), LLaVA-NeXT (LlavaNextForConditionalGeneration, e.g. llava-hf/llava-v1.6-mistral-7b-hf),
-Qwen2-VL (Qwen2VLForConditionalGeneration, e.g. Qwen/Qwen2-VL-7B-Instruct) or Qwen2.5-VL
-(Qwen2_5_VLForConditionalGeneration) checkpoint, or an original-LLaVA-1.5 one (LlavaLlamaForCausalLM, e.g.
-liuhaotian/llava-v1.5-7b or JosephTong/llava-v1.5-7b-flowcut192), which is converted on the way.
+def description() -> str:
+    """The command's help text, its families read from the registry (which imports no adapter)."""
+    families = "\n".join(
+        f"  {entry.display_name} ({entry.model_class}"
+        + (f", e.g. {entry.examples[0]}" if entry.examples else "") + f"): {', '.join(entry.methods)}"
+        for entry in REGISTRY
+    )
+    originals = [entry.original_format for entry in REGISTRY if entry.original_format]
+    converted = f"\nor a checkpoint in an original layout, converted on the way: {'; '.join(originals)}." if originals else ""
+    ratio_families = display_names(lambda entry: "retain_ratio" in entry.amount_kinds)
+    return f"""\
+Turn a base checkpoint into pruned-by-design variants: FlowCut (the default), or VFlowOpt (--method vflowopt --preset).
 
---target-num is the number of visual tokens kept per image: for LLaVA-1.5 out of 576 (e.g. 64), for LLaVA-NeXT out
-of up to 2928, after the LLM stage (e.g. 160; the vision encoder keeps half of it per anyres crop). For Qwen2-VL and
-Qwen2.5-VL, whose token count follows the image size, --retain-ratio keeps a share of each image's tokens instead
-(e.g. 0.111, as in the paper; the ViT keeps twice as many, in whole 2x2 merge units).
+SOURCE is a local folder or a Hub repo id of an HF-format checkpoint of a supported family (and the methods it runs):
+{families}{converted}
 
-Each --target-num (or --retain-ratio) makes one variant in its own folder OUT/{base}-flowcut{N} (N = 64, or 0.111). With --push, each variant goes to
-its own repo: --push ORG gives ORG/{base}-flowcut{N}; --push ORG/NAME names the repo of a single variant;
---push 'ORG/name-{n}' names several. The token comes from HF_TOKEN or `hf auth login`; it is never printed.
+--target-num is the number of visual tokens kept per image (where the family prunes inside the language model too,
+the count after that stage; the vision encoder keeps half of it per crop). {ratio_families}, whose token count follows
+the image size, take --retain-ratio instead: the share of each image's tokens kept (e.g. 0.111, as in the paper).
+
+Each --target-num (or --retain-ratio, or --preset) makes one variant in its own folder OUT/{{base}}-flowcut{{N}} (N = 64,
+or 0.111). With --push, each variant goes to its own repo: --push ORG gives ORG/{{base}}-flowcut{{N}}; --push ORG/NAME
+names the repo of a single variant; --push 'ORG/name-{{n}}' names several. The token comes from HF_TOKEN or
+`hf auth login`; it is never printed.
 """
 
 
 def register_cli(subparsers) -> None:
     parser = subparsers.add_parser(
-        "export", help="export FlowCut variants of a LLaVA-1.5, LLaVA-NeXT or Qwen2(.5)-VL checkpoint (and push them)",
-        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "export", help="export pruned variants of a checkpoint of a supported family (and push them)",
+        description=description(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("source", help="local folder or Hub repo id of the base checkpoint")
     parser.add_argument("--target-num", type=target_num_argument, action="append", default=[], dest="target_nums",
                         help="visual tokens kept per image; repeat for several variants")
     parser.add_argument("--method", choices=("flowcut", "vflowopt"), default="flowcut",
-                        help="the pruning method (vflowopt: LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT, with --preset)")
+                        help=f"the pruning method (vflowopt, with --preset: {display_names(lambda e: 'vflowopt' in e.methods)})")
     parser.add_argument("--preset", action="append", default=[], dest="presets",
                         help="VFlowOpt: a released preset (10%%, 25%%, 50%%) or a preset JSON from `flowcut-hf search`; repeat for several")
     parser.add_argument("--retain-ratio", type=retain_ratio_argument, action="append", default=[], dest="retain_ratios",
-                        help="Qwen2-VL / Qwen2.5-VL: share of each image's tokens kept (e.g. 0.111); repeat for several")
+                        help=f"{display_names(lambda e: 'retain_ratio' in e.amount_kinds)}: share of each image's tokens kept "
+                        "(e.g. 0.111); repeat for several")
     parser.add_argument("--out", type=Path, required=True, help="folder that receives one sub-folder per variant")
     parser.add_argument("--push", metavar="REPO_ID", help="push to the Hub: a repo id, a namespace, or a pattern with {n}")
     parser.add_argument("--private", action="store_true", help="create the Hub repo(s) private")
@@ -63,7 +73,8 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--commit-message", help="commit message for the push")
     parser.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
     parser.add_argument("--allow-pickle", action="store_true", help="accept and convert pickle .bin weights (trusted sources only)")
-    parser.add_argument("--vision-tower", type=Path, help="local CLIP folder for an original-LLaVA source (default: download the repo its config names)")
+    parser.add_argument("--vision-tower", type=Path, help="local vision-tower folder for an original-layout source that only "
+                        "names its tower (default: download the repo its config names)")
     parser.add_argument("--eval-results", type=Path, nargs="+", action="extend", metavar="FILE",
                         help="JSON files of evaluation results for the model card's model-index (lmms-eval results "
                         "files, or the simple schema); several files, or the flag repeated, are merged")

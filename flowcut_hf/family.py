@@ -189,6 +189,9 @@ class FlowCutFamily:
 
     # ------------------------------------------------------------------------------------------------------- bench
 
+    bench_rows: str = ""
+    """What ``flowcut-hf bench`` compares on this family, in one line for its help."""
+
     def run_bench(self, model, processor, options: Any) -> dict:
         """``flowcut-hf bench`` on a loaded model of this family: stock vs the method's rows vs the oracle, interleaved;
         returns the report (the ``--json`` document). ``options`` is a :class:`flowcut_hf.benchmark.BenchOptions`."""
@@ -201,17 +204,23 @@ class FlowCutFamily:
     # -------------------------------------------------------------------------------------------------- visualize
 
     def kept_tokens_picture(self, model, processor, image: Image.Image, target_num: int | None, retain_ratio: float | None,
-                            scale: int | None) -> Image.Image:
+                            *, scale: int | None = None, title: str | None = None) -> Image.Image:
         """The picture ``flowcut-hf visualize`` draws: which tokens survive each stage, over the image as the model
         sees it."""
         raise ValueError(f"flowcut-hf visualize does not support {self.display_name} yet")
 
     # ------------------------------------------------------------------------------------------------------- card
 
-    def card_text(self, values: dict) -> dict[str, str]:
-        """The family's wording in the model card of a FlowCut variant, rendered from the card's template ``values``:
-        ``intro``, ``what_changed``, ``unpruned_all`` (the stock model's visual tokens per image, in words),
-        ``unpruned_cell`` (the same in the FLOPs table) and ``how_it_works``."""
+    @property
+    def card_name(self) -> str:
+        """How the model card names the family's models (its display name by default)."""
+        return self.display_name
+
+    def card_text(self) -> dict[str, str]:
+        """The family's wording in the model card of a FlowCut variant: Jinja fragments rendered with the card's
+        template values (see :mod:`flowcut_hf.hub_cards.card`): ``intro`` (the opening and "What changed"),
+        ``how_it_works``, ``unpruned_all`` (the stock model's visual tokens per image, in a sentence) and
+        ``unpruned_cell`` (the same in the FLOPs table)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------------------------------ original checkpoints
@@ -226,6 +235,11 @@ class FlowCutFamily:
         own ``config``, before the conversion."""
         raise NotImplementedError
 
+    def original_source_note(self, config: dict, vision_tower: Path | None) -> str:
+        """What a conversion of an original-layout checkpoint with ``config`` takes besides it, for the log (e.g.
+        where its vision tower comes from)."""
+        return "the checkpoint alone"
+
     def convert_original(self, source: Path, out: Path, *, vision_tower: Path | None, allow_pickle: bool, **options: Any) -> Any:
         """Converts an original-layout checkpoint (see :meth:`is_original_checkpoint`) into an HF-layout folder
         ``out`` and returns a report; ``vision_tower`` is a local folder for a tower the checkpoint only names."""
@@ -233,7 +247,10 @@ class FlowCutFamily:
 
     # ------------------------------------------------------------------------------------------------------- demo
 
-    def demo(self, target_num: int | None, repeats: int, max_new_tokens: int, seed: int = 0) -> dict | None:
-        """FlowCut in process on this family's tiny built-in model, printed for ``flowcut-hf demo``; None for a family
-        the demo does not tour."""
-        return None
+    has_demo: bool = False
+    """Whether ``flowcut-hf demo`` tours this family in process (:meth:`demo`)."""
+
+    def demo(self, target_num: int | None, repeats: int, max_new_tokens: int, seed: int = 0) -> dict:
+        """FlowCut in process on this family's tiny built-in model, printed for ``flowcut-hf demo``; returns the
+        figures."""
+        raise ValueError(f"flowcut-hf demo has no in-process tour of {self.display_name}")

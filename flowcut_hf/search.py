@@ -29,6 +29,9 @@ import torch
 from PIL import Image
 
 from .cli import deprecation_note, plain_help
+from .registry import REGISTRY, cli_names, display_names
+
+REGISTRY_METHODS = {entry.cli_name: entry.methods for entry in REGISTRY}
 
 from .modeling.vflowopt_core import VFlowOptSettings, average_retention, solve_last_ratio
 
@@ -217,9 +220,10 @@ def _cli(args: argparse.Namespace) -> int:
         raise ValueError("the search finds VFlowOpt settings: pass --method vflowopt")
     if args.out.parent and not args.out.parent.exists():
         raise FileNotFoundError(f"the folder of --out {args.out} does not exist")
-    if args.model in RENAMED_TINY_MODELS:
-        deprecation_note(f"the model name {args.model!r}", f"'tiny' --family {RENAMED_TINY_MODELS[args.model]}")
-        args.model, args.family = "tiny", RENAMED_TINY_MODELS[args.model]
+    renamed = args.model.removeprefix("tiny-")
+    if args.model.startswith("tiny-") and renamed in search_families():  # the old names of the tiny models
+        deprecation_note(f"the model name {args.model!r}", f"'tiny' --family {renamed}")
+        args.model, args.family = "tiny", renamed
     if args.model == "tiny":
         model, processor = build_tiny_model(args.family)
     else:
@@ -236,9 +240,9 @@ def _cli(args: argparse.Namespace) -> int:
     return 0
 
 
-RENAMED_TINY_MODELS = {"tiny-llava": "llava", "tiny-llava-next": "llava-next"}
-"""Old names of the tiny built-in models, now ``tiny --family F`` as in bench and visualize."""
-SEARCH_FAMILIES = ("llava-onevision", "llava", "llava-next")
+def search_families() -> tuple[str, ...]:
+    """The families VFlowOpt runs on (command-line words), those whose main method it is first."""
+    return tuple(sorted(cli_names("vflowopt"), key=lambda name: REGISTRY_METHODS[name][0] != "vflowopt"))
 
 
 def build_tiny_model(family: str):
@@ -254,11 +258,11 @@ def register_cli(subparsers) -> None:
         description=plain_help(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "model", help="a folder or a repo id (LLaVA-OneVision, LLaVA-1.5, LLaVA-NeXT), or 'tiny': a built-in random "
-        "model of the --family"
+        "model", help=f"a folder or a repo id ({display_names(lambda e: 'vflowopt' in e.methods)}), or 'tiny': a "
+        "built-in random model of the --family"
     )
-    parser.add_argument("--family", choices=SEARCH_FAMILIES, default="llava-onevision",
-                        help="family of 'tiny' (default llava-onevision, the method's own model)")
+    parser.add_argument("--family", choices=search_families(), default=search_families()[0],
+                        help=f"family of 'tiny' (default {search_families()[0]}, the method's own model)")
     parser.add_argument("--method", default="vflowopt", choices=("vflowopt",), help="the method whose settings are searched")
     parser.add_argument("--budget", type=float, required=True, help="share of visual tokens kept, averaged over the decoder layers (e.g. 0.10)")
     parser.add_argument("--calibration", required=True, help="folder with data.jsonl, or a Hub dataset id")

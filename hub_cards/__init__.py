@@ -15,7 +15,6 @@ optional evaluation-results JSON schema is documented in :mod:`flowcut_hf.hub_ca
 
 from .card import (
     BASE_TAGS,
-    FAMILY_DISPLAY_NAMES,
     FLOWCUT_BIBTEX,
     LIBRARY_NAME,
     PIPELINE_TAG,
@@ -28,7 +27,6 @@ from .eval_results import load_eval_results, parse_eval_results
 
 __all__ = [
     "BASE_TAGS",
-    "FAMILY_DISPLAY_NAMES",
     "FLOWCUT_BIBTEX",
     "LIBRARY_NAME",
     "PIPELINE_TAG",

@@ -11,9 +11,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import jinja2
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import validate_repo_id
 
+from ..registry import REGISTRY, family_named
 from .eval_results import load_eval_results
 
 TEMPLATE_NAME = "flowcut_variant.md"
@@ -22,15 +24,6 @@ LIBRARY_NAME = "transformers"
 PIPELINE_TAG = "image-text-to-text"
 BASE_TAGS = ("flowcut", "visual-token-pruning")
 
-# Families whose FlowCut behaviour the template describes; the prose itself lives in the template.
-FAMILY_DISPLAY_NAMES: Mapping[str, str] = {
-    "llava": "LLaVA",
-    "llava_next": "LLaVA-NeXT",
-    "qwen2_vl": "Qwen2-VL",
-    "qwen2_5_vl": "Qwen2.5-VL",
-    "llava_onevision": "LLaVA-OneVision",
-}
-RATIO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")  # families whose variants may keep a share of each image's tokens
 
 FLOWCUT_BIBTEX = """\
 @inproceedings{tong2025flowcut,
@@ -66,9 +59,10 @@ class VariantCardInfo:
         base_license_name, base_license_link: the base's ``license_name`` / ``license_link``; allowed only with
             ``base_license="other"``, as on the Hub. A relative link (``"LICENSE"``) points into the base repo and
             is rewritten to an absolute URL there, because the variant repo need not hold that file.
-        target_num: visual tokens the variant keeps per image (K); None for a Qwen variant set by ``retain_ratio``.
-        retain_ratio: Qwen2-VL / Qwen2.5-VL: the share of each image's tokens the variant keeps, in (0, 1).
-        method: ``"flowcut"`` or ``"vflowopt"`` (LLaVA-OneVision; then neither ``target_num`` nor ``retain_ratio``).
+        target_num: visual tokens the variant keeps per image (K); None for a variant set by ``retain_ratio``.
+        retain_ratio: for families whose token count follows the image size: the share of each image's tokens the
+            variant keeps, in (0, 1).
+        method: ``"flowcut"`` or ``"vflowopt"`` (then neither ``target_num`` nor ``retain_ratio``).
         budget: VFlowOpt: the share of visual tokens kept, averaged over the decoder layers, if known.
         search: VFlowOpt: how a searched preset was found (``budget``, ``trials``, ``data``, ``objective``, ...).
         preset_note: VFlowOpt: where a released preset's settings come from (one sentence), instead of the default.
@@ -80,7 +74,8 @@ class VariantCardInfo:
         settings: the FlowCut fields of the variant's ``config.json``, name → JSON value. Written as the card's
             ``flowcut:`` block and settings table. ``flowcut_target_num`` is added if absent and must equal
             ``target_num`` if present.
-        family: model family, one of :data:`FAMILY_DISPLAY_NAMES`; also a tag.
+        family: the model family's name in the registry (:data:`flowcut_hf.registry.REGISTRY`; by default its
+            first); also a tag. Its adapter words its part of the card (:meth:`flowcut_hf.family.FlowCutFamily.card_text`).
         revision: a commit hash or tag of the variant repo to pin in the usage snippet. ``None`` shows
             ``"main"`` with a note to pin a commit (the README is usually written before that commit exists).
         prefill_flops_unpruned, prefill_flops_pruned: analytic prefill FLOPs of the base and of the variant for
@@ -97,7 +92,7 @@ class VariantCardInfo:
     target_num: int | None
     image_tokens: int
     settings: Mapping[str, Any] = field(default_factory=dict)
-    family: str = "llava"
+    family: str | None = None
     revision: str | None = None
     prefill_flops_unpruned: float | None = None
     prefill_flops_pruned: float | None = None
@@ -139,8 +134,9 @@ class VariantCardInfo:
             if not isinstance(value, str) or not value.strip():
                 raise ValueError(f"{name} must be a non-empty string, got {value!r}")
 
-        if self.family not in FAMILY_DISPLAY_NAMES:
-            raise ValueError(f"family must be one of {sorted(FAMILY_DISPLAY_NAMES)}, got {self.family!r}")
+        if self.family is None:
+            object.__setattr__(self, "family", REGISTRY[0].name)
+        family = family_named(self.family)  # a ValueError naming the known families otherwise
         if self.method not in ("flowcut", "vflowopt"):
             raise ValueError(f"method must be 'flowcut' or 'vflowopt', got {self.method!r}")
         if self.method == "vflowopt":
@@ -151,8 +147,8 @@ class VariantCardInfo:
         elif (self.target_num is None) == (self.retain_ratio is None):
             raise ValueError("give exactly one of target_num and retain_ratio")
         if self.retain_ratio is not None:
-            if self.family not in RATIO_FAMILIES:
-                raise ValueError(f"retain_ratio applies to {RATIO_FAMILIES}; a {self.family} variant keeps target_num")
+            if "retain_ratio" not in family.amount_kinds:
+                raise ValueError(f"retain_ratio applies to families whose token count follows the image size; a {self.family} variant keeps target_num")
             if not _is_real(self.retain_ratio) or not 0 < self.retain_ratio < 1:
                 raise ValueError(f"retain_ratio must be a share in (0, 1), got {self.retain_ratio!r}")
         for name in ("target_num", "image_tokens") if self.target_num is not None else ("image_tokens",):
@@ -333,13 +329,13 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         f"[`{info.base_model}`]({_HUB_URL}/{info.base_model})" if info.base_model
         else "the base model (its Hub id was not given when this variant was exported)"
     )
-    return {
+    family = family_named(info.family)
+    values = {
         "variant_title": _repo_name(info.repo_id),
         "variant_repo_id": info.repo_id,
         "base_link": base_link,
         "base_link_capitalized": base_link[:1].upper() + base_link[1:],
-        "family_name": FAMILY_DISPLAY_NAMES[info.family],
-        "family_id": info.family,
+        "family_name": family.card_name,
         "kept_tokens": info.target_num if info.target_num is not None else (
             f"{info.retain_ratio:.1%} of them" if info.retain_ratio is not None else None
         ),
@@ -370,6 +366,10 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         "flowcut_bibtex": FLOWCUT_BIBTEX,
         "base_bibtex": info.base_citation.strip() if info.base_citation else None,
     }
+    # The family's own wording, rendered with the same values.
+    for name, fragment in family.card_text().items():
+        values[f"family_{name}"] = jinja2.Template(fragment).render(**values).strip("\n")
+    return values
 
 
 def _normalise_settings(settings: Any, target_num: int | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaModel
 
-from flowcut_hf import accounting, bench, cli, flowcut
+from flowcut_hf import accounting, bench, benchmark, cli, flowcut
 from flowcut_hf.families.llava.builtin import build_tiny_llava
 
 TARGET = 64
@@ -62,7 +62,7 @@ def configs_by_name(report):
 
 def test_schema_keys(report):
     assert TOP_KEYS <= report.keys()
-    assert report["schema_version"] == bench.SCHEMA_VERSION
+    assert report["schema_version"] == benchmark.SCHEMA_VERSION
     assert report["tool"] == "flowcut-hf bench"
     assert SETTINGS_KEYS <= report["settings"].keys()
     assert report["device"]["type"] == "cpu"
@@ -216,11 +216,11 @@ def test_cli_rejects_bad_arguments(capsys):
 
 
 def test_helpers():
-    index = bench.uniform_indices(576, 64)
+    index = benchmark.uniform_indices(576, 64)
     assert index.tolist() == sorted(set(index.tolist())) and len(index) == 64
     assert index[0] == 0 and index[-1] == 575
-    assert bench.uniform_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
-    assert bench.compact_schedule([577, 577, 500, 65]) == "577x2 500 65"
-    stats = bench.stats_ms([0.001, 0.003, 0.002])
+    assert benchmark.uniform_indices(5, 5).tolist() == [0, 1, 2, 3, 4]
+    assert benchmark.compact_schedule([577, 577, 500, 65]) == "577x2 500 65"
+    stats = benchmark.stats_ms([0.001, 0.003, 0.002])
     assert stats["median"] == pytest.approx(2.0) and stats["min"] == pytest.approx(1.0)
     assert not math.isnan(stats["iqr"])

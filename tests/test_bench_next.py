@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from flowcut_hf.bench_next import format_next_table, run_next_bench
+from flowcut_hf.families.llava_next.bench import format_next_table, run_next_bench
 from flowcut_hf.cli import main
 from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from flowcut_hf.bench_onevision import format_onevision_table, run_onevision_bench
+from flowcut_hf.families.llava_onevision.bench import format_onevision_table, run_onevision_bench
 from flowcut_hf.cli import main
 from flowcut_hf.families.llava_onevision.builtin import build_tiny_llava_onevision
 

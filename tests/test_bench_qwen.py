@@ -9,11 +9,11 @@ import numpy as np
 from PIL import Image
 
 from flowcut_hf.families.qwen2_vl import accounting
-from flowcut_hf.bench_qwen import format_qwen_table, run_qwen_bench
+from flowcut_hf.families.qwen2_vl.bench import format_qwen_table, run_qwen_bench
 from flowcut_hf.cli import main
 from flowcut_hf.families.qwen2_vl.builtin import build_tiny_qwen_vl
 from flowcut_hf.tiny import synthetic_image
-from flowcut_hf.visualize_qwen import kept_tokens_qwen, render_kept_tokens_qwen
+from flowcut_hf.families.qwen2_vl.visualize import kept_tokens_qwen, render_kept_tokens_qwen
 
 IMAGE_SIZE = (448, 392)  # (height, width): 56 merge units at the tiny pixel budget
 

@@ -619,3 +619,17 @@ def test_a_plain_install_can_read_a_sentencepiece_only_tokenizer():
 
     plain = [r for r in importlib.metadata.requires("flowcut-hf") if "extra ==" not in r]
     assert {"sentencepiece", "protobuf"} <= {re.split(r"[<>=!~; ]", r)[0] for r in plain}
+
+
+def test_the_convert_command_finds_the_family_of_an_original_checkpoint(world, tmp_path, capsys):
+    """``python -m flowcut_hf.export.convert`` asks the families which original layout a folder is in."""
+    from flowcut_hf.export.convert import main as convert_main
+
+    out = tmp_path / "hf"
+    assert convert_main([str(world["source"]), str(out), "--vision-tower", str(world["clip_dir"])]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["vision_tower_source"] == str(world["clip_dir"]) and (out / "config.json").is_file()
+    assert json.loads((out / "config.json").read_text())["architectures"] == ["LlavaForConditionalGeneration"]
+    with pytest.raises(SystemExit) as refused:
+        convert_main([str(out), str(tmp_path / "again")])
+    assert refused.value.code == 2 and "not in an original layout" in capsys.readouterr().err

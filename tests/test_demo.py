@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 from flowcut_hf.cli import main
-from flowcut_hf.demo import run_next_demo, run_qwen_demo, speed_words
+from flowcut_hf.benchmark import speed_words
+from flowcut_hf.families.llava_next.demo import run_next_demo
+from flowcut_hf.families.qwen2_vl.demo import run_qwen_demo
 
 
 def test_the_demo_exports_a_variant_that_loads_back_alone_and_prunes(tmp_path, capsys):

@@ -22,7 +22,8 @@ FAMILY_PATTERNS = {
                   re.compile(r"(?<![a-z])llava(?![-_ .]?(next|onevision|ov\b|v1\.6))(?![a-z])", re.I)],
     "LLaVA-NeXT": [re.compile(r"llava[-_ ]?next|llava-v1\.6", re.I)],
     "LLaVA-OneVision": [re.compile(r"onevision", re.I)],
-    "Qwen2-VL / Qwen2.5-VL": [re.compile(r"qwen", re.I)],
+    # "qwen2" alone is the language model's model_type (LLaVA-OneVision's decoder), not the Qwen-VL family.
+    "Qwen2-VL / Qwen2.5-VL": [re.compile(r"qwen(?!2$)", re.I)],
 }
 
 
@@ -162,3 +163,16 @@ def test_every_package_folder_is_installed():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {name for name, path in library_modules().items() if path.name == "__init__.py"} | {"flowcut_hf.modeling"}
     assert found <= listed, f"package folders missing from pyproject.toml: {sorted(found - listed)}"
+
+
+def test_the_registry_entries_match_their_adapters():
+    """An entry states what the command line needs without importing the adapter; it must say what the adapter is."""
+    from flowcut_hf.family import FlowCutFamily
+    from flowcut_hf.registry import REGISTRY, families
+
+    for entry, family in zip(REGISTRY, families()):
+        assert isinstance(family, FlowCutFamily) and family.entry is entry
+        assert family.stock_model_class.__name__ == entry.model_class
+        assert family.config_class.model_type == entry.model_type == family.model_type
+        assert ("retain_ratio" in entry.amount_kinds) == (family.default_retain_ratio is not None)
+        assert set(entry.methods) <= {"flowcut", "vflowopt"} and entry.methods

@@ -9,9 +9,10 @@ from PIL import Image
 from transformers import LlavaForConditionalGeneration
 
 from flowcut_hf import cli, flowcut
-from flowcut_hf.bench import example_image_path
+from flowcut_hf.benchmark import example_image_path
 from flowcut_hf.families.llava.builtin import build_tiny_llava
-from flowcut_hf.visualize import figure_layout, kept_tokens, make_example_image, visualize_kept_tokens
+from flowcut_hf.families.llava.visualize import figure_layout, kept_tokens
+from flowcut_hf.visualize import make_example_image, visualize_kept_tokens
 
 TARGET = 64
 GRID, PATCH, SIDE = 24, 14, 336
@@ -133,7 +134,7 @@ def clear_cells(picture: Image.Image, box, expected: np.ndarray, cell: int) -> s
 def test_next_picture_shows_the_tokens_each_stage_keeps_over_the_whole_image(tmp_path):
     from flowcut_hf.modeling.modeling_flowcut_llava_next import AnyresGeometry, unpadded_window
     from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
-    from flowcut_hf.visualize_next import kept_tokens_next, next_figure_layout
+    from flowcut_hf.families.llava_next.visualize import kept_tokens_next, next_figure_layout
 
     wide = Image.open(example_image_path()).convert("RGB").resize((800, 450))
     image_path = tmp_path / "wide.png"

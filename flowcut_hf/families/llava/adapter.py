@@ -14,7 +14,7 @@ from ...modeling import configuration_flowcut_llava as llava_config
 from ...modeling import modeling_flowcut_llava as llava_modeling
 from ...modeling.flowcut_clip import check_clip_vision_tower
 from ...modeling.processing_flowcut_llava import FlowCutLlavaProcessor
-from . import builtin
+from . import builtin, card
 from .original import convert_original_llava
 from .original_config import is_original_llava
 
@@ -70,9 +70,10 @@ class LlavaFamily(FlowCutFamily):
         if not is_original_llava(config):
             return False
         if config.get("image_aspect_ratio") == "anyres" or str(config.get("mm_patch_merge_type", "")).startswith("spatial"):
+            name = str(source).rstrip("/").rsplit("/", 1)[-1]
             raise ValueError(
-                f"{source} is an original-format LLaVA-NeXT (anyres) checkpoint, which the exporter does not convert; "
-                "export its HF-format copy instead (llava-hf publishes them, e.g. llava-hf/llava-v1.6-vicuna-7b-hf)."
+                f"{source} is an original-format anyres (LLaVA-1.6) checkpoint, which the exporter does not convert; "
+                f"export its HF-format copy instead (llava-hf publishes one for each released model: llava-hf/{name}-hf)."
             )
         return True
 
@@ -81,6 +82,9 @@ class LlavaFamily(FlowCutFamily):
         original's own (its config is the language model's), so that VFlowOpt presets are fitted to it."""
         text_config = {"model_type": "llama", "num_hidden_layers": config.get("num_hidden_layers", 32)}
         return {"model_type": self.model_type, "vision_feature_select_strategy": "default", "text_config": text_config}
+
+    def original_source_note(self, config: dict, vision_tower: Path | None) -> str:
+        return f"vision tower: {vision_tower or config.get('mm_vision_tower')}"
 
     def convert_original(self, source: Path, out: Path, *, vision_tower: Path | None, allow_pickle: bool, **options):
         return convert_original_llava(source, out, vision_tower_dir=vision_tower, allow_pickle=allow_pickle, **options)
@@ -99,3 +103,31 @@ class LlavaFamily(FlowCutFamily):
         unpruned = prefill_account(config, prompt_tokens)
         pruned = prefill_account(config, prompt_tokens, token_schedule=schedule, num_image_tokens=target_num)
         return unpruned, pruned, f"vision encoder, projector and LLM, for one image and a {prompt_tokens}-token text prompt; "
+
+    bench_rows = "stock vs FlowCut vs oracle at each --target-num (default 64; N >= 576 is the row that prunes nothing)"
+
+    def run_bench(self, model, processor, options):
+        from .bench import TARGET_N, run_llava_bench
+
+        return run_llava_bench(
+            model, processor, target_nums=options.target_nums or [TARGET_N], repeats=options.repeats,
+            warmup=options.warmup, batch_size=options.batch_size, prompt=options.prompt, image=options.image,
+            passthrough=options.passthrough, scoring_runs=options.scoring_runs, progress=options.progress,
+            spec=options.spec,
+        )
+
+    def format_bench(self, report: dict) -> str:
+        from .bench import format_table
+
+        return format_table(report)
+
+    def kept_tokens_picture(self, model, processor, image, target_num, retain_ratio, *, scale=None, title=None):
+        from .visualize import DEFAULT_SCALE, kept_tokens, render_kept_tokens
+
+        info = kept_tokens(model, processor, image, target_num)
+        return render_kept_tokens(info, scale=DEFAULT_SCALE if scale is None else scale, title=title)
+
+    card_name = "LLaVA"
+
+    def card_text(self) -> dict[str, str]:
+        return card.card_text()

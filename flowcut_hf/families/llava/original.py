@@ -13,15 +13,11 @@ natively too, which the bare ``vision_tower.*`` names of a from-scratch 5.x save
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
 import logging
 import os
 import re
 import shutil
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
-__all__ = ["ConversionReport", "convert_original_llava", "is_hf_llava", "is_original_llava", "main"]
+__all__ = ["ConversionReport", "convert_original_llava", "is_hf_llava", "is_original_llava"]
 
 _RESIZED = frozenset({"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"})
 # CLIPVisionModel top-level modules when saved without the `vision_model.` prefix (transformers >= 5 from scratch).
@@ -433,43 +429,3 @@ def _check_plan(plan: _Plan, expected: dict[str, tuple[int, ...]]) -> None:
         fits = shape[1:] == want[1:] and shape[0] <= want[0] if name in _RESIZED else shape == want
         if not fits:
             raise ValueError(f"tensor {name} has shape {list(shape)}, the HF model needs {list(want)}")
-
-
-# --------------------------------------------------------------------------------------------- CLI
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flowcut_hf.families.llava.original SOURCE OUT [--vision-tower DIR] [--allow-pickle] ...``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m flowcut_hf.families.llava.original",
-        description="Convert an original LLaVA-1.5 checkpoint into an HF LlavaForConditionalGeneration folder.",
-    )
-    parser.add_argument("source_dir", type=Path)
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument(
-        "--vision-tower", type=Path, default=None, help="local CLIP folder (default: fetch mm_vision_tower)"
-    )
-    parser.add_argument("--allow-pickle", action="store_true", help="accept PyTorch .bin pickle weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
-    parser.add_argument("--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE)
-    parser.add_argument("--dtype", default=None, help="output dtype, e.g. float16 (default: keep)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        report = convert_original_llava(
-            args.source_dir,
-            args.out_dir,
-            vision_tower_dir=args.vision_tower,
-            allow_pickle=args.allow_pickle,
-            overwrite=args.overwrite,
-            max_shard_size=args.max_shard_size,
-            dtype=args.dtype,
-        )
-    except (FileNotFoundError, FileExistsError, ValueError) as err:
-        parser.exit(2, f"error: {err}\n")
-    print(json.dumps(dataclasses.asdict(report), indent=2, default=str))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

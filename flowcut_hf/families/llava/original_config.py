@@ -184,11 +184,11 @@ def check_original_config(cfg: dict[str, Any], source_dir: Path) -> Settings:
     aspect = cfg.get("image_aspect_ratio") or "square"
     if str(aspect).startswith("anyres"):
         raise ValueError(
-            f"image_aspect_ratio {aspect!r} is LLaVA-NeXT (LLaVA-1.6) tiling; this converter handles LLaVA-1.5 only"
+            f"image_aspect_ratio {aspect!r} is anyres (LLaVA-1.6) tiling; this converter handles LLaVA-1.5 only"
         )
     merge = cfg.get("mm_patch_merge_type", "flat")
     if merge != "flat":
-        raise ValueError(f"mm_patch_merge_type {merge!r} is LLaVA-NeXT; only 'flat' (LLaVA-1.5) is supported")
+        raise ValueError(f"mm_patch_merge_type {merge!r} is anyres (LLaVA-1.6); only 'flat' (LLaVA-1.5) is supported")
     for flag in ("mm_use_im_start_end", "mm_use_im_patch_token"):
         if cfg.get(flag):
             raise ValueError(

@@ -9,11 +9,12 @@ from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, Lla
 
 from ...accounting import AnyresImageTokens, next_prefill_account
 from ...export import check_scripts
+from ...benchmark import open_image
 from ...family import FlowCutFamily
 from ...modeling import configuration_flowcut_llava_next as next_config
 from ...modeling import modeling_flowcut_llava_next as next_modeling
 from ...modeling.flowcut_clip import check_clip_vision_tower
-from . import builtin
+from . import builtin, card
 
 
 class LlavaNextFamily(FlowCutFamily):
@@ -79,3 +80,36 @@ class LlavaNextFamily(FlowCutFamily):
             f"{stock.tokens_into_llm} stock visual tokens) and a {prompt_tokens}-token text prompt; "
         )
         return unpruned, pruned, what
+
+    bench_rows = ("one 672x672 image (5 crops, 2928 stock visual tokens): stock vs FlowCut vs oracle at each "
+                  "--target-num (default 160, 320, 640)")
+
+    def run_bench(self, model, processor, options):
+        from .bench import DEFAULT_TARGETS, run_next_bench
+
+        image = {"image": open_image(options.image)} if options.image is not None else {}
+        return run_next_bench(
+            model, processor, target_nums=options.target_nums or DEFAULT_TARGETS, repeats=options.repeats,
+            warmup=options.warmup, progress=options.progress, spec=options.spec, **image,
+        )
+
+    def format_bench(self, report: dict) -> str:
+        from .bench import format_next_table
+
+        return format_next_table(report)
+
+    def kept_tokens_picture(self, model, processor, image, target_num, retain_ratio, *, scale=None, title=None):
+        from .visualize import kept_tokens_next, render_kept_tokens_next
+
+        info = kept_tokens_next(model, processor, image, target_num)
+        return render_kept_tokens_next(info, scale=1 if scale is None else scale, title=title)
+
+    def card_text(self) -> dict[str, str]:
+        return card.card_text()
+
+    has_demo = True
+
+    def demo(self, target_num: int | None, repeats: int, max_new_tokens: int, seed: int = 0) -> dict:
+        from .demo import run_next_demo
+
+        return run_next_demo(target_num or self.default_target_num, repeats, max_new_tokens, seed)

@@ -13,10 +13,11 @@ from transformers import (
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from ...accounting import PrefillFlops, layers_run, llm_prefill_flops, num_patches, projector_flops, vision_encoder_flops
+from ...benchmark import open_image
 from ...family import FlowCutFamily
 from ...modeling import configuration_flowcut_llava_onevision as onevision_config
 from ...modeling import modeling_flowcut_llava_onevision as onevision_modeling
-from . import builtin
+from . import builtin, card
 from .check import CHECK_SCRIPT
 
 
@@ -83,3 +84,25 @@ class LlavaOnevisionFamily(FlowCutFamily):
             f"{stock} stock visual tokens) and a {prompt_tokens}-token text prompt; "
         )
         return PrefillFlops(prefill(full, stock, stock)), PrefillFlops(prefill(schedule, into_llm, after)), what
+
+    bench_rows = ("one 768x768 image (3699 stock visual tokens): stock vs VFlowOpt's 10/25/50% presets, FlowCut at the "
+                  "same counts and the oracle")
+
+    def run_bench(self, model, processor, options):
+        from .bench import run_onevision_bench
+
+        if options.target_nums or options.retain_ratios:
+            raise ValueError(f"{self.display_name} rows are VFlowOpt's released presets; --target-num and --retain-ratio do not apply")
+        image = {"image": open_image(options.image)} if options.image is not None else {}
+        return run_onevision_bench(
+            model, processor, repeats=options.repeats, warmup=options.warmup, progress=options.progress,
+            spec=options.spec, **image,
+        )
+
+    def format_bench(self, report: dict) -> str:
+        from .bench import format_onevision_table
+
+        return format_onevision_table(report)
+
+    def card_text(self) -> dict[str, str]:
+        return card.card_text()

@@ -3,26 +3,16 @@ VFlowOpt variant runs the generic VFlowOpt check)."""
 
 from __future__ import annotations
 
-from ...export.check_scripts import CHAT_PROMPT, COMMON_REPORT, LAYER_LENGTHS, PROCESSOR_OR_IMAGE_ONLY
+from ...export.check_scripts import CHAT_PROMPT, COMMON_REPORT, FEATURES_AND_LAYER_LENGTHS, PROCESSOR_OR_IMAGE_ONLY
 
 # The stock processor's prompt; each crop's kept patches out of SigLIP, and the tokens the layers after the LLM stage
 # cache (the model output has no per-image list: the last layer's KV length minus the text).
-CHECK_SCRIPT = PROCESSOR_OR_IMAGE_ONLY + CHAT_PROMPT + r'''
-forward_error, lengths, llm_kept = None, None, None
+CHECK_SCRIPT = PROCESSOR_OR_IMAGE_ONLY + CHAT_PROMPT + FEATURES_AND_LAYER_LENGTHS + r'''
 text_tokens = int((inputs["input_ids"] != model.config.image_token_id).sum())
-with torch.no_grad():
-    features = model.model.get_image_features(inputs["pixel_values"].to(model.dtype), inputs["image_sizes"])
-    try:
-        output = model(**inputs, use_cache=True)
-        torch.save(output.logits[0, -1].float(), out_path)
-        lengths = ''' + LAYER_LENGTHS + r'''
-        llm_kept = [lengths[-1] - text_tokens]
-    except Exception as error:
-        forward_error = f"{type(error).__name__}: {error}"
 report = {
     "kept": [int(f.shape[0]) for f in features.pooler_output],
     "kept_per_crop": [list(k.shape) for k in features.keep_indices],
-    "llm_kept": llm_kept,
+    "llm_kept": [lengths[-1] - text_tokens] if lengths else None,
     "layer_lengths": lengths,
     "token_schedule": features.token_schedule,
 }

@@ -17,10 +17,11 @@ from transformers import (
 )
 
 from ...amounts import RetainedAmount
+from ...benchmark import open_image
 from ...family import FlowCutFamily
 from ...modeling import configuration_flowcut_qwen2_vl as qwen_config
 from ...modeling import modeling_flowcut_qwen2_vl as qwen_modeling
-from . import builtin
+from . import builtin, card
 from .accounting import qwen_prefill_flops
 from .check import CHECK_SCRIPT
 
@@ -68,6 +69,39 @@ class Qwen2VLFamily(FlowCutFamily):
         amount = RetainedAmount(target_num, None if target_num is not None else variant_config["flowcut_retain_ratio"])
         return qwen_prefill_flops(config, amount, variant_config["flowcut_llm_prune_layer"], verification, prompt_tokens, image_size)
 
+    bench_rows = ("one 1288x980 image (1610 stock visual tokens): stock vs FlowCut vs oracle at each --retain-ratio "
+                  "(default 0.333, 0.222, 0.111; qwen2.5-vl: 'tiny' only)")
+
+    def run_bench(self, model, processor, options):
+        from .bench import DEFAULT_RATIOS, run_qwen_bench
+
+        if options.target_nums:
+            raise ValueError(f"{self.display_name} rows are set by --retain-ratio, not --target-num")
+        image = {"image": open_image(options.image)} if options.image is not None else {}
+        return run_qwen_bench(
+            model, processor, retain_ratios=options.retain_ratios or DEFAULT_RATIOS, repeats=options.repeats,
+            warmup=options.warmup, progress=options.progress, spec=options.spec, **image,
+        )
+
+    def format_bench(self, report: dict) -> str:
+        from .bench import format_qwen_table
+
+        return format_qwen_table(report)
+
+    def kept_tokens_picture(self, model, processor, image, target_num, retain_ratio, *, scale=None, title=None):
+        from .visualize import kept_tokens_qwen, render_kept_tokens_qwen
+
+        info = kept_tokens_qwen(model, processor, image, retain_ratio=retain_ratio, target_num=target_num)
+        return render_kept_tokens_qwen(info, scale=1 if scale is None else scale, title=title)
+
+    def card_text(self) -> dict[str, str]:
+        return card.card_text()
+
+    def demo(self, target_num: int | None, repeats: int, max_new_tokens: int, seed: int = 0) -> dict:
+        from .demo import run_qwen_demo
+
+        return run_qwen_demo(target_num, repeats, max_new_tokens, seed, version=self.version)
+
 
 
 class Qwen2_5VLFamily(Qwen2VLFamily):
@@ -81,3 +115,4 @@ class Qwen2_5VLFamily(Qwen2VLFamily):
     auto_map = qwen_modeling.AUTO_MAP_QWEN2_5_VL
     processor_class_name = "Qwen2_5_VLProcessor"
     version = "2.5"
+    has_demo = True

@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import accounting
-from .families.qwen2_vl.accounting import qwen_vision_flops
-from .api import flowcut
-from .bench import (
+from ... import accounting
+from .accounting import qwen_vision_flops
+from ...api import flowcut
+from ...benchmark import (
     versions_and_device,
     DeviceTimer,
     instance_snapshot,
@@ -55,8 +55,8 @@ from .bench import (
     time_interleaved,
     uniform_indices,
 )
-from .modeling.modeling_flowcut_qwen2_vl import FlowCutQwenVisionOutput, merge_units
-from .registry import family_for_model
+from ...modeling.modeling_flowcut_qwen2_vl import FlowCutQwenVisionOutput, merge_units
+from ...registry import family_for_model
 
 PRESET_IMAGE_SIZE = (980, 1288)  # (height, width): 70 x 92 patches, 1610 merge units at the stock pixel budget
 DEFAULT_RATIOS = (0.333, 0.222, 0.111)  # the paper's Qwen2-VL settings (66.7 / 77.8 / 88.9% removed)
@@ -158,12 +158,12 @@ def run_qwen_bench(
     """
     from tqdm.auto import tqdm
 
-    from .tiny import synthetic_image
+    from ...tiny import synthetic_image
 
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     if model is None:
-        from .builtin import build_builtin_model
+        from ...builtin import build_builtin_model
 
         model, processor = build_builtin_model("qwen2-vl")
     elif processor is None:

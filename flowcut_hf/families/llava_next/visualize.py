@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw
 
-from .modeling.modeling_flowcut_llava_next import AnyresGeometry, stock_token_count, unpadded_window
-from .visualize import BACKGROUND, INK, MARGIN, MUTED, denormalised, dim_and_hatch, label_font
+from ...modeling.modeling_flowcut_llava_next import AnyresGeometry, stock_token_count, unpadded_window
+from ...drawing import BACKGROUND, INK, MARGIN, MUTED, denormalised, dim_and_hatch, label_font
 
 DEFAULT_PROMPT = "USER: <image>\nWhat is shown in this image? ASSISTANT:"
 HEADER = 44
@@ -46,7 +46,7 @@ class NextKeptTokens:
 
 def kept_tokens_next(model, processor, image: Image.Image, target_num: int | None = None, prompt: str = DEFAULT_PROMPT) -> NextKeptTokens:
     """Runs FlowCut (both stages) on ``image`` and returns what each stage kept; ``model`` is left as it was."""
-    from .bench_next import NextModelModes, NextRow
+    from .bench import NextModelModes, NextRow
 
     image = image.convert("RGB")
     if target_num is None:

@@ -54,10 +54,10 @@ import torch
 from torch import nn
 from transformers import LlavaNextModel
 
-from . import accounting
-from .accounting import AnyresImageTokens
-from .api import flowcut
-from .bench import (
+from ... import accounting
+from ...accounting import AnyresImageTokens
+from ...api import flowcut
+from ...benchmark import (
     versions_and_device,
     DEFAULT_PROMPT,
     aligned_rows,
@@ -74,8 +74,8 @@ from .bench import (
     UniformOracleMixin,
     with_placeholder_span,
 )
-from .modeling.modeling_flowcut_llava_next import stock_token_count
-from .registry import family_named
+from ...modeling.modeling_flowcut_llava_next import stock_token_count
+from ...registry import family_named
 
 PRESET_IMAGE_SIZE = (672, 672)  # (height, width): fills the 2x2 grid exactly, 5 crops
 DEFAULT_TARGETS = (160, 320, 640)
@@ -180,7 +180,7 @@ def run_next_bench(
     """
     from tqdm.auto import tqdm
 
-    from .tiny import synthetic_image
+    from ...tiny import synthetic_image
 
     family = family_named("llava_next")
     for target in target_nums:
@@ -188,7 +188,7 @@ def run_next_bench(
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     if model is None:
-        from .builtin import build_builtin_model
+        from ...builtin import build_builtin_model
 
         model, processor = build_builtin_model("llava-next")
     elif processor is None:

@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from transformers import LlavaOnevisionModel
 
-from . import accounting
-from .api import flowcut, prune
-from .bench import (
+from ... import accounting
+from ...api import flowcut, prune
+from ...benchmark import (
     versions_and_device,
     DeviceTimer,
     aligned_rows,
@@ -47,7 +47,7 @@ from .bench import (
     UniformOracleMixin,
     with_placeholder_span,
 )
-from .registry import family_named
+from ...registry import family_named
 
 PRESET_IMAGE_SIZE = (768, 768)
 DEFAULT_PRESETS = ("10%", "25%", "50%")
@@ -119,8 +119,8 @@ def run_onevision_bench(
     """Runs the LLaVA-OneVision benchmark and returns its report (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from .modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
-    from .tiny import synthetic_image
+    from ...modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
+    from ...tiny import synthetic_image
 
     unknown = [p for p in presets if p not in ONEVISION_PRESETS]
     if unknown:
@@ -128,7 +128,7 @@ def run_onevision_bench(
     if repeats < 1 or warmup < 0:
         raise ValueError("need repeats >= 1 and warmup >= 0")
     if model is None:
-        from .builtin import build_builtin_model
+        from ...builtin import build_builtin_model
 
         model, processor = build_builtin_model("llava-onevision")
     model.eval()

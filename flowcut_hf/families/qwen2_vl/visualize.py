@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw
 
-from .visualize import ACCENT, BACKGROUND, INK, MARGIN, MUTED, dim_and_hatch, label_font
+from ...drawing import ACCENT, BACKGROUND, INK, MARGIN, MUTED, dim_and_hatch, label_font
 
 DEFAULT_QUESTION = "What is shown in this image?"
 HEADER = 44
@@ -39,8 +39,8 @@ class QwenKeptTokens:
 @contextmanager
 def flowcut_mode(model, retain_ratio: float | None, target_num: int | None) -> Iterator[None]:
     """``model`` switched to FlowCut (per instance) with the given amount for the block, then put back as it was."""
-    from .api import flowcut
-    from .bench import instance_snapshot, restore_instance
+    from ...api import flowcut
+    from ...benchmark import instance_snapshot, restore_instance
 
     original = instance_snapshot(model)
     try:
@@ -58,7 +58,7 @@ def kept_tokens_qwen(
     question: str = DEFAULT_QUESTION,
 ) -> QwenKeptTokens:
     """Runs FlowCut (both stages) on ``image`` and returns the units each stage kept; ``model`` is left as it was."""
-    from .registry import family_for_model
+    from ...registry import family_for_model
 
     image = image.convert("RGB")
     prompt = processor.apply_chat_template(
