@@ -152,7 +152,8 @@ with torch.no_grad():
     try:
         output = model(**inputs, use_cache=True)
         torch.save(output.logits[0, -1].float(), out_path)
-        lengths = [output.cache.get_seq_length(layer) for layer in range(len(output.cache.layers))]
+        cache = output.cache if hasattr(output, "cache") else output.past_key_values  # transformers < 5.25
+        lengths = [cache.get_seq_length(layer) for layer in range(len(cache.layers))]
     except Exception as error:
         forward_error = f"{type(error).__name__}: {error}"
 '''

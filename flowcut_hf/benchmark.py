@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .modeling.flowcut_compat import cache_of
+
 DEFAULT_PROMPT = "What is shown in this image? Answer in one sentence."
 SCHEMA_VERSION = 1
 
@@ -471,7 +473,7 @@ def speed_words(unpruned: float, pruned: float) -> str:
 
 def print_cache_answer_and_timing(output, inputs, answer: str, repeats: int, unpruned: float, pruned: float) -> list[int]:
     """The closing lines of the two-stage demos; returns the KV-cache length of every LLM layer."""
-    lengths = [layer.keys.shape[2] for layer in output.cache.layers]
+    lengths = [layer.keys.shape[2] for layer in cache_of(output).layers]
     print(f"  KV-cache length per LLM layer: {lengths} (stock: {inputs['input_ids'].shape[1]} in every layer)")
     print(f"  generated (random weights, so gibberish): {answer!r}")
     print(

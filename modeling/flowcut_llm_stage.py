@@ -34,9 +34,9 @@ from torch import nn
 from transformers.cache_utils import get_layer_types_and_kwargs
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
-from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils.output_capturing import capture_outputs
 
+from .flowcut_compat import build_output, cache_kwargs, slice_logits_to_keep
 from .flowcut_core import compute_layer_signals, fused_score, record_module_outputs, top_k_in_order
 
 MASK_FACTORIES: dict[str, Callable] = {
@@ -368,9 +368,9 @@ def run_layer_groups(
                     config=config,
                     inputs_embeds=hidden_states,
                     attention_mask=full_mask,
-                    cache=cache,
                     position_ids=positions,
                     layer_idx=layer_idx,
+                    **cache_kwargs(cache),
                 )
             observer = dropper.observe(layer_idx, layers[layer_idx]) if dropper is not None else nullcontext()
             with observer:
@@ -379,8 +379,8 @@ def run_layer_groups(
                     attention_mask=causal_masks[kind],
                     position_embeddings=position_embeddings,
                     position_ids=positions,
-                    cache=cache,
                     use_cache=use_cache,
+                    **cache_kwargs(cache),
                     **layer_kwargs,
                 )
         layout = TokenLayout(hidden_states, layout.mask, layout.info)
@@ -392,7 +392,8 @@ def run_layer_groups(
         next_rope_positions(layout, past_state) if carries_positions else None,
         (layout.info[ROPE_POSITION].shape[2] if layout.info[ROPE_POSITION].dim() == 3 else 0) if carries_positions else ROPE_AXES,
     )
-    return LayerGroupsOutput(
+    return build_output(
+        LayerGroupsOutput,
         last_hidden_state=language_model.norm(layout.hidden_states),
         cache=cache if use_cache else None,
         token_mask=layout.mask,

@@ -8,29 +8,11 @@ A config class of any family declares the fields (typed ``Any``, see below) and 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import transformers
-
-# The remote code follows transformers 5.25's calling convention (``cache=``, ``image_outputs``); an older release
-# would fail deep inside a forward call, so say so at import, where the fix is obvious.
-MINIMUM_TRANSFORMERS = (5, 25)
-
-
-def check_transformers_version(version: str = transformers.__version__) -> None:
-    found = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", version).groups())
-    if found < MINIMUM_TRANSFORMERS:
-        needed = ".".join(map(str, MINIMUM_TRANSFORMERS))
-        raise ImportError(
-            f"This FlowCut remote code needs transformers>={needed}, found {version}: "
-            f"pip install -U 'transformers>={needed}'"
-        )
-
-
-check_transformers_version()
+from .flowcut_compat import MINIMUM_TRANSFORMERS, check_transformers_version
 
 DEFAULT_TARGET_NUM = 64
 DEFAULT_PRUNE_INTERVAL = 2

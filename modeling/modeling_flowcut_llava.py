@@ -24,11 +24,11 @@ from transformers.models.llava.modeling_llava import (
     LlavaModelOutputWithPast,
     LlavaPreTrainedModel,
 )
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_flowcut_llava import LLAVA_CONFIG_VALIDATORS, FlowCutLlavaConfig
 from .flowcut_clip import encode_clip_with_flowcut, feature_layer_index, num_image_patches
+from .flowcut_compat import build_output, cache_kwargs, cache_of, image_outputs_of, one_cache
 from .flowcut_llm_stage import (
     CONTINUE,
     INPUT_POSITION,
@@ -109,6 +109,7 @@ class FlowCutLlavaModelOutputWithPast(LlavaModelOutputWithPast):
         VFlowOpt: for each position of `last_hidden_state`, the input column it comes from, -1 for padding.
     """
 
+    image_outputs: FlowCutImageFeaturesOutput | None = None  # declared for transformers < 5.25, whose classes lack it
     flowcut_state: LayerGroupsState | None = None
     input_positions: torch.LongTensor | None = None
 
@@ -120,6 +121,7 @@ class FlowCutLlavaCausalLMOutputWithPast(LlavaCausalLMOutputWithPast):
         See [`FlowCutLlavaModelOutputWithPast`]; `logits` and the loss follow the pruned sequence.
     """
 
+    image_outputs: FlowCutImageFeaturesOutput | None = None  # declared for transformers < 5.25, whose classes lack it
     flowcut_state: LayerGroupsState | None = None
     input_positions: torch.LongTensor | None = None
 
@@ -222,7 +224,6 @@ class FlowCutLlavaModel(LlavaModel):
         return placeholder_positions(self.get_input_embeddings(), self.config.image_token_id, input_ids, inputs_embeds)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -230,6 +231,7 @@ class FlowCutLlavaModel(LlavaModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -244,10 +246,11 @@ class FlowCutLlavaModel(LlavaModel):
             VFlowOpt: the `flowcut_state` of the previous call's output, when continuing from its `cache` (decoding
             steps; `generate()` passes it). FlowCut runs the stock forward and needs none.
         """
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         stock_kwargs = dict(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **cache_kwargs(cache),
             inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy, image_sizes=image_sizes, use_cache=use_cache,
             **kwargs,
@@ -290,9 +293,10 @@ class FlowCutLlavaModel(LlavaModel):
 
     @staticmethod
     def pruned_output(output, image_output) -> FlowCutLlavaModelOutputWithPast:
-        return FlowCutLlavaModelOutputWithPast(
+        return build_output(
+            FlowCutLlavaModelOutputWithPast,
             last_hidden_state=output.last_hidden_state,
-            cache=output.cache,
+            cache=cache_of(output),
             hidden_states=output.hidden_states,
             attentions=output.attentions,
             image_outputs=image_output,
@@ -382,7 +386,6 @@ class FlowCutLlavaForConditionalGeneration(LayerGroupsGenerationMixin, RemoteCod
         self.model.configure_vflowopt(enabled=enabled, **settings)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -390,6 +393,7 @@ class FlowCutLlavaForConditionalGeneration(LayerGroupsGenerationMixin, RemoteCod
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -400,6 +404,7 @@ class FlowCutLlavaForConditionalGeneration(LayerGroupsGenerationMixin, RemoteCod
         flowcut_state: LayerGroupsState | None = None,
         **kwargs,
     ) -> FlowCutLlavaCausalLMOutputWithPast:
+        cache = one_cache(cache, past_key_values)
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, attention_mask=attention_mask, position_ids=position_ids,
             cache=cache, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
@@ -407,13 +412,14 @@ class FlowCutLlavaForConditionalGeneration(LayerGroupsGenerationMixin, RemoteCod
             mm_encoder_outputs=mm_encoder_outputs, flowcut_state=flowcut_state, return_dict=True, **kwargs,
         )
         logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
-        return FlowCutLlavaCausalLMOutputWithPast(
+        return build_output(
+            FlowCutLlavaCausalLMOutputWithPast,
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            cache=cache_of(outputs),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
+            image_outputs=image_outputs_of(outputs),
             flowcut_state=getattr(outputs, "flowcut_state", None),
             input_positions=getattr(outputs, "input_positions", None),
         )

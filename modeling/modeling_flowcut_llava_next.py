@@ -34,7 +34,6 @@ from transformers.models.llava_next.modeling_llava_next import (
     get_anyres_image_grid_shape,
     image_size_to_num_patches,
 )
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_flowcut_llava_next import (
@@ -44,6 +43,7 @@ from .configuration_flowcut_llava_next import (
     FlowCutLlavaNextConfig,
 )
 from .flowcut_clip import check_clip_vision_tower, encode_clip_with_flowcut, feature_layer_index, num_image_patches
+from .flowcut_compat import build_output, cache_kwargs, cache_of, image_outputs_of, one_cache
 from .flowcut_llm_stage import (
     INPUT_POSITION,
     FlowCutLLMPruner,
@@ -268,6 +268,7 @@ class FlowCutLlavaNextModelOutputWithPast(LlavaNextModelOutputWithPast):
         is aligned with the input (nothing was pruned).
     """
 
+    image_outputs: FlowCutNextImageFeaturesOutput | None = None  # declared for transformers < 5.25, whose classes lack it
     flowcut_state: LayerGroupsState | None = None
     llm_keep_indices: list[torch.LongTensor] | None = None
     input_positions: torch.LongTensor | None = None
@@ -281,6 +282,7 @@ class FlowCutLlavaNextCausalLMOutputWithPast(LlavaNextCausalLMOutputWithPast):
         does the loss: `labels` are aligned with the input and gathered the same way.
     """
 
+    image_outputs: FlowCutNextImageFeaturesOutput | None = None  # declared for transformers < 5.25, whose classes lack it
     flowcut_state: LayerGroupsState | None = None
     llm_keep_indices: list[torch.LongTensor] | None = None
     input_positions: torch.LongTensor | None = None
@@ -452,7 +454,6 @@ class FlowCutLlavaNextModel(LlavaNextModel):
 
     @merge_with_config_defaults
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -461,6 +462,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -475,6 +477,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             steps; `generate()` passes it). With pruning, `position_ids` are rebuilt from the attention mask: the
             positions are compacted within each layer group, as in the authors' code.
         """
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values is not None and mm_encoder_outputs is not None:
@@ -485,7 +488,7 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            **cache_kwargs(cache),
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
@@ -518,7 +521,8 @@ class FlowCutLlavaNextModel(LlavaNextModel):
             output = LlavaNextModel.forward(self, mm_encoder_outputs=outputs or None, **stock_kwargs)
             if image_output is None:
                 return output
-            return FlowCutLlavaNextModelOutputWithPast(
+            return build_output(
+                FlowCutLlavaNextModelOutputWithPast,
                 **output, llm_keep_indices=[torch.arange(len(t)) for t in image_output.pooler_output]
             )
         if self.config.pruning_method == "vflowopt":
@@ -594,9 +598,10 @@ class FlowCutLlavaNextModel(LlavaNextModel):
 
     @staticmethod
     def pruned_output(output, llm_keep_indices, image_output) -> FlowCutLlavaNextModelOutputWithPast:
-        return FlowCutLlavaNextModelOutputWithPast(
+        return build_output(
+            FlowCutLlavaNextModelOutputWithPast,
             last_hidden_state=output.last_hidden_state,
-            cache=output.cache,
+            cache=cache_of(output),
             hidden_states=output.hidden_states,
             attentions=output.attentions,
             image_outputs=image_output,
@@ -646,7 +651,6 @@ class FlowCutLlavaNextForConditionalGeneration(
 
     @merge_with_config_defaults
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -655,6 +659,7 @@ class FlowCutLlavaNextForConditionalGeneration(
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -672,6 +677,7 @@ class FlowCutLlavaNextForConditionalGeneration(
             Aligned with `input_ids`, as for the stock model; when tokens are pruned they are gathered with the
             sequence (see `input_positions` in the output), so the loss is that of the pruned sequence.
         """
+        cache = one_cache(cache, past_key_values)
         outputs = self.model(
             input_ids,
             pixel_values=pixel_values,
@@ -689,13 +695,14 @@ class FlowCutLlavaNextForConditionalGeneration(
             **kwargs,
         )
         logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
-        return FlowCutLlavaNextCausalLMOutputWithPast(
+        return build_output(
+            FlowCutLlavaNextCausalLMOutputWithPast,
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            cache=cache_of(outputs),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
+            image_outputs=image_outputs_of(outputs),
             flowcut_state=getattr(outputs, "flowcut_state", None),
             llm_keep_indices=getattr(outputs, "llm_keep_indices", None),
             input_positions=getattr(outputs, "input_positions", None),

@@ -39,11 +39,11 @@ from transformers.models.llava_onevision.modeling_llava_onevision import (
     LlavaOnevisionPreTrainedModel,
     image_size_to_num_patches,
 )
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple, merge_with_config_defaults
 
 from .configuration_flowcut_llava_onevision import ONEVISION_FIELD_VALIDATORS, FlowCutLlavaOnevisionConfig
 from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_outputs
+from .flowcut_compat import build_output, cache_kwargs, cache_of, image_outputs_of, one_cache
 from .flowcut_llm_stage import (
     CONTINUE,
     FlowCutLLMPruner,
@@ -178,6 +178,7 @@ class FlowCutOnevisionModelOutputWithPast(LlavaOnevisionModelOutputWithPast):
         For each position of `last_hidden_state`, the input column it comes from, -1 for padding.
     """
 
+    image_outputs: FlowCutOnevisionImageFeaturesOutput | None = None  # declared for transformers < 5.25, whose classes lack it
     flowcut_state: LayerGroupsState | None = None
     input_positions: torch.LongTensor | None = None
 
@@ -189,6 +190,7 @@ class FlowCutOnevisionCausalLMOutputWithPast(LlavaOnevisionCausalLMOutputWithPas
         See [`FlowCutOnevisionModelOutputWithPast`]; `logits` and the loss follow the pruned sequence.
     """
 
+    image_outputs: FlowCutOnevisionImageFeaturesOutput | None = None  # declared for transformers < 5.25, whose classes lack it
     flowcut_state: LayerGroupsState | None = None
     input_positions: torch.LongTensor | None = None
 
@@ -335,7 +337,6 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
 
     @merge_with_config_defaults
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -346,6 +347,7 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -361,13 +363,14 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
             The `flowcut_state` of the previous call's output, when continuing from its `cache` (decoding
             steps; `generate()` passes it). Positions then continue from the pruned prompt's.
         """
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         if pixel_values_videos is not None and self.pruning_enabled():
             raise ValueError("VFlowOpt on LLaVA-OneVision prunes images; set vflowopt_enabled=False to run videos.")
         stock_kwargs = dict(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-            cache=cache, inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
+            **cache_kwargs(cache), inputs_embeds=inputs_embeds, vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy, vision_aspect_ratio=vision_aspect_ratio,
             batch_num_images=batch_num_images, use_cache=use_cache, **kwargs,
         )
@@ -438,9 +441,10 @@ class FlowCutLlavaOnevisionModel(LlavaOnevisionModel):
 
     @staticmethod
     def pruned_output(output, image_output) -> FlowCutOnevisionModelOutputWithPast:
-        return FlowCutOnevisionModelOutputWithPast(
+        return build_output(
+            FlowCutOnevisionModelOutputWithPast,
             last_hidden_state=output.last_hidden_state,
-            cache=output.cache,
+            cache=cache_of(output),
             hidden_states=output.hidden_states,
             attentions=output.attentions,
             image_outputs=image_output,
@@ -479,7 +483,6 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         self.model.configure_flowcut(target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -490,6 +493,7 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -502,6 +506,7 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
         flowcut_state: LayerGroupsState | None = None,
         **kwargs,
     ) -> FlowCutOnevisionCausalLMOutputWithPast:
+        cache = one_cache(cache, past_key_values)
         outputs = self.model(
             input_ids=input_ids, pixel_values=pixel_values, image_sizes=image_sizes,
             pixel_values_videos=pixel_values_videos, image_sizes_videos=image_sizes_videos,
@@ -512,13 +517,14 @@ class FlowCutLlavaOnevisionForConditionalGeneration(
             flowcut_state=flowcut_state, return_dict=True, **kwargs,
         )
         logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
-        return FlowCutOnevisionCausalLMOutputWithPast(
+        return build_output(
+            FlowCutOnevisionCausalLMOutputWithPast,
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            cache=cache_of(outputs),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
+            image_outputs=image_outputs_of(outputs),
             flowcut_state=getattr(outputs, "flowcut_state", None),
             input_positions=getattr(outputs, "input_positions", None),
         )

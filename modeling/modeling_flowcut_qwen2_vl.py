@@ -30,19 +30,21 @@ from transformers import (
 )
 from torch import nn
 from transformers.cache_utils import DynamicCache
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+try:
+    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+except ImportError:  # transformers < 5.25: the text outputs, without the image and video outputs
+    from transformers.modeling_outputs import BaseModelOutputWithPast as MultimodalBaseModelOutputWithPast
+    from transformers.modeling_outputs import CausalLMOutputWithPast as MultimodalCausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
-from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from .configuration_flowcut_qwen2_vl import FlowCutQwen2_5_VLConfig, FlowCutQwen2VLConfig, QWEN_FIELD_VALIDATORS
 from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_outputs
+from .flowcut_compat import build_output, cache_kwargs, cache_of, image_outputs_of, one_cache
 from .flowcut_llm_stage import (
     INPUT_POSITION,
     ROPE_POSITION,
@@ -288,6 +290,8 @@ class FlowCutQwenModelOutputWithPast(MultimodalBaseModelOutputWithPast):
         is aligned with the input.
     """
 
+    image_outputs: FlowCutQwenVisionOutput | None = None  # declared for transformers < 5.25, whose classes lack it
+    video_outputs: FlowCutQwenVisionOutput | None = None
     flowcut_state: LayerGroupsState | None = None
     image_kept_units: list[torch.LongTensor] | None = None
     video_kept_units: list[torch.LongTensor] | None = None
@@ -302,6 +306,8 @@ class FlowCutQwenCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
         the loss: `labels` are aligned with the input and gathered the same way.
     """
 
+    image_outputs: FlowCutQwenVisionOutput | None = None  # declared for transformers < 5.25, whose classes lack it
+    video_outputs: FlowCutQwenVisionOutput | None = None
     flowcut_state: LayerGroupsState | None = None
     image_kept_units: list[torch.LongTensor] | None = None
     video_kept_units: list[torch.LongTensor] | None = None
@@ -395,13 +401,13 @@ class FlowCutQwenVLModelMixin:
         return self.stock_model_class.forward(self, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         pixel_values: torch.Tensor | None = None,
@@ -420,6 +426,7 @@ class FlowCutQwenVLModelMixin:
             steps; `generate()` passes it). Positions are the stock ones: pass `position_ids` as `generate()` does,
             or none, and the next positions follow the prompt's.
         """
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) ^ (inputs_embeds is not None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         settings = self.flowcut_settings()
@@ -427,7 +434,7 @@ class FlowCutQwenVLModelMixin:
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
+            **cache_kwargs(cache),
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             image_grid_thw=image_grid_thw,
@@ -458,7 +465,8 @@ class FlowCutQwenVLModelMixin:
             output = self.stock_forward(outputs or None, second_per_grid_ts, **stock_kwargs)
             if not outputs:
                 return output
-            return FlowCutQwenModelOutputWithPast(
+            return build_output(
+                FlowCutQwenModelOutputWithPast,
                 **output,
                 image_kept_units=outputs["image"].kept_units if "image" in outputs else None,
                 video_kept_units=outputs["video"].kept_units if "video" in outputs else None,
@@ -538,9 +546,10 @@ class FlowCutQwenVLModelMixin:
             vision_kept = outputs[name].kept_units[index]
             llm_keep = pruner.keep_indices.get(order)
             kept_units[name][index] = vision_kept if llm_keep is None else vision_kept[llm_keep.to(vision_kept.device)]
-        return FlowCutQwenModelOutputWithPast(
+        return build_output(
+            FlowCutQwenModelOutputWithPast,
             last_hidden_state=output.last_hidden_state,
-            cache=output.cache,
+            cache=cache_of(output),
             hidden_states=output.hidden_states,
             attentions=output.attentions,
             image_outputs=outputs.get("image"),
@@ -599,9 +608,10 @@ class FlowCutQwenVLModelMixin:
             use_cache=resolved_use_cache(self, self.config.text_config, use_cache),
             **kwargs,
         )
-        return FlowCutQwenModelOutputWithPast(
+        return build_output(
+            FlowCutQwenModelOutputWithPast,
             last_hidden_state=output.last_hidden_state,
-            cache=output.cache,
+            cache=cache_of(output),
             hidden_states=output.hidden_states,
             attentions=output.attentions,
             flowcut_state=output.state,
@@ -642,13 +652,13 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
         )
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         cache=None,
+        past_key_values=None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
@@ -670,6 +680,7 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
             Aligned with `input_ids`, as for the stock model; when tokens are pruned they are gathered with the
             sequence (see `input_positions` in the output), so the loss is that of the pruned sequence.
         """
+        cache = one_cache(cache, past_key_values)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -689,13 +700,14 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
             **kwargs,
         )
         logits, loss = self.logits_and_loss(outputs, labels, logits_to_keep, **kwargs)
-        return FlowCutQwenCausalLMOutputWithPast(
+        return build_output(
+            FlowCutQwenCausalLMOutputWithPast,
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
+            cache=cache_of(outputs),
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_outputs=getattr(outputs, "image_outputs", None),
+            image_outputs=image_outputs_of(outputs),
             video_outputs=getattr(outputs, "video_outputs", None),
             flowcut_state=getattr(outputs, "flowcut_state", None),
             image_kept_units=getattr(outputs, "image_kept_units", None),

@@ -23,6 +23,7 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
+from flowcut_hf.modeling.flowcut_compat import cache_of, features_tensor, image_outputs_of
 from flowcut_hf import accounting as acc
 from flowcut_hf.families.llava.builtin import bench_preset_config, tiny_llava_config
 
@@ -266,8 +267,8 @@ def test_kv_bytes_match_dynamic_cache(dtype, batch_size, seq_len):
     ids = torch.randint(3, 200, (batch_size, seq_len))
     with torch.no_grad():
         out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
-    assert isinstance(out.cache, DynamicCache)
-    assert _cache_nbytes(out.cache) == acc.kv_cache_bytes(text_config, seq_len, batch_size, dtype)
+    assert isinstance(cache_of(out), DynamicCache)
+    assert _cache_nbytes(cache_of(out)) == acc.kv_cache_bytes(text_config, seq_len, batch_size, dtype)
 
 
 def test_kv_bytes_match_llava_prefill_with_image():
@@ -279,7 +280,7 @@ def test_kv_bytes_match_llava_prefill_with_image():
         out = model(input_ids=ids, pixel_values=torch.randn(2, 3, 336, 336), use_cache=True, logits_to_keep=1)
     account = acc.prefill_account(config, num_text, batch_size=2, kv_dtype=torch.float32)
     assert account.llm_seq_len == ids.shape[1] == 582
-    assert _cache_nbytes(out.cache) == account.kv_cache_bytes
+    assert _cache_nbytes(cache_of(out)) == account.kv_cache_bytes
 
 
 # --------------------------------------------------------------------------- #
@@ -397,7 +398,7 @@ def test_tiny_llava_forward_on_cpu():
         out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 336, 336))
     assert out.logits.shape == (1, 579, 256)
     assert torch.isfinite(out.logits).all()
-    assert [tuple(f.shape) for f in out.image_outputs.pooler_output] == [(576, 64)]
+    assert features_tensor(image_outputs_of(out)).reshape(-1, 64).shape == (576, 64)
 
 
 def test_tiny_llava_rejects_image_token_outside_vocab():
@@ -456,7 +457,7 @@ def test_next_account_equals_the_cache_a_real_prefill_leaves():
         tokens_after_llm_stage=len(output.llm_keep_indices[0]),
     )
     account = next_prefill_account(model.config, text_tokens, [image], llm_prune_layer=1, kv_dtype=torch.float32)
-    layers = output.cache.layers
+    layers = cache_of(output).layers
     assert list(account.llm_layer_seq_lens) == [layer.keys.shape[2] for layer in layers]
     assert account.kv_cache_bytes == sum(layer.keys.nbytes + layer.values.nbytes for layer in layers)
     stock = next_prefill_account(model.config, text_tokens, [AnyresImageTokens.stock(model.config, image_size)])

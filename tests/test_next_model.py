@@ -15,6 +15,7 @@ from conftest import (
     greedy,
     next_images,
 )
+from flowcut_hf.modeling.flowcut_compat import cache_of
 from flowcut_hf import FlowCutLlavaNextForConditionalGeneration, flowcut, flowcut_processor
 from flowcut_hf.modeling.modeling_flowcut_llava_next import stock_token_count
 from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
@@ -75,7 +76,7 @@ def test_llm_stage_keeps_target_tokens_per_image_and_later_layers_cache_fewer(ti
     keep = output.llm_keep_indices[0]
     assert keep.numel() == NEXT_TARGET_NUM and torch.all(keep[1:] > keep[:-1]) and int(keep.max()) < visual
     text = inputs["input_ids"].shape[1] - stock_token_count(model.config, NEXT_IMAGE_SIZES[0])
-    lengths = [layer.keys.shape[2] for layer in output.cache.layers]
+    lengths = [layer.keys.shape[2] for layer in cache_of(output).layers]
     assert lengths == [text + visual] * 2 + [text + NEXT_TARGET_NUM] * 2, "layers 0-1 see every token, 2-3 the kept"
     assert output.logits.shape[1] == text + NEXT_TARGET_NUM
     # input_positions maps every output position back to the input: text tokens keep their own columns.
@@ -142,12 +143,12 @@ def test_manual_decoding_loop_passes_flowcut_state_and_matches_generate(tiny_nex
             attention_mask = torch.cat([attention_mask, torch.ones_like(token)], dim=1)
             state = output.flowcut_state
             output = model(
-                input_ids=token, attention_mask=attention_mask, cache=output.cache, flowcut_state=state
+                input_ids=token, attention_mask=attention_mask, cache=cache_of(output), flowcut_state=state
             )
         assert tokens == expected
         with pytest.raises(ValueError, match="flowcut_state"):
             model(input_ids=token, attention_mask=torch.cat([attention_mask, torch.ones_like(token)], 1),
-                  cache=output.cache)
+                  cache=cache_of(output))
 
 
 def test_hidden_states_and_attentions_are_returned_per_layer(tiny_next_flowcut):
@@ -295,7 +296,7 @@ def test_settings_and_inputs_the_model_cannot_run_are_value_errors(tiny_next_flo
     with torch.no_grad():
         first = model(**inputs, use_cache=True)
         with pytest.raises(ValueError, match="first forward call"):
-            model(**inputs, cache=first.cache, flowcut_state=first.flowcut_state)
+            model(**inputs, cache=cache_of(first), flowcut_state=first.flowcut_state)
 
     full = build_tiny_llava_next(seed=0)[0]
     full.config.vision_feature_select_strategy = "full"

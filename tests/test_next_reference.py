@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from test_reference import REFERENCE_DIR
+from flowcut_hf.modeling.flowcut_compat import cache_of
 from flowcut_hf.modeling.configuration_flowcut_llava_next import FlowCutLlavaNextConfig
 from flowcut_hf.modeling.modeling_flowcut_llava_next import FlowCutLlavaNextForConditionalGeneration, stock_token_count
 
@@ -88,7 +89,7 @@ def test_llm_stage_keeps_the_authors_tokens_and_shortens_the_sequence(reference_
     case, tensors, _, _, _, output = reference_run
     assert torch.equal(output.llm_keep_indices[0], tensors["llm_keep_indices"])
     assert output.logits.shape[1] == case["seq_len_after_llm_prune"]
-    layers = output.cache.layers
+    layers = cache_of(output).layers
     prune_layer = 1
     assert [layer.keys.shape[2] for layer in layers] == [case["prefill_len"]] * (prune_layer + 1) + [
         case["seq_len_after_llm_prune"]

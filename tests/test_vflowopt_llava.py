@@ -8,6 +8,7 @@ import torch
 from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
 
 from conftest import PROMPT, greedy, load_saved_folder
+from flowcut_hf.modeling.flowcut_compat import cache_of
 from flowcut_hf import flowcut, flowcut_processor, prune
 from flowcut_hf.modeling.vflowopt_core import preset_for_depth
 from flowcut_hf.families.llava.builtin import build_tiny_llava
@@ -72,7 +73,7 @@ def test_stage_zero_and_llm_stages_follow_the_preset(pruned):
     after_1 = kept - round(kept * (1 - settings.llm_keeps[0]))
     after_3 = after_1 - round(after_1 * (1 - settings.llm_keeps[1]))
     text = inputs["input_ids"].shape[1] - length
-    lengths = [output.cache.get_seq_length(layer) for layer in range(4)]
+    lengths = [cache_of(output).get_seq_length(layer) for layer in range(4)]
     assert lengths == [text + kept, text + after_1, text + after_1, text + after_3]
     if family == "llava_next":
         # newline tokens (importance 1.0, as LLaVA-OneVision's) are never dropped by stage 0

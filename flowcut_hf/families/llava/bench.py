@@ -125,6 +125,7 @@ import torch
 from torch import nn
 
 from ... import accounting
+from ...modeling.flowcut_compat import cache_of
 from ...api import flowcut
 from ...benchmark import (
     DEFAULT_PROMPT, SCHEMA_VERSION, BenchRow, DeviceTimer, aligned_rows, cache_nbytes, compact_schedule,
@@ -377,7 +378,7 @@ def run_llava_bench(
                 with modes.mode(row):
                     with record_vision_schedule(model) as lengths:
                         memory, output = dev.peak_memory(lambda: prefill(row))
-                    kv_bytes, cached = cache_nbytes(output.cache)
+                    kv_bytes, cached = cache_nbytes(cache_of(output))
                     del output
                     row.measured = {"schedule": list(lengths), "memory": memory, "kv_bytes": kv_bytes, "cached": cached}
                     if row.kind == "flowcut":

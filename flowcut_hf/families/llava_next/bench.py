@@ -55,6 +55,7 @@ from torch import nn
 from transformers import LlavaNextModel
 
 from ... import accounting
+from ...modeling.flowcut_compat import cache_of
 from ...accounting import AnyresImageTokens
 from ...api import flowcut
 from ...benchmark import (
@@ -226,12 +227,12 @@ def run_next_bench(
                 with modes.mode(row):
                     with record_vision_schedule(model) as lengths:
                         memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(output.cache)
+                    kv_bytes, _ = cache_nbytes(cache_of(output))
                     row.measured = {
                         "schedule": list(lengths),
                         "memory": memory,
                         "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.cache.layers],
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in cache_of(output).layers],
                     }
                     if row.kind == "flowcut":
                         features = model.model.get_image_features(

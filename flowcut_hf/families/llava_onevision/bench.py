@@ -32,6 +32,7 @@ from torch import nn
 from transformers import LlavaOnevisionModel
 
 from ... import accounting
+from ...modeling.flowcut_compat import cache_of
 from ...api import flowcut, prune
 from ...benchmark import (
     versions_and_device,
@@ -160,11 +161,11 @@ def run_onevision_bench(
             for row in rows:
                 with modes.mode(row):
                     memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(output.cache)
+                    kv_bytes, _ = cache_nbytes(cache_of(output))
                     row.measured = {
                         "memory": memory,
                         "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.cache.layers],
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in cache_of(output).layers],
                     }
                     del output
                 bar.update()

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ... import accounting
+from ...modeling.flowcut_compat import cache_of
 from .accounting import qwen_vision_flops
 from ...api import flowcut
 from ...benchmark import (
@@ -198,11 +199,11 @@ def run_qwen_bench(
                 bar.set_postfix_str(f"{row.name} memory", refresh=False)
                 with modes.mode(row):
                     memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(output.cache)
+                    kv_bytes, _ = cache_nbytes(cache_of(output))
                     row.measured = {
                         "memory": memory,
                         "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in output.cache.layers],
+                        "layer_lengths": [int(layer.keys.shape[2]) for layer in cache_of(output).layers],
                         "vit_schedule": [4 * units] * len(model.model.visual.blocks),
                         "tokens_into_llm": units,
                         "merged_units": units,
