@@ -37,6 +37,11 @@ class FamilyEntry:
             the image size.
         examples: Hub checkpoints of the family, for help texts.
         original_format: the non-transformers layout the exporter converts, in words (None if none).
+        vllm_model: ``"module:Class"`` of the vLLM model class the vLLM plug-in registers under ``model_class``: it serves
+            the stock checkpoints as vLLM's own class does, and variants pruned or refused (None: not registered).
+        vllm_methods: the methods vLLM serves pruned; variants of the other methods are refused at load.
+        vllm_oracle_model: ``"module:Class"`` of the oracle ``flowcut-hf bench --engine vllm`` compares with, registered
+            under its class name (the architecture only the bench's oracle checkpoints name).
     """
 
     name: str
@@ -49,6 +54,9 @@ class FamilyEntry:
     amount_kinds: tuple[str, ...] = ("target_num",)
     examples: tuple[str, ...] = ()
     original_format: str | None = None
+    vllm_model: str | None = None
+    vllm_methods: tuple[str, ...] = ()
+    vllm_oracle_model: str | None = None
 
 
 REGISTRY: tuple[FamilyEntry, ...] = (
@@ -57,26 +65,32 @@ REGISTRY: tuple[FamilyEntry, ...] = (
         "flowcut_hf.families.llava.adapter:LlavaFamily",
         methods=("flowcut", "vflowopt"), examples=("llava-hf/llava-1.5-7b-hf",),
         original_format="original LLaVA-1.5 (LlavaLlamaForCausalLM, e.g. liuhaotian/llava-v1.5-7b)",
+        vllm_model="flowcut_hf.families.llava.vllm:FlowCutLlavaForVllm", vllm_methods=("flowcut",),
+        vllm_oracle_model="flowcut_hf.families.llava.vllm:UniformOracleLlavaForVllm",
     ),
     FamilyEntry(
         "llava_next", "LLaVA-NeXT", "llava-next", "llava_next", "LlavaNextForConditionalGeneration",
         "flowcut_hf.families.llava_next.adapter:LlavaNextFamily",
         methods=("flowcut", "vflowopt"), examples=("llava-hf/llava-v1.6-mistral-7b-hf",),
+        vllm_model="flowcut_hf.families.llava_next.vllm:FlowCutCheckedLlavaNext",
     ),
     FamilyEntry(
         "qwen2_vl", "Qwen2-VL", "qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration",
         "flowcut_hf.families.qwen2_vl.adapter:Qwen2VLFamily",
         amount_kinds=("retain_ratio", "target_num"), examples=("Qwen/Qwen2-VL-7B-Instruct",),
+        vllm_model="flowcut_hf.families.qwen2_vl.vllm:FlowCutCheckedQwen2VL",
     ),
     FamilyEntry(
         "qwen2_5_vl", "Qwen2.5-VL", "qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",
         "flowcut_hf.families.qwen2_vl.adapter:Qwen2_5VLFamily",
         amount_kinds=("retain_ratio", "target_num"), examples=("Qwen/Qwen2.5-VL-7B-Instruct",),
+        vllm_model="flowcut_hf.families.qwen2_vl.vllm:FlowCutCheckedQwen2_5_VL",
     ),
     FamilyEntry(
         "llava_onevision", "LLaVA-OneVision", "llava-onevision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",
         "flowcut_hf.families.llava_onevision.adapter:LlavaOnevisionFamily",
         methods=("vflowopt", "flowcut"), examples=("llava-hf/llava-onevision-qwen2-7b-ov-hf",),
+        vllm_model="flowcut_hf.families.llava_onevision.vllm:FlowCutCheckedLlavaOnevision",
     ),
 )
 

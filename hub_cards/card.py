@@ -330,7 +330,10 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
         else "the base model (its Hub id was not given when this variant was exported)"
     )
     family = family_named(info.family)
+    entry = next(entry for entry in REGISTRY if entry.name == info.family)
     values = {
+        "vllm_served": info.method in entry.vllm_methods,
+        "method_name": "VFlowOpt" if info.method == "vflowopt" else "FlowCut",
         "variant_title": _repo_name(info.repo_id),
         "variant_repo_id": info.repo_id,
         "base_link": base_link,

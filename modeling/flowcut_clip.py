@@ -7,10 +7,12 @@ q/k/v projections are read with forward hooks registered on this instance for th
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from .flowcut_core import FlowCutSelector, compute_layer_signals, record_module_outputs
+from .flowcut_core import FlowCutSelector, LayerSignals, compute_layer_signals, record_module_outputs
 from .flowcut_settings import FlowCutSettings
 
 
@@ -34,22 +36,33 @@ def feature_layer_index(vision_feature_layer: int, num_layers: int) -> int:
     return layer
 
 
-def clip_layer_with_signals(layer: nn.Module, hidden_states: torch.Tensor):
+def run_clip_layer(layer: nn.Module, hidden_states: torch.Tensor) -> torch.Tensor:
+    """One stock (transformers) CLIP encoder layer, without an attention mask."""
+    return layer(hidden_states, None)
+
+
+def clip_signals(
+    queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, heads: int, head_dim: int, scaling: float
+) -> LayerSignals:
+    """FlowCut's signals from one CLIP attention layer's q/k/v projections, each ``[batch, tokens, heads * head_dim]``
+    (only the CLS token's query is read)."""
+    batch, length, _ = keys.shape
+    with torch.no_grad():
+        return compute_layer_signals(
+            queries[:, 0].reshape(batch, heads, head_dim),
+            keys.reshape(batch, length, heads, head_dim),
+            values.reshape(batch, length, heads, head_dim),
+            scaling=scaling,
+        )
+
+
+def clip_layer_with_signals(layer: nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, LayerSignals]:
     """Runs one stock CLIP encoder layer and returns its output with FlowCut's O(N) signals."""
     attention = layer.self_attn
     with record_module_outputs(attention.q_proj, attention.k_proj, attention.v_proj) as captured:
         output = layer(hidden_states, None)
     queries, keys, values = captured
-    batch, length, _ = keys.shape
-    heads, head_dim = attention.num_heads, attention.head_dim
-    with torch.no_grad():
-        signals = compute_layer_signals(
-            queries[:, 0].reshape(batch, heads, head_dim),
-            keys.view(batch, length, heads, head_dim),
-            values.view(batch, length, heads, head_dim),
-            scaling=attention.scale,
-        )
-    return output, signals
+    return output, clip_signals(queries, keys, values, attention.num_heads, attention.head_dim, attention.scale)
 
 
 def encode_clip_with_flowcut(
@@ -58,8 +71,13 @@ def encode_clip_with_flowcut(
     feature_layer: int,
     target_length: int,
     settings: FlowCutSettings,
+    layer_with_signals: Callable[[nn.Module, torch.Tensor], tuple[torch.Tensor, LayerSignals]] = clip_layer_with_signals,
+    run_layer: Callable[[nn.Module, torch.Tensor], torch.Tensor] = run_clip_layer,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """Runs a CLIP vision tower up to ``feature_layer`` with progressive FlowCut pruning.
+
+    ``layer_with_signals`` and ``run_layer`` run one encoder layer (with and without reading its signals); the defaults
+    take transformers' CLIP, and a serving engine passes its own (vLLM's CLIP fuses q, k and v in one projection).
 
     All images of ``pixel_values`` share one prune count per layer (see :mod:`flowcut_core`). Returns the feature
     layer's hidden states (CLS first, ``target_length`` tokens, or all of them if ``target_length`` is not below the
@@ -82,10 +100,10 @@ def encode_clip_with_flowcut(
     for layer_idx, layer in enumerate(vision_model.encoder.layers[: feature_layer + 1]):
         selector.record_layer(hidden_states.shape[1])
         if selector.active:
-            hidden_states, signals = clip_layer_with_signals(layer, hidden_states)
+            hidden_states, signals = layer_with_signals(layer, hidden_states)
             hidden_states = selector.after_layer(layer_idx, hidden_states, signals)
         else:
-            hidden_states = layer(hidden_states, None)
+            hidden_states = run_layer(layer, hidden_states)
     return hidden_states, selector.keep_indices, selector.sequence_lengths
 
 
@@ -99,7 +117,9 @@ def check_clip_vision_tower(vision_config) -> None:
 __all__ = [
     "check_clip_vision_tower",
     "clip_layer_with_signals",
+    "clip_signals",
     "encode_clip_with_flowcut",
     "feature_layer_index",
     "num_image_patches",
+    "run_clip_layer",
 ]

@@ -219,3 +219,27 @@ def greedy(model, inputs, max_new_tokens: int = 6, **kwargs) -> torch.Tensor:
             suppress_tokens=[model.config.image_token_id],
             **kwargs,
         )
+
+
+# What CI also runs in vLLM's environment, on the transformers vLLM pins (5.19, flowcut-hf's oldest supported release):
+# the remote code (every family's model tests and the authors' reference cases), the exporter, and vLLM itself.
+# `pytest -m oldest_transformers` selects them (README: "Serving with vLLM").
+OLDEST_TRANSFORMERS_MODULES = {
+    "test_vllm", "test_remote_code", "test_reference", "test_next_reference", "test_flowcut_model", "test_next_model",
+    "test_qwen_model", "test_onevision_model", "test_vflowopt_llava", "test_vflowopt_llm_stage", "test_core",
+    "test_export_next", "test_export_qwen", "test_export_onevision", "test_export_vflowopt", "test_convert",
+}
+# From test_export.py, whose other tests exercise the Hub client and the command line more than transformers.
+OLDEST_TRANSFORMERS_EXPORT_TESTS = {
+    "test_each_variant_is_a_complete_folder", "test_exported_folder_generates_as_remote_code",
+    "test_original_llava_source_is_converted_and_verified", "test_failed_verification_stops_before_push_and_leaves_no_folder",
+    "test_dry_run_writes_and_pushes_nothing", "test_full_strategy_model_exports_and_verifies",
+    "test_verification_compares_the_remote_code_with_the_library_on_the_same_loaded_weights",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__
+        if module in OLDEST_TRANSFORMERS_MODULES or (module == "test_export" and item.originalname in OLDEST_TRANSFORMERS_EXPORT_TESTS):
+            item.add_marker(pytest.mark.oldest_transformers)

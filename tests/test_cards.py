@@ -405,3 +405,22 @@ def test_only_hub_datasets_are_linked(tmp_path):
     card = str(render_variant_card(make_info(), write_json(tmp_path, {"results": [local, EVAL["results"][0]]})))
     assert "| my_local_task |" in card and "datasets/my_local_task" not in card
     assert "[POPE](https://huggingface.co/datasets/lmms-lab/POPE)" in card
+
+
+def engines_row(text: str, engine: str) -> str:
+    section = text[text.index("## Engines"):text.index("## Settings")]
+    return next(line for line in section.splitlines() if line.startswith(f"| {engine}"))
+
+
+def test_the_card_says_which_engines_prune_the_variant_and_how():
+    text = str(render_variant_card(make_info()))
+    assert "`trust_remote_code=True`" in engines_row(text, "transformers") and engines_row(text, "transformers").endswith("| pruned |")
+    vllm = engines_row(text, "vLLM")
+    assert f"`vllm serve {REPO}`" in vllm and "`pip install flowcut-hf`" in vllm
+    assert "pruned: 64 visual tokens per image" in vllm
+    assert "Without flowcut-hf installed, vLLM serves this repo as the stock" in text
+    # A family whose pruning runs inside the language model is refused by the plug-in, and the card says so.
+    next_card = str(render_variant_card(make_info(family="llava_next", target_num=320, image_tokens=2928, settings={})))
+    refused = engines_row(next_card, "vLLM")
+    assert "refused at load: FlowCut on LLaVA-NeXT also prunes inside the language model" in refused
+    assert f"[`{BASE}`]" in refused and "pruned:" not in refused

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
 from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
@@ -129,3 +133,29 @@ def builtin_model(size: str, seed: int = 0):
     """The family's built-in model of ``size`` (see :meth:`flowcut_hf.family.FlowCutFamily.builtin_model`)."""
     # Four decoder layers, so that VFlowOpt's LLM stages (flowcut-hf search) have layers to act on.
     return build_tiny_llava(seed=seed, num_text_layers=4) if size == "tiny" else build_random_llava(bench_preset_config(), seed=seed)
+
+
+def hub_weight_name(name: str) -> str:
+    """A LLaVA weight's name as llava-hf checkpoints on the Hub hold it (the vision tower under ``vision_model.``)."""
+    prefix, hub_prefix = "vision_tower.", "vision_tower.vision_model."
+    return hub_prefix + name[len(prefix):] if name.startswith(prefix) and not name.startswith(hub_prefix) else name
+
+
+def save_in_hub_layout(model, processor, folder: Path) -> Path:
+    """Saves ``model`` and ``processor`` as ``save_pretrained`` does, with the weights under the names llava-hf
+    checkpoints on the Hub use (:func:`hub_weight_name`; transformers 5 writes a model built from scratch with its
+    vision tower as ``vision_tower.*``). transformers loads both; vLLM 0.32 only the Hub's, so a built-in model meant
+    for vLLM is saved this way."""
+    folder = Path(folder)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    for shard in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(shard)
+        if any(hub_weight_name(name) != name for name in tensors):
+            save_file({hub_weight_name(name): tensor for name, tensor in tensors.items()}, shard, metadata={"format": "pt"})
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {hub_weight_name(name): shard for name, shard in data["weight_map"].items()}
+        index.write_text(json.dumps(data, indent=2) + "\n")
+    return folder

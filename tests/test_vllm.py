@@ -1,0 +1,264 @@
+"""The vLLM plug-in: which variants it serves pruned, which it refuses, and (in vLLM's environment) a tiny LLaVA-1.5
+variant served end to end: the prompt holds the variant processor's ids, the greedy tokens are the transformers
+variant's, on one rank and two, in float32 and bfloat16, offline and through `vllm serve`.
+
+The tests that run vLLM need it installed (CI builds that environment with .ci/vllm-env, see the README); elsewhere
+they are skipped and say so. vLLM's CPU backend needs a text head size of 32 or more, and vLLM 0.32 loads a LLaVA
+vision tower only under the Hub's key names (``vision_tower.vision_model.*``), which a from-scratch transformers 5
+save does not write: the test checkpoints are saved as real Hub checkpoints are
+(:func:`flowcut_hf.families.llava.builtin.save_in_hub_layout`).
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import importlib.util
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+
+from flowcut_hf.export.pipeline import ExportOptions, export
+from flowcut_hf.families.llava.builtin import build_random_llava, save_in_hub_layout, tiny_llava_config
+from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+from flowcut_hf.registry import REGISTRY
+from flowcut_hf.tiny import build_tiny_tokenizer, synthetic_image
+from flowcut_hf.vllm_support import NotServableError, refuse_unservable, requested_pruning
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKS = Path(__file__).with_name("vllm_checks.py")
+PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"  # as in vllm_checks.py
+MAX_NEW_TOKENS = 8
+TARGET = 64
+QUESTION = "What is in the picture?"
+CHAT_MESSAGES = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}]
+
+needs_vllm = pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is None,
+    reason="vLLM is not installed here; CI runs these tests in the environment .ci/vllm-env builds (see the README)",
+)
+
+
+# ------------------------------------------------------------------------------------ what is served, what refused
+
+
+def llava_variant_config(**fields) -> dict:
+    config = tiny_llava_config().to_dict()
+    config.update({"flowcut_target_num": TARGET, "flowcut_enabled": True}, **fields)
+    return config
+
+
+def test_stock_checkpoints_and_switched_off_variants_run_as_the_stock_model():
+    assert requested_pruning(tiny_llava_config()) is None
+    assert requested_pruning(tiny_llava_config().to_dict()) is None
+    assert requested_pruning(llava_variant_config(flowcut_enabled=False)) is None
+    assert refuse_unservable(tiny_llava_config()) is None
+
+
+def test_a_llava_flowcut_variant_is_served_pruned():
+    assert requested_pruning(llava_variant_config()) == "flowcut"
+    assert refuse_unservable(llava_variant_config()) == "flowcut"
+
+
+def test_variants_that_prune_inside_the_language_model_are_refused_with_what_works():
+    next_config = build_tiny_llava_next()[0].config.to_dict()
+    next_config.update(flowcut_target_num=TARGET, flowcut_enabled=True)
+    with pytest.raises(NotServableError) as refused:
+        refuse_unservable(next_config)
+    message = str(refused.value)
+    assert "LLaVA-NeXT" in message and "flowcut" in message
+    assert "trust_remote_code=True" in message and "vLLM serves these pruned: LLaVA-1.5 (flowcut)" in message
+    with pytest.raises(NotServableError, match="LLaVA-1.5 variant pruned with vflowopt"):
+        refuse_unservable(llava_variant_config(pruning_method="vflowopt", vflowopt_enabled=True))
+
+
+def test_the_plugin_is_an_installed_vllm_general_plugin_covering_every_family():
+    declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["vllm.general_plugins"]
+    assert declared == {"flowcut": "flowcut_hf.vllm_plugin:register"}
+    installed = {e.name: e.value for e in importlib.metadata.entry_points(group="vllm.general_plugins")}
+    assert installed.get("flowcut") == declared["flowcut"], "reinstall flowcut-hf (pip install -e .) to register it"
+    for entry in REGISTRY:  # a family vLLM would otherwise serve silently unpruned
+        assert entry.vllm_model, entry.name
+        module, _, _ = entry.vllm_model.partition(":")
+        assert importlib.util.find_spec(module.rpartition(".")[0]) is not None
+        assert (REPO / (module.replace("flowcut_hf.", "flowcut_hf/", 1).replace(".", "/") + ".py")).is_file()
+        assert set(entry.vllm_methods) <= set(entry.methods)
+
+
+# ------------------------------------------------------------------------------------------------ vLLM end to end
+
+
+@pytest.fixture(scope="module")
+def vllm_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A tiny LLaVA-1.5 base in the Hub layout with a text head size vLLM's CPU attention takes (32), its flowcut64
+    variant, and two variants vLLM must refuse (FlowCut on LLaVA-NeXT, VFlowOpt on LLaVA-1.5)."""
+    root = tmp_path_factory.mktemp("vllm")
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_llava_config(vocab_size=len(tokenizer), image_token_index=len(tokenizer) - 1)
+    config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 2, 1
+    config.text_config.head_dim = config.text_config.hidden_size // 2
+    base = save_in_hub_layout(*build_random_llava(config, tokenizer, seed=0), root / "llava-tiny")
+    quiet = {"log": lambda _: None}
+    variant = export(base, ExportOptions(target_nums=[TARGET], out=root / "out", base_model="org/llava-tiny"), **quiet)
+    vflowopt = export(base, ExportOptions(target_nums=[], vflowopt_presets=["10%"], out=root / "out", base_model="org/llava-tiny"), **quiet)
+    next_base = root / "next-tiny"
+    model, processor = build_tiny_llava_next(seed=0)
+    model.save_pretrained(next_base)
+    processor.save_pretrained(next_base)
+    next_variant = export(next_base, ExportOptions(target_nums=[TARGET], out=root / "out", base_model="org/next"), **quiet)
+    return {
+        "base": base, "variant": variant[0].plan.folder, "vflowopt": vflowopt[0].plan.folder,
+        "next_variant": next_variant[0].plan.folder,
+    }
+
+
+def run_checks(*args: str, env: dict | None = None, timeout: int = 600) -> list[dict]:
+    done = subprocess.run(
+        [sys.executable, str(CHECKS), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith(("{", "["))]
+    return [json.loads(line) for line in lines]
+
+
+def transformers_greedy(folder: Path, dtype: torch.dtype = torch.float32, chat: bool = False) -> dict:
+    """What the checkpoint in ``folder`` gives through transformers (its remote code, if any): prompt ids, greedy
+    tokens and their log-probabilities, for :data:`PROMPT` or (``chat``) the chat template's prompt of
+    :data:`CHAT_MESSAGES`."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
+    prompt = processor.apply_chat_template(CHAT_MESSAGES, add_generation_prompt=True) if chat else PROMPT
+    inputs = processor(text=prompt, images=synthetic_image(seed=1), return_tensors="pt")
+    inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+    with torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=MAX_NEW_TOKENS, do_sample=False, eos_token_id=None, pad_token_id=0,
+            output_scores=True, return_dict_in_generate=True,
+        )
+    tokens = out.sequences[0, inputs["input_ids"].shape[1]:]
+    logprobs = [score[0].float().log_softmax(-1)[token].item() for score, token in zip(out.scores, tokens)]
+    return {"prompt_token_ids": inputs["input_ids"][0].tolist(), "token_ids": tokens.tolist(), "logprobs": logprobs}
+
+
+@needs_vllm
+def test_flowcut_in_vllms_clip_selects_the_tokens_the_remote_code_selects():
+    for result in run_checks("selection")[0]:
+        assert result["same_kept"] and result["same_schedule"], result
+        assert result["kept"] == result["target_num"] and result["schedule"][-1] == result["target_num"] + 1
+        assert result["max_feature_difference"] < 1e-4
+
+
+@needs_vllm
+def test_vllm_serves_the_variant_pruned_as_transformers_runs_it_and_a_stock_checkpoint_unchanged(vllm_checkpoints):
+    served = run_checks("generate", str(vllm_checkpoints["variant"]), str(vllm_checkpoints["base"]))
+    variant, stock = served
+    assert "error" not in variant and "error" not in stock, served
+    expected = transformers_greedy(vllm_checkpoints["variant"])
+    assert variant["prompt_token_ids"] == expected["prompt_token_ids"]
+    image_token_id = json.loads((vllm_checkpoints["variant"] / "config.json").read_text())["image_token_index"]
+    assert variant["prompt_token_ids"].count(image_token_id) == TARGET
+    assert variant["token_ids"] == expected["token_ids"]
+    assert variant["logprobs"] == pytest.approx(expected["logprobs"], abs=2e-3)
+
+    unpruned = transformers_greedy(vllm_checkpoints["base"])
+    assert stock["prompt_token_ids"] == unpruned["prompt_token_ids"]
+    assert len(stock["prompt_token_ids"]) == len(variant["prompt_token_ids"]) + 576 - TARGET
+    assert stock["token_ids"] == unpruned["token_ids"]
+    assert stock["logprobs"] == pytest.approx(unpruned["logprobs"], abs=2e-3)
+    # The two differ: were the variant served unpruned (or the stock pruned), the checks above would fail.
+    assert variant["logprobs"] != pytest.approx(stock["logprobs"], abs=2e-3)
+
+
+@needs_vllm
+def test_vllm_refuses_at_load_a_variant_it_cannot_serve_pruned(vllm_checkpoints):
+    refused = run_checks("generate", str(vllm_checkpoints["next_variant"]), str(vllm_checkpoints["vflowopt"]))
+    assert [sorted(r) for r in refused] == [["error", "model"]] * 2, refused
+    next_error, vflowopt_error = (r["error"] for r in refused)
+    assert next_error.startswith("NotServableError: flowcut-hf: this checkpoint is a LLaVA-NeXT variant pruned with flowcut")
+    assert "LLaVA-1.5 variant pruned with vflowopt" in vflowopt_error
+    assert all("vLLM serves these pruned: LLaVA-1.5 (flowcut)" in e for e in (next_error, vflowopt_error))
+
+
+@needs_vllm
+def test_vllm_tensor_parallel_variant_gives_the_same_tokens(vllm_checkpoints):
+    # Two CPU ranks, one core each (vLLM's CPU backend binds its OpenMP threads with this variable).
+    served = run_checks("generate", str(vllm_checkpoints["variant"]), "--tp", "2", env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    expected = transformers_greedy(vllm_checkpoints["variant"])
+    assert served[0]["prompt_token_ids"] == expected["prompt_token_ids"]
+    assert served[0]["token_ids"] == expected["token_ids"]
+    assert served[0]["logprobs"] == pytest.approx(expected["logprobs"], abs=2e-3)
+
+
+@needs_vllm
+def test_vllm_serves_the_variant_in_bfloat16(vllm_checkpoints):
+    served = run_checks("generate", str(vllm_checkpoints["variant"]), "--dtype", "bfloat16")[0]
+    expected = transformers_greedy(vllm_checkpoints["variant"], torch.bfloat16)
+    assert served["prompt_token_ids"] == expected["prompt_token_ids"]
+    assert len(served["token_ids"]) == MAX_NEW_TOKENS
+    # bfloat16 kernels differ between the two engines, so the tokens may part after a while; the first agrees.
+    assert served["token_ids"][0] == expected["token_ids"][0]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@needs_vllm
+def test_vllm_serve_openai_server_prunes_the_variant(vllm_checkpoints, tmp_path):
+    folder = vllm_checkpoints["variant"]
+    port = free_port()
+    log = (tmp_path / "serve.log").open("w")
+    # `vllm serve` itself, as a module: vllm-cpu 0.32's `vllm` script asks for the version of a distribution named
+    # "vllm" and fails under its own name, vllm-cpu (on a GPU, `vllm serve` runs this same server).
+    server = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(folder), "--port", str(port), "--host", "127.0.0.1",
+         "--max-model-len", "1024", "--enforce-eager", "--dtype", "float32", "--limit-mm-per-prompt", '{"image": 1}'],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            assert server.poll() is None, (tmp_path / "serve.log").read_text()[-5000:]
+            assert time.monotonic() < deadline, "vllm serve did not come up"
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        png = io.BytesIO()
+        synthetic_image(seed=1).save(png, format="PNG")
+        request = {
+            "model": str(folder), "max_tokens": MAX_NEW_TOKENS, "temperature": 0, "ignore_eos": True,
+            "return_token_ids": True,
+            "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(png.getvalue()).decode()}},
+                {"type": "text", "text": QUESTION},
+            ]}],
+        }
+        reply = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/chat/completions", data=json.dumps(request).encode(),
+            headers={"Content-Type": "application/json"},
+        ), timeout=300)
+        answer = json.load(reply)
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+    expected = transformers_greedy(folder, chat=True)
+    assert answer["prompt_token_ids"] == expected["prompt_token_ids"]  # the variant's 64 placeholders, not 576
+    assert answer["usage"]["prompt_tokens"] == len(expected["prompt_token_ids"])
+    assert answer["choices"][0]["token_ids"] == expected["token_ids"]
