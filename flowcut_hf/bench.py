@@ -18,6 +18,12 @@ One *prefill* is what ``generate()`` does for its first step: the forward pass o
 with ``time.perf_counter`` on the CPU and with CUDA events on a GPU. FLOPs are analytic (:mod:`flowcut_hf.accounting`),
 counted from the per-layer token counts that actually happened; the KV cache is measured from the returned cache.
 
+``--engine vllm`` serves the same comparison with vLLM (installed beside flowcut-hf, which registers its plug-in):
+the stock model, the FlowCut variant at each ``--target-num`` and the oracle at the same count, one engine each, on the
+same settings, sent the same ``--requests`` image requests per round, interleaved; it reports requests per second and
+time to first token, with where that time goes (see :mod:`flowcut_hf.vllm_bench`). Only families that vLLM serves
+pruned run there; any other is refused before a model loads, with the list of those that do.
+
 Noise: on a CPU shared with other processes, give torch one thread per core that is really free (``--threads 1`` on
 a busy 2-core machine). The targets printed under the table are measured, not asserted.
 """
@@ -41,7 +47,7 @@ from .cli import (
 )
 from .registry import cli_names, families, family_for_model, family_named
 
-__all__ = ["load_model", "run_bench", "format_table", "register_cli"]
+__all__ = ["load_model", "run_bench", "run_vllm_bench", "format_table", "register_cli"]
 
 
 def checkpoint_config(spec: str) -> dict:
@@ -162,18 +168,67 @@ def format_table(report: dict) -> str:
     return family_named(report["family"]).format_bench(report)
 
 
+def run_vllm_bench(
+    spec: str = BUILTIN_MODEL,
+    *,
+    family: str | None = None,
+    target_nums: Sequence[int] = (),
+    requests: int = 8,
+    repeats: int = 3,
+    warmup: int = 1,
+    max_tokens: int = 16,
+    dtype: str = "auto",
+    progress: bool = True,
+) -> dict:
+    """``flowcut-hf bench --engine vllm``: the family's stock model, FlowCut variants and oracles served by vLLM and
+    timed interleaved (see :mod:`flowcut_hf.vllm_bench`); returns the report."""
+    import tempfile
+
+    from .registry import REGISTRY, display_names
+    from .vllm_bench import VllmBenchOptions, run_vllm_bench as run_rows
+
+    chosen = family_named(family or cli_names()[0]) if spec in (BUILTIN_MODEL, TINY_MODEL) else checkpoint_family(spec)
+    entry = next(e for e in REGISTRY if e.name == chosen.name)
+    if "flowcut" not in entry.vllm_methods:
+        raise ValueError(
+            f"vLLM does not serve {chosen.display_name} pruned, so --engine vllm has nothing to measure there; it runs "
+            f"{display_names(lambda e: 'flowcut' in e.vllm_methods)}. Bench {chosen.display_name} with transformers "
+            "(leave --engine out)."
+        )
+    targets = list(target_nums) or [64]
+    options = VllmBenchOptions(
+        target_nums=targets, requests=requests, repeats=repeats, warmup=warmup, max_tokens=max_tokens, dtype=dtype,
+        progress=progress,
+    )
+    log = (lambda line: print(line, file=sys.stderr)) if progress else (lambda _: None)
+    with tempfile.TemporaryDirectory(prefix="flowcut-vllm-bench-") as folder:
+        plan = chosen.vllm_bench_plan(Path(folder), spec, targets, requests)
+        return run_rows(plan, options, log=log)
+
+
 def _cli(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
     if args.json is not None and args.json.parent and not args.json.parent.exists():
         raise FileNotFoundError(f"the folder of --json {args.json} does not exist")
-    report = run_bench(
-        builtin_model_name(args.model), family=args.family, target_nums=args.target_num or (),
-        retain_ratios=args.retain_ratio or (), repeats=args.repeats, warmup=args.warmup, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, prompt=args.prompt, image=args.image, passthrough=not args.no_passthrough,
-        scoring_runs=args.scoring_runs, attn_implementation=args.attn_implementation, progress=not args.no_progress,
-    )
-    print(format_table(report))
+    if args.engine == "vllm":
+        from .vllm_bench import format_vllm_table
+
+        report = run_vllm_bench(
+            builtin_model_name(args.model), family=args.family, target_nums=args.target_num or (),
+            requests=args.requests, repeats=args.repeats, warmup=args.warmup, max_tokens=args.max_tokens,
+            dtype=args.dtype, progress=not args.no_progress,
+        )
+        table = format_vllm_table(report)
+    else:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        report = run_bench(
+            builtin_model_name(args.model), family=args.family, target_nums=args.target_num or (),
+            retain_ratios=args.retain_ratio or (), repeats=args.repeats, warmup=args.warmup, batch_size=args.batch_size,
+            device=args.device, dtype=args.dtype, prompt=args.prompt, image=args.image, passthrough=not args.no_passthrough,
+            scoring_runs=args.scoring_runs, attn_implementation=args.attn_implementation, progress=not args.no_progress,
+        )
+        table = format_table(report)
+    print(table)
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
         print(f"\nwrote {args.json}", file=sys.stderr)
@@ -220,5 +275,12 @@ def register_cli(subparsers) -> None:
     parser.add_argument("--scoring-runs", type=int, default=None, help="instrumented runs per row, where a family times its scoring (default: repeats)")
     parser.add_argument("--attn-implementation", default=None, help="e.g. sdpa, eager, flash_attention_2")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument(
+        "--engine", choices=("transformers", "vllm"), default="transformers",
+        help="transformers (default: prefill in process) or vllm: requests/s and time to first token of vLLM engines "
+        "serving the stock model, the FlowCut variant and the oracle (vLLM installed beside flowcut-hf)",
+    )
+    parser.add_argument("--requests", type=int, default=8, help="--engine vllm: image requests per round (default 8)")
+    parser.add_argument("--max-tokens", type=int, default=16, help="--engine vllm: tokens generated per request (default 16)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_cli)

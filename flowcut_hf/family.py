@@ -24,6 +24,8 @@ The hooks, grouped by who asks:
 - **Original checkpoints** (the exporter's convert stage): :meth:`~FlowCutFamily.is_original_checkpoint`,
   :meth:`~FlowCutFamily.convert_original`.
 - **Demo** (``flowcut-hf demo``): :meth:`~FlowCutFamily.demo`.
+- **vLLM** (the plug-in and ``flowcut-hf bench --engine vllm``): the registry entry's ``vllm_model``,
+  ``vllm_methods`` and ``vllm_oracle_model``, and :meth:`~FlowCutFamily.vllm_bench_plan`.
 """
 
 from __future__ import annotations
@@ -244,6 +246,15 @@ class FlowCutFamily:
         """Converts an original-layout checkpoint (see :meth:`is_original_checkpoint`) into an HF-layout folder
         ``out`` and returns a report; ``vision_tower`` is a local folder for a tower the checkpoint only names."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------------------- vLLM bench
+
+    def vllm_bench_plan(self, folder: Path, spec: str, target_nums, requests: int):
+        """The checkpoints and requests of ``flowcut-hf bench --engine vllm`` (a
+        :class:`flowcut_hf.vllm_bench.VllmBenchPlan`), written under ``folder``: the stock model of ``spec`` (``builtin``,
+        a folder or a repo id), its FlowCut variant and the oracle at each of ``target_nums``, and ``requests`` image
+        requests. Only families that vLLM serves pruned (the registry entry's ``vllm_methods``) have one."""
+        raise ValueError(f"flowcut-hf bench --engine vllm does not run {self.display_name}: vLLM does not serve it pruned")
 
     # ------------------------------------------------------------------------------------------------------- demo
 

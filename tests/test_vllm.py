@@ -262,3 +262,59 @@ def test_vllm_serve_openai_server_prunes_the_variant(vllm_checkpoints, tmp_path)
     assert answer["prompt_token_ids"] == expected["prompt_token_ids"]  # the variant's 64 placeholders, not 576
     assert answer["usage"]["prompt_tokens"] == len(expected["prompt_token_ids"])
     assert answer["choices"][0]["token_ids"] == expected["token_ids"]
+
+
+# ------------------------------------------------------------------------------------------ bench --engine vllm
+
+
+def test_vllm_bench_refuses_what_vllm_does_not_serve_pruned_before_anything_loads():
+    from flowcut_hf.bench import run_vllm_bench
+
+    with pytest.raises(ValueError, match="vLLM does not serve LLaVA-NeXT pruned.*runs LLaVA-1.5"):
+        run_vllm_bench("builtin", family="llava-next")
+    with pytest.raises(ValueError, match="heads of 16.*vLLM's CPU attention needs 32"):
+        run_vllm_bench("tiny", family="llava")
+
+
+def test_vllm_bench_checkpoints_share_the_weights_and_differ_only_in_their_config(tmp_path):
+    from flowcut_hf.registry import family_named
+
+    tokenizer = build_tiny_tokenizer()
+    source = save_in_hub_layout(*build_random_llava(tiny_llava_config(vocab_size=len(tokenizer)), tokenizer), tmp_path / "src")
+    plan = family_named("llava").vllm_bench_plan(tmp_path / "bench", str(source), [64, 128], requests=3)
+    assert [row.name for row in plan.rows] == ["stock", "flowcut@64", "oracle@64", "flowcut@128", "oracle@128"]
+    configs = {row.name: json.loads((row.folder / "config.json").read_text()) for row in plan.rows}
+    assert requested_pruning(configs["stock"]) is None
+    assert configs["flowcut@128"]["flowcut_target_num"] == 128 and configs["oracle@128"]["flowcut_target_num"] == 128
+    assert configs["flowcut@64"]["architectures"] == ["LlavaForConditionalGeneration"]
+    assert configs["oracle@64"]["architectures"] == ["UniformOracleLlavaForVllm"]
+    for row in plan.rows:
+        weights = row.folder / "model.safetensors"
+        assert weights.is_symlink() and weights.resolve() == (source / "model.safetensors").resolve()
+    assert len(plan.requests) == 3 and all(r["prompt"].count("<image>") == 1 for r in plan.requests)
+
+
+@needs_vllm
+def test_vllm_bench_serves_stock_variant_and_oracle_interleaved(vllm_checkpoints):
+    from flowcut_hf.bench import run_vllm_bench
+    from flowcut_hf.vllm_bench import format_vllm_table
+
+    report = run_vllm_bench(
+        str(vllm_checkpoints["base"]), target_nums=[TARGET], requests=2, repeats=1, warmup=0, max_tokens=2,
+        dtype="float32", progress=False,
+    )
+    rows = {row["name"]: row for row in report["rows"]}
+    assert list(rows) == ["stock", f"flowcut@{TARGET}", f"oracle@{TARGET}"]
+    # The variant and the oracle send the LLM the same number of tokens per image: 576 - 64 fewer than the stock.
+    assert rows[f"flowcut@{TARGET}"]["prompt_tokens"] == rows[f"oracle@{TARGET}"]["prompt_tokens"]
+    assert rows["stock"]["prompt_tokens"] - rows[f"flowcut@{TARGET}"]["prompt_tokens"] == 576 - TARGET
+    # The KV cache a request holds follows its prompt: float32 here, 2 x layers x KV heads x head size x 4 bytes a token.
+    text = json.loads((vllm_checkpoints["base"] / "config.json").read_text())["text_config"]
+    per_token = 2 * text["num_hidden_layers"] * text["num_key_value_heads"] * text["head_dim"] * 4
+    for row in rows.values():
+        assert row["kv_mib_per_request"] * 2**20 == row["prompt_tokens"] * per_token
+    for row in rows.values():
+        assert row["requests_per_s"] > 0 and len(row["rps_samples"]) == 1
+        assert row["ttft_ms"] > 0 and set(row["parts_ms"]) == {"ttft", "intake", "queue", "prefill", "decode"}
+    assert report["targets"]["flowcut64_throughput_over_oracle64"]["value"] == rows[f"flowcut@{TARGET}"]["throughput_over_oracle"]
+    assert "oracle@64" in format_vllm_table(report)

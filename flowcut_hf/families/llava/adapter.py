@@ -116,6 +116,11 @@ class LlavaFamily(FlowCutFamily):
             spec=options.spec,
         )
 
+    def vllm_bench_plan(self, folder: Path, spec: str, target_nums, requests: int):
+        from .vllm_bench import vllm_bench_plan
+
+        return vllm_bench_plan(self, folder, spec, target_nums, requests)
+
     def format_bench(self, report: dict) -> str:
         from .bench import format_table
 
