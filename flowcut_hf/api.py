@@ -27,6 +27,7 @@ def flowcut(
     prune_interval: int = 2,
     history_weight: float = 0.5,
     llm_prune_layer: int | None = None,
+    llm_stage: bool | None = None,
 ) -> PreTrainedModel:
     """Makes a loaded model prune its visual tokens with FlowCut, in place, and returns it.
 
@@ -52,6 +53,8 @@ def flowcut(
         prune_interval, history_weight: vision-stage settings, see the family's config class.
         llm_prune_layer: the decoder layer whose attention scores the visual tokens (families that prune inside the
             LLM only; 1 by default, as in the paper).
+        llm_stage: Qwen2-VL / Qwen2.5-VL only: False makes the vision encoder cut straight to the retained amount,
+            with no pruning inside the language model: the schedule vLLM serves (True by default, as in the paper).
     """
     family = family_for_model(model)
     if "flowcut" not in family.methods:
@@ -60,8 +63,9 @@ def flowcut(
             f"flowcut_hf.prune(model, method={family.methods[0]!r})."
         )
     family.check_vision_tower(model.config.vision_config)
-    if llm_prune_layer is not None and not family.llm_stage:
-        raise ValueError(f"{family.display_name} prunes only in the vision encoder; llm_prune_layer does not apply.")
+    for name, value in (("llm_prune_layer", llm_prune_layer), ("llm_stage", llm_stage)):
+        if value is not None and not family.llm_stage:
+            raise ValueError(f"{family.display_name} prunes only in the vision encoder; {name} does not apply.")
     if retain_ratio is not None and family.default_retain_ratio is None:
         raise ValueError(f"{family.display_name} keeps a fixed count per image: pass target_num, not retain_ratio.")
     settings = family.flowcut_fields(
@@ -71,6 +75,7 @@ def flowcut(
         prune_interval=prune_interval,
         history_weight=history_weight,
         llm_prune_layer=llm_prune_layer,
+        llm_stage=llm_stage,
     )
     if "pruning_method" in family.field_validators:  # a model that ran VFlowOpt switches back
         settings["pruning_method"] = "flowcut"

@@ -21,6 +21,7 @@ from .flowcut_settings import (
     DEFAULT_PRUNE_INTERVAL,
     FIELD_VALIDATORS,
     ValidatedFlowCutFields,
+    validate_llm_stage,
     validate_target_num,
 )
 
@@ -46,6 +47,7 @@ QWEN_FIELD_VALIDATORS = {
     **FIELD_VALIDATORS,
     "flowcut_target_num": validate_optional_target_num,
     "flowcut_retain_ratio": validate_retain_ratio,
+    "flowcut_llm_stage": validate_llm_stage,
 }
 
 QWEN_FIELDS_DOC = r"""
@@ -64,6 +66,10 @@ QWEN_FIELDS_DOC = r"""
             Weight of the running score in the cumulative score update (the paper uses 0.5/0.5).
         flowcut_llm_prune_layer (`int`, defaults to 1):
             The decoder layer whose attention scores the visual tokens (the paper prunes after the second layer).
+        flowcut_llm_stage (`bool`, defaults to `True`):
+            False: the vision encoder keeps the retained amount itself (not twice it) and the language model runs on
+            all it keeps, with no pruning inside it. This is the schedule vLLM serves (vLLM keeps one KV length per
+            request in every layer), so a transformers run with it set compares with a vLLM run of the same variant.
 """
 
 
@@ -78,6 +84,7 @@ class FlowCutQwen2VLConfig(ValidatedFlowCutFields, Qwen2VLConfig):
     flowcut_prune_interval: Any = DEFAULT_PRUNE_INTERVAL
     flowcut_history_weight: Any = DEFAULT_HISTORY_WEIGHT
     flowcut_llm_prune_layer: Any = DEFAULT_LLM_PRUNE_LAYER
+    flowcut_llm_stage: Any = True
 
 
 @strict
@@ -90,6 +97,7 @@ class FlowCutQwen2_5_VLConfig(ValidatedFlowCutFields, Qwen2_5_VLConfig):
     flowcut_prune_interval: Any = DEFAULT_PRUNE_INTERVAL
     flowcut_history_weight: Any = DEFAULT_HISTORY_WEIGHT
     flowcut_llm_prune_layer: Any = DEFAULT_LLM_PRUNE_LAYER
+    flowcut_llm_stage: Any = True
 
 
 FlowCutQwen2VLConfig.__doc__ = "A [`Qwen2VLConfig`] with the FlowCut settings.\n\n    Args:" + QWEN_FIELDS_DOC

@@ -53,6 +53,16 @@ def validate_history_weight(weight: object) -> float:
     return float(weight)
 
 
+def validate_llm_stage(llm_stage: object) -> bool:
+    if not isinstance(llm_stage, bool):
+        raise ValueError(
+            f"flowcut_llm_stage must be True (prune in the vision encoder and again inside the language model, as in the "
+            f"paper) or False (the vision encoder cuts straight to the kept amount: the schedule vLLM serves), got "
+            f"{llm_stage!r}."
+        )
+    return llm_stage
+
+
 def validate_llm_prune_layer(layer: object) -> int:
     if isinstance(layer, bool) or not isinstance(layer, int) or layer < 0:
         raise ValueError(
@@ -98,6 +108,8 @@ class FlowCutSettings:
     llm_prune_layer: int = DEFAULT_LLM_PRUNE_LAYER
     retain_ratio: float | None = None
     """Families with per-image token counts (Qwen2-VL): the share kept when ``target_num`` is None."""
+    llm_stage: bool = True
+    """Families that prune inside the language model: False cuts to the kept amount in the vision encoder instead."""
 
     @classmethod
     def from_config(cls, config, default_target_num: int = DEFAULT_TARGET_NUM) -> "FlowCutSettings":
@@ -109,6 +121,7 @@ class FlowCutSettings:
             history_weight=getattr(config, "flowcut_history_weight", DEFAULT_HISTORY_WEIGHT),
             llm_prune_layer=getattr(config, "flowcut_llm_prune_layer", DEFAULT_LLM_PRUNE_LAYER),
             retain_ratio=getattr(config, "flowcut_retain_ratio", None),
+            llm_stage=getattr(config, "flowcut_llm_stage", True),
         )
 
     def retained(self, available: int) -> int:
@@ -147,6 +160,7 @@ __all__ = [
     "validate_enabled",
     "validate_history_weight",
     "validate_llm_prune_layer",
+    "validate_llm_stage",
     "validate_prune_interval",
     "validate_target_num",
 ]

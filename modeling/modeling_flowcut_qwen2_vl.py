@@ -1,15 +1,11 @@
 """Qwen2-VL and Qwen2.5-VL with FlowCut visual-token pruning in two stages, as Hugging Face remote code.
 
-1. **Vision stage** (:func:`encode_qwen_vision_with_flowcut`): the ViT's own blocks run unchanged; between them
-   FlowCut drops whole *merge units*, the 2x2 patches the PatchMerger fuses into one LLM token, so the ViT's own merger
-   always receives real 2x2 blocks. Each image (each video frame, as the ViT attends frame by frame) is scored on its
-   own, respecting ``cu_seqlens``: its global query is the mean of its tokens' per-head queries, a patch scores its
-   global attention times the L1 norm of its head-mean value, and a unit the sum of its four patches. The cumulative
-   0.5/0.5 score and the entropy-adaptive count follow CLIP's schedule, counted back from the last block, where the
-   cut reaches twice the image's target. Qwen2.5-VL's window attention keeps working: its windows are recounted after
-   every drop, so they may shrink, but attention never crosses a window, a frame or an image.
+1. **Vision stage** (:func:`flowcut_qwen_vision.encode_qwen_vision_with_flowcut`): the ViT's own blocks run
+   unchanged; between them FlowCut drops whole 2x2 *merge units*, scored per image (per video frame), until the last
+   block, where the cut reaches twice the image's target.
 2. **LLM stage** (:class:`FlowCutLLMPruner`, run by :func:`run_layer_groups`): after decoder layer
    ``flowcut_llm_prune_layer`` the last prompt token scores each image's tokens and the image's target stays.
+   With ``flowcut_llm_stage=False`` there is none: the vision stage cuts straight to the target (vLLM's schedule).
 
 Kept tokens keep their true (t, h, w) M-RoPE positions, and text keeps the positions stock Qwen gives it, so decoding
 continues with the stock positions over a shorter cache. The stock processors are used unchanged; the model replaces
@@ -21,7 +17,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from transformers import (
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLModel,
@@ -40,10 +35,8 @@ except ImportError:  # transformers < 5.25: the text outputs, without the image 
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLPreTrainedModel
 from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLPreTrainedModel
 from transformers.utils.generic import can_return_tuple
-from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
 from .configuration_flowcut_qwen2_vl import FlowCutQwen2_5_VLConfig, FlowCutQwen2VLConfig, QWEN_FIELD_VALIDATORS
-from .flowcut_core import FlowCutSelector, mean_query_signals, record_module_outputs
 from .flowcut_compat import build_output, cache_kwargs, cache_of, image_outputs_of, one_cache
 from .flowcut_llm_stage import (
     INPUT_POSITION,
@@ -57,10 +50,10 @@ from .flowcut_llm_stage import (
     continuation_layout,
     forward_route,
     resolved_use_cache,
-    rotate_half_rope,
     run_layer_groups,
     splice_image_features,
 )
+from .flowcut_qwen_vision import encode_qwen_vision_with_flowcut, merge_units
 from .flowcut_remote_code import RemoteCodeSavingMixin, register_stock_checkpoint_conversion
 from .flowcut_settings import FlowCutSettings, configure_flowcut_fields
 
@@ -87,157 +80,6 @@ register_stock_checkpoint_conversion(
 )
 
 MODALITIES = ("image", "video")
-
-
-# ------------------------------------------------------------------------------------------------ vision stage
-
-
-def merge_units(grid_thw: torch.Tensor, spatial_merge_size: int) -> list[int]:
-    """Merge units (LLM tokens) of each image or video: ``t * h * w / merge**2``, the stock placeholder count."""
-    return [int(t * h * w) // spatial_merge_size**2 for t, h, w in grid_thw.tolist()]
-
-
-def split_evenly(total: int, parts: int) -> list[int]:
-    """``total`` split over ``parts`` as evenly as possible, the larger shares first."""
-    share, extra = divmod(total, parts)
-    return [share + (index < extra) for index in range(parts)]
-
-
-@dataclass
-class QwenVisionResult:
-    """Per image (or video) of one vision call."""
-
-    tokens: list[torch.Tensor]
-    """``[kept units, text_hidden]``: the merger's output for the kept units, in raster order."""
-    kept_units: list[torch.Tensor]
-    """Raster indices (``t, h/2, w/2`` flattened) of the kept merge units, ascending."""
-    token_schedule: list[list[int]]
-    """Patch tokens the image had in each vision block."""
-
-
-def encode_qwen_vision_with_flowcut(
-    visual: torch.nn.Module,
-    pixel_values: torch.Tensor,
-    grid_thw: torch.Tensor,
-    vision_targets: list[int],
-    settings: FlowCutSettings,
-) -> QwenVisionResult:
-    """Runs a stock Qwen2-VL / Qwen2.5-VL ViT with FlowCut, keeping ``vision_targets[i]`` merge units of item ``i``.
-
-    A video's target is spread evenly over its frames. Returns the merged tokens and the kept units per item.
-    """
-    merge = visual.spatial_merge_size
-    unit = merge * merge
-    hidden = visual.patch_embed(pixel_values.type(visual.dtype))
-    position_ids = get_vision_position_ids(grid_thw, merge)
-    cos, sin = visual.rotary_pos_emb(hidden, position_ids)
-    device = hidden.device
-    total_units = hidden.shape[0] // unit
-
-    windowed = hasattr(visual, "fullatt_block_indexes")
-    if windowed:
-        window_index, cu_window = get_vision_window_index(grid_thw, merge, visual.window_size, visual.patch_size)
-        unit_order = window_index.to(device)  # processing position -> raster unit
-        window_bounds = (cu_window.to(device).long() // unit)[1:]
-        window_of = torch.searchsorted(window_bounds, torch.arange(total_units, device=device), right=True)
-        num_windows = len(window_bounds)
-    else:
-        unit_order = torch.arange(total_units, device=device)
-        window_of = None
-        num_windows = 0
-
-    def by_units(tensor: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
-        return tensor.view(-1, unit, *tensor.shape[1:])[units].flatten(0, 1)
-
-    hidden, cos, sin = (by_units(t, unit_order) for t in (hidden, cos, sin))
-
-    # One selector per attention segment (an image, or one frame of a video), in processing order.
-    selectors: list[FlowCutSelector] = []
-    segment_item: list[int] = []
-    segment_start: list[int] = []  # first processing unit of the segment
-    start = 0
-    for item, ((frames, height, width), target) in enumerate(zip(grid_thw.tolist(), vision_targets)):
-        frame_units = height * width // unit
-        for frame_target in split_evenly(target, frames):
-            selectors.append(
-                FlowCutSelector(
-                    target_length=max(1, frame_target),
-                    last_layer=len(visual.blocks),
-                    batch_size=1,
-                    num_patches=frame_units,
-                    device=device,
-                    prune_interval=settings.prune_interval,
-                    history_weight=settings.history_weight,
-                    num_prefix_tokens=0,
-                )
-            )
-            segment_item.append(item)
-            segment_start.append(start)
-            start += frame_units
-    schedules: list[list[int]] = [[] for _ in vision_targets]
-    full_attention_blocks = set(getattr(visual, "fullatt_block_indexes", range(len(visual.blocks))))
-    attention = visual.blocks[0].attn
-    heads, head_dim = attention.num_heads, attention.head_dim
-
-    for block_idx, block in enumerate(visual.blocks):
-        counts = [selector.keep_indices.shape[1] for selector in selectors]
-        per_item = [0] * len(vision_targets)
-        for item, count in zip(segment_item, counts):
-            per_item[item] += count * unit
-        for item, tokens in enumerate(per_item):
-            schedules[item].append(tokens)
-        kept_units = torch.cat([s.keep_indices[0] + first for s, first in zip(selectors, segment_start)])
-        if block_idx in full_attention_blocks:
-            lengths = torch.tensor(counts, device=device) * unit
-        else:
-            lengths = torch.bincount(window_of[kept_units], minlength=num_windows) * unit
-            lengths = lengths[lengths > 0]
-        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
-        active = [index for index, selector in enumerate(selectors) if selector.active]
-        block_kwargs = dict(cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()), position_embeddings=(cos, sin))
-        if not active:
-            hidden = block(hidden, **block_kwargs)
-            continue
-        with record_module_outputs(block.attn.qkv) as captured:
-            hidden = block(hidden, **block_kwargs)
-        with torch.no_grad():
-            query, key, value = captured[0].view(-1, 3, heads, head_dim).float().unbind(1)
-            segment_bounds = [0, *torch.tensor(counts).cumsum(0).tolist()]
-            keep_flags = torch.ones(hidden.shape[0] // unit, dtype=torch.bool, device=device)
-            for index in active:
-                first, last = segment_bounds[index] * unit, segment_bounds[index + 1] * unit
-                rows = slice(first, last)
-                attention_weights, value_l1 = mean_query_signals(
-                    rotate_half_rope(query[rows], cos[rows].float(), sin[rows].float()),
-                    rotate_half_rope(key[rows], cos[rows].float(), sin[rows].float()),
-                    value[rows],
-                    scaling=attention.scaling,
-                )
-                unit_attention = attention_weights.view(-1, unit).sum(-1)
-                unit_score = (attention_weights * value_l1).view(-1, unit).sum(-1)
-                kept = selectors[index].step(block_idx, unit_score[None], unit_attention[None])
-                if kept is not None:
-                    segment_flags = torch.zeros(counts[index], dtype=torch.bool, device=device)
-                    segment_flags[kept[0]] = True
-                    keep_flags[segment_bounds[index] : segment_bounds[index + 1]] = segment_flags
-        if not bool(keep_flags.all()):
-            token_flags = keep_flags.repeat_interleave(unit)
-            hidden, cos, sin = hidden[token_flags], cos[token_flags], sin[token_flags]
-
-    kept_units = torch.cat([s.keep_indices[0] + first for s, first in zip(selectors, segment_start)])
-    raster_units = unit_order[kept_units]
-    merged = visual.merger(hidden)
-    item_of_unit = torch.cat(
-        [torch.full((s.keep_indices.shape[1],), item, device=device) for s, item in zip(selectors, segment_item)]
-    )
-    item_offsets = [0, *torch.tensor(merge_units(grid_thw, merge)).cumsum(0).tolist()]
-    tokens, kept = [], []
-    for item in range(len(vision_targets)):
-        rows = (item_of_unit == item).nonzero().squeeze(-1)
-        order = raster_units[rows].argsort()
-        tokens.append(merged[rows[order]])
-        kept.append(raster_units[rows[order]] - item_offsets[item])
-    return QwenVisionResult(tokens=tokens, kept_units=kept, token_schedule=schedules)
 
 
 # ------------------------------------------------------------------------------------------------ outputs
@@ -334,12 +176,13 @@ class FlowCutQwenVLModelMixin:
         target_num: int | None = None,
         enabled: bool | None = None,
         llm_prune_layer: int | None = None,
+        llm_stage: bool | None = None,
     ) -> None:
-        """Changes the retained amount (a ratio, or a count that wins over it), the LLM pruning layer and/or switches
-        pruning on or off, on this model. Giving a ratio clears a count set before."""
+        """Changes the retained amount (a ratio, or a count that wins over it), the LLM pruning layer, whether the LLM
+        stage runs and/or switches pruning on or off, on this model. Giving a ratio clears a count set before."""
         configure_flowcut_fields(
             self.config, QWEN_FIELD_VALIDATORS, retain_ratio=retain_ratio, target_num=target_num, enabled=enabled,
-            llm_prune_layer=llm_prune_layer,
+            llm_prune_layer=llm_prune_layer, llm_stage=llm_stage,
         )
         if retain_ratio is not None and target_num is None:
             self.config.flowcut_target_num = None
@@ -348,7 +191,7 @@ class FlowCutQwenVLModelMixin:
         if settings.target_num is None and settings.retain_ratio is None:
             raise ValueError("set flowcut_retain_ratio (e.g. 0.111) or flowcut_target_num: neither is set")
         num_layers = self.config.text_config.num_hidden_layers
-        if not settings.llm_prune_layer < num_layers - 1:
+        if settings.llm_stage and not settings.llm_prune_layer < num_layers - 1:
             raise ValueError(
                 f"flowcut_llm_prune_layer={settings.llm_prune_layer} leaves no decoder layer after the LLM stage (the "
                 f"language model has {num_layers}); choose 0 to {num_layers - 2} (the paper uses 1)."
@@ -363,7 +206,8 @@ class FlowCutQwenVLModelMixin:
             llm_targets = [settings.retained(count) for count in counts]
         else:
             llm_targets = list(counts)
-        vision_targets = [min(2 * target, count) for target, count in zip(llm_targets, counts)]
+        share = 2 if settings.llm_stage else 1  # the LLM stage halves what the vision encoder keeps
+        vision_targets = [min(share * target, count) for target, count in zip(llm_targets, counts)]
         if vision_targets == counts:
             stock = self.visual(pixel_values.type(self.visual.dtype), grid_thw=grid_thw, **kwargs)
             tokens = list(torch.split(stock.pooler_output, counts))
@@ -529,11 +373,11 @@ class FlowCutQwenVLModelMixin:
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         targets = {order: outputs[name].llm_targets[index] for order, (name, index) in enumerate(items)}
-        pruner = FlowCutLLMPruner(settings.llm_prune_layer, target_num=0, image_targets=targets)
+        pruner = FlowCutLLMPruner(settings.llm_prune_layer, target_num=0, image_targets=targets) if settings.llm_stage else None
         output = run_layer_groups(
             self.language_model,
             layout,
-            pruner.group_starts,
+            pruner.group_starts if pruner is not None else (0,),
             past_state=None,
             cache=cache,
             use_cache=use_cache,
@@ -544,7 +388,7 @@ class FlowCutQwenVLModelMixin:
         kept_units: dict[str, list] = {name: [None] * len(output_.placeholder_counts) for name, output_ in outputs.items()}
         for order, (name, index) in enumerate(items):
             vision_kept = outputs[name].kept_units[index]
-            llm_keep = pruner.keep_indices.get(order)
+            llm_keep = pruner.keep_indices.get(order) if pruner is not None else None
             kept_units[name][index] = vision_kept if llm_keep is None else vision_kept[llm_keep.to(vision_kept.device)]
         return build_output(
             FlowCutQwenModelOutputWithPast,
@@ -645,10 +489,12 @@ class FlowCutQwenForConditionalGenerationMixin(LayerGroupsGenerationMixin, Remot
         target_num: int | None = None,
         enabled: bool | None = None,
         llm_prune_layer: int | None = None,
+        llm_stage: bool | None = None,
     ) -> None:
         """See [`FlowCutQwenVLModelMixin.configure_flowcut`]; the stock processor needs no change."""
         self.model.configure_flowcut(
-            retain_ratio=retain_ratio, target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer
+            retain_ratio=retain_ratio, target_num=target_num, enabled=enabled, llm_prune_layer=llm_prune_layer,
+            llm_stage=llm_stage,
         )
 
     @can_return_tuple
@@ -784,6 +630,4 @@ __all__ = [
     "FlowCutQwenCausalLMOutputWithPast",
     "FlowCutQwenModelOutputWithPast",
     "FlowCutQwenVisionOutput",
-    "encode_qwen_vision_with_flowcut",
-    "merge_units",
 ]

@@ -252,6 +252,53 @@ def test_attention_backends_select_the_same_units_and_half_precision_stays_finit
             assert torch.isfinite(output.logits).all() and len(output.image_kept_units[0]) == 14
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_without_the_llm_stage_the_vision_encoder_keeps_the_target_and_every_layer_sees_it(version):
+    """flowcut_llm_stage=False, the schedule vLLM serves: the ViT cuts straight to the target, in whole units, and
+    every decoder layer sees the text and those units at their stock positions; batches and the cache still hold."""
+    model, processor = fresh(version, retain_ratio=RATIO, llm_stage=False)
+    stock, _ = build_tiny_qwen_vl(version, seed=0)
+    inputs = encode_row(processor, ONE_IMAGE, images(0))
+    units = int(inputs["image_grid_thw"].prod()) // 4
+    target = round(RATIO * units)
+    captured = []
+    hook = model.model.language_model.rotary_emb.register_forward_hook(
+        lambda _m, _args, kwargs, _out: captured.append(kwargs["position_ids"]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            output = model(**inputs, output_hidden_states=True)
+    finally:
+        hook.remove()
+    kept = features.kept_units[0]
+    assert len(kept) == len(features.pooler_output[0]) == target and torch.equal(output.image_kept_units[0], kept)
+    length = inputs["input_ids"].shape[1] - units + target
+    assert output.logits.shape[1] == length and {h.shape[1] for h in output.hidden_states} == {length}
+    with torch.no_grad():
+        positions, _ = stock.model.get_rope_index(
+            inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], image_grid_thw=inputs["image_grid_thw"]
+        )
+    image_columns = (inputs["mm_token_type_ids"][0] == 1).nonzero().squeeze(-1)
+    text_columns = (inputs["mm_token_type_ids"][0] == 0).nonzero().squeeze(-1)
+    seen_columns = torch.cat([text_columns, image_columns[kept]]).sort().values
+    assert len(captured) == 1 and torch.equal(captured[0][:, 0], positions[:, 0, seen_columns])
+
+    pad = processor.tokenizer.pad_token_id
+    rows = batch_rows(processor)
+    batch = collate(rows, pad)
+    cached = greedy(model, batch)
+    assert torch.equal(cached, greedy(model, batch, use_cache=False))
+    width = batch["input_ids"].shape[1]
+    for index, row in enumerate(rows):
+        assert torch.equal(cached[index, width:], greedy(model, collate([row], pad))[0, row["input_ids"].shape[1] :])
+    with pytest.raises(ValueError, match="flowcut_llm_stage must be True .* or False"):
+        model.configure_flowcut(llm_stage="off")
+    model.configure_flowcut(llm_stage=True)
+    with torch.no_grad():
+        assert len(model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).kept_units[0]) == 2 * target
+
+
 def test_retained_amount_is_a_ratio_or_a_count_and_bad_values_name_the_fix():
     model, processor = build_tiny_qwen_vl("2", seed=0)
     with pytest.raises(ValueError, match="flowcut_retain_ratio"):
@@ -314,8 +361,8 @@ def test_saved_folder_loads_as_remote_code_in_a_clean_process_and_as_stock_witho
     folder, _, kept, reference_logits = saved_qwen_folders[version]
     names = sorted(path.name for path in folder.glob("*.py"))
     assert names == [
-        "configuration_flowcut_qwen2_vl.py", "flowcut_compat.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_remote_code.py",
-        "flowcut_settings.py", "modeling_flowcut_qwen2_vl.py",
+        "configuration_flowcut_qwen2_vl.py", "flowcut_compat.py", "flowcut_core.py", "flowcut_llm_stage.py", "flowcut_qwen_vision.py",
+        "flowcut_remote_code.py", "flowcut_settings.py", "modeling_flowcut_qwen2_vl.py",
     ]
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == ("qwen2_vl" if version == "2" else "qwen2_5_vl")

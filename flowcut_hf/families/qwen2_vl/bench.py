@@ -56,7 +56,8 @@ from ...benchmark import (
     time_interleaved,
     uniform_indices,
 )
-from ...modeling.modeling_flowcut_qwen2_vl import FlowCutQwenVisionOutput, merge_units
+from ...modeling.flowcut_qwen_vision import merge_units
+from ...modeling.modeling_flowcut_qwen2_vl import FlowCutQwenVisionOutput
 from ...registry import family_for_model
 
 PRESET_IMAGE_SIZE = (980, 1288)  # (height, width): 70 x 92 patches, 1610 merge units at the stock pixel budget
