@@ -22,7 +22,7 @@ counted from the per-layer token counts that actually happened; the KV cache is 
 the stock model, the FlowCut variant at each ``--target-num`` and the oracle at the same count, one engine each, on the
 same settings, sent the same ``--requests`` image requests per round, interleaved; it reports requests per second and
 time to first token, with where that time goes (see :mod:`flowcut_hf.vllm_bench`). Only families that vLLM serves
-pruned run there; any other is refused before a model loads, with the list of those that do.
+pruned and that have a vLLM oracle run there; any other is refused before a model loads, with the list of those that do.
 
 Noise: on a CPU shared with other processes, give torch one thread per core that is really free (``--threads 1`` on
 a busy 2-core machine). The targets printed under the table are measured, not asserted.
@@ -189,11 +189,16 @@ def run_vllm_bench(
 
     chosen = family_named(family or cli_names()[0]) if spec in (BUILTIN_MODEL, TINY_MODEL) else checkpoint_family(spec)
     entry = next(e for e in REGISTRY if e.name == chosen.name)
+    measured = display_names(lambda e: "flowcut" in e.vllm_methods and e.vllm_oracle_model is not None)
     if "flowcut" not in entry.vllm_methods:
         raise ValueError(
             f"vLLM does not serve {chosen.display_name} pruned, so --engine vllm has nothing to measure there; it runs "
-            f"{display_names(lambda e: 'flowcut' in e.vllm_methods)}. Bench {chosen.display_name} with transformers "
-            "(leave --engine out)."
+            f"{measured}. Bench {chosen.display_name} with transformers (leave --engine out)."
+        )
+    if entry.vllm_oracle_model is None:
+        raise ValueError(
+            f"--engine vllm has no oracle for {chosen.display_name} yet, so it does not measure it; it runs {measured}. "
+            f"Bench {chosen.display_name} with transformers (leave --engine out)."
         )
     targets = list(target_nums) or [64]
     options = VllmBenchOptions(

@@ -40,6 +40,8 @@ class FamilyEntry:
         vllm_model: ``"module:Class"`` of the vLLM model class the vLLM plug-in registers under ``model_class``: it serves
             the stock checkpoints as vLLM's own class does, and variants pruned or refused (None: not registered).
         vllm_methods: the methods vLLM serves pruned; variants of the other methods are refused at load.
+        vllm_requires: ``(field, value)`` pairs a variant's config must hold for vLLM to serve it pruned (a schedule
+            without the LLM stage); a variant without them is refused with the ``--hf-overrides`` that sets them.
         vllm_oracle_model: ``"module:Class"`` of the oracle ``flowcut-hf bench --engine vllm`` compares with, registered
             under its class name (the architecture only the bench's oracle checkpoints name).
     """
@@ -56,6 +58,7 @@ class FamilyEntry:
     original_format: str | None = None
     vllm_model: str | None = None
     vllm_methods: tuple[str, ...] = ()
+    vllm_requires: tuple[tuple[str, object], ...] = ()
     vllm_oracle_model: str | None = None
 
 
@@ -78,7 +81,8 @@ REGISTRY: tuple[FamilyEntry, ...] = (
         "qwen2_vl", "Qwen2-VL", "qwen2-vl", "qwen2_vl", "Qwen2VLForConditionalGeneration",
         "flowcut_hf.families.qwen2_vl.adapter:Qwen2VLFamily",
         amount_kinds=("retain_ratio", "target_num"), examples=("Qwen/Qwen2-VL-7B-Instruct",),
-        vllm_model="flowcut_hf.families.qwen2_vl.vllm:FlowCutCheckedQwen2VL",
+        vllm_model="flowcut_hf.families.qwen2_vl.vllm:FlowCutQwen2VLForVllm", vllm_methods=("flowcut",),
+        vllm_requires=(("flowcut_llm_stage", False),),
     ),
     FamilyEntry(
         "qwen2_5_vl", "Qwen2.5-VL", "qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",

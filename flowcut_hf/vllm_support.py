@@ -11,6 +11,7 @@ This module imports vLLM; only the plug-in's model classes import it, in vLLM's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,7 +46,11 @@ def requested_pruning(config: Any) -> str | None:
 
 def served_pruned() -> str:
     """The families and methods vLLM serves pruned, in words."""
-    served = [f"{entry.display_name} ({', '.join(entry.vllm_methods)})" for entry in REGISTRY if entry.vllm_methods]
+    served = [
+        f"{entry.display_name} ({', '.join(entry.vllm_methods)}{', vision stage only' if entry.vllm_requires else ''})"
+        for entry in REGISTRY
+        if entry.vllm_methods
+    ]
     return ", ".join(served) if served else "none"
 
 
@@ -55,9 +60,21 @@ def refuse_unservable(config: Any) -> str | None:
     method = requested_pruning(config)
     if method is None:
         return None
-    entry: FamilyEntry = entry_for_config(config_fields(config))
+    fields = config_fields(config)
+    entry: FamilyEntry = entry_for_config(fields)
     if method in entry.vllm_methods:
-        return method
+        unmet = {name: value for name, value in entry.vllm_requires if fields.get(name, not value) != value}
+        if not unmet:
+            return method
+        overrides = json.dumps(unmet)
+        raise NotServableError(
+            f"flowcut-hf: this checkpoint is a {entry.display_name} variant pruned with {method} in the vision encoder "
+            "and again inside the language model, which vLLM cannot run: it keeps one KV-cache length per request in "
+            "every layer and prefills in chunks. vLLM serves its vision stage alone, cut straight to the kept amount: "
+            f"add --hf-overrides '{overrides}' to vllm serve (LLM(..., hf_overrides={unmet!r}) offline). transformers "
+            f"runs the same schedule with from_pretrained(..., trust_remote_code=True, "
+            f"{', '.join(f'{k}={v!r}' for k, v in unmet.items())}), and the paper's with the checkpoint as it is."
+        )
     raise NotServableError(
         f"flowcut-hf: this checkpoint is a {entry.display_name} variant pruned with {method}, which vLLM cannot run: "
         f"{method} on {entry.display_name} also prunes inside the language model, and vLLM keeps one KV-cache length "

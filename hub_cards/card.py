@@ -331,8 +331,17 @@ def _template_values(info: VariantCardInfo, card_data: ModelCardData) -> dict[st
     )
     family = family_named(info.family)
     entry = next(entry for entry in REGISTRY if entry.name == info.family)
+    overrides = dict(entry.vllm_requires)
+    vllm_command = f"vllm serve {info.repo_id}" + (f" --hf-overrides '{json.dumps(overrides)}'" if overrides else "")
     values = {
         "vllm_served": info.method in entry.vllm_methods,
+        "vllm_command": vllm_command,
+        "vllm_overrides": overrides,
+        "vllm_overrides_literal": repr(overrides),
+        "vllm_overrides_kwargs": ", ".join(f"{name}={value!r}" for name, value in overrides.items()),
+        "kept_per_image": f"{info.target_num} visual tokens per image" if info.target_num is not None else (
+            f"{info.retain_ratio:.1%} of each image's visual tokens" if info.retain_ratio is not None else None
+        ),
         "method_name": "VFlowOpt" if info.method == "vflowopt" else "FlowCut",
         "variant_title": _repo_name(info.repo_id),
         "variant_repo_id": info.repo_id,

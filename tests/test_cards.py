@@ -416,7 +416,7 @@ def test_the_card_says_which_engines_prune_the_variant_and_how():
     text = str(render_variant_card(make_info()))
     assert "`trust_remote_code=True`" in engines_row(text, "transformers") and engines_row(text, "transformers").endswith("| pruned |")
     vllm = engines_row(text, "vLLM")
-    assert f"`vllm serve {REPO}`" in vllm and "`pip install flowcut-hf`" in vllm
+    assert f"`vllm serve {REPO}`" in vllm and "flowcut-hf installed beside vLLM" in vllm
     assert "pruned: 64 visual tokens per image" in vllm
     assert "Without flowcut-hf installed, vLLM serves this repo as the stock" in text
     # A family whose pruning runs inside the language model is refused by the plug-in, and the card says so.
@@ -424,3 +424,9 @@ def test_the_card_says_which_engines_prune_the_variant_and_how():
     refused = engines_row(next_card, "vLLM")
     assert "refused at load: FlowCut on LLaVA-NeXT also prunes inside the language model" in refused
     assert f"[`{BASE}`]" in refused and "pruned:" not in refused
+    # Qwen2-VL: vLLM serves the vision stage alone, with the override the card spells out.
+    qwen_card = str(render_variant_card(make_info(family="qwen2_vl", target_num=None, retain_ratio=0.111, image_tokens=16384, settings={})))
+    qwen = engines_row(qwen_card, "vLLM")
+    assert f"""`vllm serve {REPO} --hf-overrides '{{"flowcut_llm_stage": false}}'`""" in qwen
+    assert "hf_overrides={'flowcut_llm_stage': False}" in qwen and "from_pretrained(..., flowcut_llm_stage=False)" in qwen
+    assert "the vision stage alone: 11.1% of each image's visual tokens kept in the vision encoder" in qwen

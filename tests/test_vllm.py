@@ -31,6 +31,13 @@ import torch
 from flowcut_hf.export.pipeline import ExportOptions, export
 from flowcut_hf.families.llava.builtin import build_random_llava, save_in_hub_layout, tiny_llava_config
 from flowcut_hf.families.llava_next.builtin import build_tiny_llava_next
+from flowcut_hf.families.qwen2_vl.builtin import (
+    build_random_qwen_vl,
+    build_tiny_qwen_processor,
+    build_tiny_qwen_tokenizer,
+    qwen_token_ids,
+    tiny_qwen_vl_config,
+)
 from flowcut_hf.registry import REGISTRY
 from flowcut_hf.tiny import build_tiny_tokenizer, synthetic_image
 from flowcut_hf.vllm_support import NotServableError, refuse_unservable, requested_pruning
@@ -82,6 +89,25 @@ def test_variants_that_prune_inside_the_language_model_are_refused_with_what_wor
         refuse_unservable(llava_variant_config(pruning_method="vflowopt", vflowopt_enabled=True))
 
 
+def qwen_variant_config(version: str = "2", **fields) -> dict:
+    config = tiny_qwen_vl_config(version).to_dict()
+    config.update({"flowcut_retain_ratio": 0.25, "flowcut_target_num": None, "flowcut_enabled": True}, **fields)
+    return config
+
+
+def test_a_qwen2_vl_variant_is_served_by_its_vision_stage_alone_when_its_config_says_so():
+    assert refuse_unservable(qwen_variant_config(flowcut_llm_stage=False)) == "flowcut"
+    assert refuse_unservable(tiny_qwen_vl_config("2")) is None
+    with pytest.raises(NotServableError) as refused:  # the paper's schedule, as exported
+        refuse_unservable(qwen_variant_config())
+    message = str(refused.value)
+    assert "Qwen2-VL variant pruned with flowcut in the vision encoder and again inside the language model" in message
+    assert """--hf-overrides '{"flowcut_llm_stage": false}'""" in message
+    assert "from_pretrained(..., trust_remote_code=True, flowcut_llm_stage=False)" in message
+    with pytest.raises(NotServableError, match=r"Qwen2\.5-VL variant pruned with flowcut.*Qwen2-VL \(flowcut, vision stage only\)"):
+        refuse_unservable(qwen_variant_config("2.5", flowcut_llm_stage=False))
+
+
 def test_the_plugin_is_an_installed_vllm_general_plugin_covering_every_family():
     declared = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["vllm.general_plugins"]
     assert declared == {"flowcut": "flowcut_hf.vllm_plugin:register"}
@@ -122,6 +148,39 @@ def vllm_checkpoints(tmp_path_factory) -> dict[str, Path]:
     }
 
 
+QWEN_PROMPT = (  # as in vllm_checks.py
+    "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is in the picture?<|im_end|>\n<|im_start|>assistant\n"
+)
+VISION_STAGE_ONLY = {"flowcut_llm_stage": False}
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Qwen2-VL base with a text head size vLLM's CPU attention takes (32) and position-sensitive attention
+    (its q/k scaled up, so that a token at a wrong M-RoPE position changes the log-probabilities), and its variant
+    keeping 1/4 of each image's units, exported as the paper runs it (with the LLM stage)."""
+    root = tmp_path_factory.mktemp("vllm_qwen")
+    tokenizer = build_tiny_qwen_tokenizer()
+    config = tiny_qwen_vl_config("2", vocab_size=len(tokenizer), **qwen_token_ids(tokenizer))
+    config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 2, 1
+    config.text_config.head_dim = 32
+    config.text_config.rope_parameters["mrope_section"] = [4, 6, 6]  # half the head size, split as Qwen splits it
+    model = build_random_qwen_vl(config, tokenizer, seed=0)
+    with torch.no_grad():
+        for layer in model.model.language_model.layers:
+            layer.self_attn.q_proj.weight.mul_(6.0)
+            layer.self_attn.k_proj.weight.mul_(6.0)
+    base = root / "qwen2-vl-tiny"
+    model.save_pretrained(base)
+    processor = build_tiny_qwen_processor(tokenizer, "2")
+    processor.tokenizer.save_pretrained(base)
+    processor.image_processor.save_pretrained(base)
+    (base / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}) + "\n")
+    options = ExportOptions(target_nums=[], retain_ratios=[0.25], out=root / "out", base_model="org/qwen2-vl-tiny")
+    variant = export(base, options, log=lambda _: None)
+    return {"base": base, "variant": variant[0].plan.folder}
+
+
 def run_checks(*args: str, env: dict | None = None, timeout: int = 600) -> list[dict]:
     done = subprocess.run(
         [sys.executable, str(CHECKS), *args], capture_output=True, text=True, timeout=timeout,
@@ -132,15 +191,17 @@ def run_checks(*args: str, env: dict | None = None, timeout: int = 600) -> list[
     return [json.loads(line) for line in lines]
 
 
-def transformers_greedy(folder: Path, dtype: torch.dtype = torch.float32, chat: bool = False) -> dict:
-    """What the checkpoint in ``folder`` gives through transformers (its remote code, if any): prompt ids, greedy
-    tokens and their log-probabilities, for :data:`PROMPT` or (``chat``) the chat template's prompt of
+def transformers_greedy(
+    folder: Path, dtype: torch.dtype = torch.float32, chat: bool = False, prompt: str = PROMPT, **settings
+) -> dict:
+    """What the checkpoint in ``folder`` gives through transformers (its remote code, if any, with config ``settings``):
+    prompt ids, greedy tokens and their log-probabilities, for ``prompt`` or (``chat``) the chat template's prompt of
     :data:`CHAT_MESSAGES`."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=dtype).eval()
-    prompt = processor.apply_chat_template(CHAT_MESSAGES, add_generation_prompt=True) if chat else PROMPT
+    model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True, dtype=dtype, **settings).eval()
+    prompt = processor.apply_chat_template(CHAT_MESSAGES, add_generation_prompt=True) if chat else prompt
     inputs = processor(text=prompt, images=synthetic_image(seed=1), return_tensors="pt")
     inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
     with torch.no_grad():
@@ -212,6 +273,33 @@ def test_vllm_serves_the_variant_in_bfloat16(vllm_checkpoints):
     assert served["token_ids"][0] == expected["token_ids"][0]
 
 
+@needs_vllm
+def test_vllm_serves_a_qwen2_vl_variants_vision_stage_as_transformers_runs_it(qwen_checkpoints):
+    """The variant with --hf-overrides '{"flowcut_llm_stage": false}': the retained placeholders per image, each kept
+    unit at its true M-RoPE position, the greedy tokens and log-probabilities of transformers with the same setting, on
+    one rank and two; without the override it is refused, and the stock checkpoint runs unchanged."""
+    variant, base = str(qwen_checkpoints["variant"]), str(qwen_checkpoints["base"])
+    overrides = ("--family", "qwen2_vl", "--hf-overrides", json.dumps(VISION_STAGE_ONLY))
+    served, = run_checks("generate", variant, *overrides)
+    two_ranks, = run_checks("generate", variant, "--tp", "2", *overrides, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    refused, stock = run_checks("generate", variant, base, "--family", "qwen2_vl")
+    expected = transformers_greedy(qwen_checkpoints["variant"], prompt=QWEN_PROMPT, **VISION_STAGE_ONLY)
+    image_pad = json.loads((qwen_checkpoints["variant"] / "config.json").read_text())["image_token_id"]
+    units = expected["prompt_token_ids"].count(image_pad)
+    kept = round(0.25 * units)
+    first = expected["prompt_token_ids"].index(image_pad)
+    pruned_prompt = expected["prompt_token_ids"][: first + kept] + expected["prompt_token_ids"][first + units :]
+    for result in (served, two_ranks):
+        assert result["prompt_token_ids"] == pruned_prompt and result["prompt_token_ids"].count(image_pad) == kept
+        assert result["token_ids"] == expected["token_ids"]
+        assert result["logprobs"] == pytest.approx(expected["logprobs"], abs=1e-4)
+    assert refused["error"].startswith("NotServableError: flowcut-hf: this checkpoint is a Qwen2-VL variant")
+    assert "--hf-overrides" in refused["error"]
+    unpruned = transformers_greedy(qwen_checkpoints["base"], prompt=QWEN_PROMPT)
+    assert stock["prompt_token_ids"] == unpruned["prompt_token_ids"] and stock["token_ids"] == unpruned["token_ids"]
+    assert stock["logprobs"] == pytest.approx(unpruned["logprobs"], abs=1e-4)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -272,6 +360,8 @@ def test_vllm_bench_refuses_what_vllm_does_not_serve_pruned_before_anything_load
 
     with pytest.raises(ValueError, match="vLLM does not serve LLaVA-NeXT pruned.*runs LLaVA-1.5"):
         run_vllm_bench("builtin", family="llava-next")
+    with pytest.raises(ValueError, match="no oracle for Qwen2-VL yet.*runs LLaVA-1.5"):
+        run_vllm_bench("builtin", family="qwen2-vl")
     with pytest.raises(ValueError, match="heads of 16.*vLLM's CPU attention needs 32"):
         run_vllm_bench("tiny", family="llava")
 

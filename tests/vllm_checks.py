@@ -1,7 +1,8 @@
 """What tests/test_vllm.py runs in vLLM's environment, each in a fresh interpreter (vLLM starts engine processes and
 sets up torch.distributed, which a pytest process should not carry). Prints one JSON line per result.
 
-    python tests/vllm_checks.py generate MODEL [MODEL ...] [--tp N] [--dtype D]   greedy tokens, prompt ids, logprobs
+    python tests/vllm_checks.py generate MODEL [MODEL ...] [--tp N] [--dtype D] [--family F] [--hf-overrides JSON]
+                                                                                     greedy tokens, prompt ids, logprobs
     python tests/vllm_checks.py selection                                            FlowCut in vLLM's CLIP vs transformers'
 """
 
@@ -13,22 +14,28 @@ import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU backend needs it set
 
-PROMPT = "USER: <image>\nWhat is in the picture? ASSISTANT:"
+PROMPTS = {  # as in test_vllm.py
+    "llava": "USER: <image>\nWhat is in the picture? ASSISTANT:",
+    "qwen2_vl": "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>What is in the picture?<|im_end|>\n"
+                "<|im_start|>assistant\n",
+}
+MEDIA_LIMITS = {"llava": {"image": 1}, "qwen2_vl": {"image": 1, "video": 0}}
 MAX_NEW_TOKENS = 8
 
 
-def generate(models: list[str], tensor_parallel_size: int, dtype: str) -> None:
+def generate(models: list[str], tensor_parallel_size: int, dtype: str, family: str, hf_overrides: dict | None) -> None:
     from vllm import LLM, SamplingParams
 
     from flowcut_hf.tiny import synthetic_image
 
-    request = {"prompt": PROMPT, "multi_modal_data": {"image": synthetic_image(seed=1)}}
+    request = {"prompt": PROMPTS[family], "multi_modal_data": {"image": synthetic_image(seed=1)}}
     sampling = SamplingParams(max_tokens=MAX_NEW_TOKENS, temperature=0, logprobs=1, ignore_eos=True)
     for model in models:
         try:
             llm = LLM(
                 model=model, max_model_len=1024, enforce_eager=True, dtype=dtype, seed=0,
-                tensor_parallel_size=tensor_parallel_size, limit_mm_per_prompt={"image": 1},
+                tensor_parallel_size=tensor_parallel_size, limit_mm_per_prompt=MEDIA_LIMITS[family],
+                hf_overrides=hf_overrides,
             )
         except Exception as error:  # the test reads what a user would see
             print(json.dumps({"model": model, "error": f"{type(error).__name__}: {error}"}), flush=True)
@@ -101,10 +108,12 @@ def main() -> None:
     run.add_argument("models", nargs="+")
     run.add_argument("--tp", type=int, default=1)
     run.add_argument("--dtype", default="float32")
+    run.add_argument("--family", choices=sorted(PROMPTS), default="llava")
+    run.add_argument("--hf-overrides", type=json.loads, default=None)
     commands.add_parser("selection")
     args = parser.parse_args()
     if args.command == "generate":
-        generate(args.models, args.tp, args.dtype)
+        generate(args.models, args.tp, args.dtype, args.family, args.hf_overrides)
     else:
         selection()
 
