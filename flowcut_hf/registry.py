@@ -88,7 +88,8 @@ REGISTRY: tuple[FamilyEntry, ...] = (
         "qwen2_5_vl", "Qwen2.5-VL", "qwen2.5-vl", "qwen2_5_vl", "Qwen2_5_VLForConditionalGeneration",
         "flowcut_hf.families.qwen2_vl.adapter:Qwen2_5VLFamily",
         amount_kinds=("retain_ratio", "target_num"), examples=("Qwen/Qwen2.5-VL-7B-Instruct",),
-        vllm_model="flowcut_hf.families.qwen2_vl.vllm:FlowCutCheckedQwen2_5_VL",
+        vllm_model="flowcut_hf.families.qwen2_vl.vllm:FlowCutQwen2_5_VLForVllm", vllm_methods=("flowcut",),
+        vllm_requires=(("flowcut_llm_stage", False),),
     ),
     FamilyEntry(
         "llava_onevision", "LLaVA-OneVision", "llava-onevision", "llava_onevision", "LlavaOnevisionForConditionalGeneration",

@@ -95,7 +95,7 @@ def qwen_variant_config(version: str = "2", **fields) -> dict:
     return config
 
 
-def test_a_qwen2_vl_variant_is_served_by_its_vision_stage_alone_when_its_config_says_so():
+def test_a_qwen_variant_is_served_by_its_vision_stage_alone_when_its_config_says_so():
     assert refuse_unservable(qwen_variant_config(flowcut_llm_stage=False)) == "flowcut"
     assert refuse_unservable(tiny_qwen_vl_config("2")) is None
     with pytest.raises(NotServableError) as refused:  # the paper's schedule, as exported
@@ -104,8 +104,11 @@ def test_a_qwen2_vl_variant_is_served_by_its_vision_stage_alone_when_its_config_
     assert "Qwen2-VL variant pruned with flowcut in the vision encoder and again inside the language model" in message
     assert """--hf-overrides '{"flowcut_llm_stage": false}'""" in message
     assert "from_pretrained(..., trust_remote_code=True, flowcut_llm_stage=False)" in message
-    with pytest.raises(NotServableError, match=r"Qwen2\.5-VL variant pruned with flowcut.*Qwen2-VL \(flowcut, vision stage only\)"):
-        refuse_unservable(qwen_variant_config("2.5", flowcut_llm_stage=False))
+    assert refuse_unservable(qwen_variant_config("2.5", flowcut_llm_stage=False)) == "flowcut"
+    with pytest.raises(NotServableError, match="Qwen2.5-VL variant pruned with flowcut in the vision encoder and again"):
+        refuse_unservable(qwen_variant_config("2.5"))
+    with pytest.raises(NotServableError, match=r"Qwen2-VL \(flowcut, vision stage only\), Qwen2\.5-VL \(flowcut, vision"):
+        refuse_unservable(llava_variant_config(pruning_method="vflowopt", vflowopt_enabled=True))
 
 
 def test_the_plugin_is_an_installed_vllm_general_plugin_covering_every_family():
@@ -154,14 +157,13 @@ QWEN_PROMPT = (  # as in vllm_checks.py
 VISION_STAGE_ONLY = {"flowcut_llm_stage": False}
 
 
-@pytest.fixture(scope="module")
-def qwen_checkpoints(tmp_path_factory) -> dict[str, Path]:
-    """A tiny Qwen2-VL base with a text head size vLLM's CPU attention takes (32) and position-sensitive attention
-    (its q/k scaled up, so that a token at a wrong M-RoPE position changes the log-probabilities), and its variant
-    keeping 1/4 of each image's units, exported as the paper runs it (with the LLM stage)."""
-    root = tmp_path_factory.mktemp("vllm_qwen")
+def save_qwen_checkpoints(root: Path, version: str) -> dict[str, Path]:
+    """A tiny Qwen2-VL (``version="2"``) or Qwen2.5-VL base with a text head size vLLM's CPU attention takes (32) and
+    position-sensitive attention (its q/k scaled up, so that a token at a wrong M-RoPE position changes the
+    log-probabilities), and its variant keeping 1/4 of each image's units, exported as the paper runs it (with the LLM
+    stage)."""
     tokenizer = build_tiny_qwen_tokenizer()
-    config = tiny_qwen_vl_config("2", vocab_size=len(tokenizer), **qwen_token_ids(tokenizer))
+    config = tiny_qwen_vl_config(version, vocab_size=len(tokenizer), **qwen_token_ids(tokenizer))
     config.text_config.num_attention_heads, config.text_config.num_key_value_heads = 2, 1
     config.text_config.head_dim = 32
     config.text_config.rope_parameters["mrope_section"] = [4, 6, 6]  # half the head size, split as Qwen splits it
@@ -170,15 +172,28 @@ def qwen_checkpoints(tmp_path_factory) -> dict[str, Path]:
         for layer in model.model.language_model.layers:
             layer.self_attn.q_proj.weight.mul_(6.0)
             layer.self_attn.k_proj.weight.mul_(6.0)
-    base = root / "qwen2-vl-tiny"
+    base = root / f"qwen{version}-vl-tiny"
     model.save_pretrained(base)
-    processor = build_tiny_qwen_processor(tokenizer, "2")
+    processor = build_tiny_qwen_processor(tokenizer, version)
     processor.tokenizer.save_pretrained(base)
     processor.image_processor.save_pretrained(base)
-    (base / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2VLProcessor"}) + "\n")
-    options = ExportOptions(target_nums=[], retain_ratios=[0.25], out=root / "out", base_model="org/qwen2-vl-tiny")
+    processor_class = "Qwen2VLProcessor" if version == "2" else "Qwen2_5_VLProcessor"
+    (base / "processor_config.json").write_text(json.dumps({"processor_class": processor_class}) + "\n")
+    options = ExportOptions(target_nums=[], retain_ratios=[0.25], out=root / "out", base_model=f"org/{base.name}")
     variant = export(base, options, log=lambda _: None)
     return {"base": base, "variant": variant[0].plan.folder}
+
+
+@pytest.fixture(scope="module")
+def qwen_checkpoints(tmp_path_factory) -> dict[str, dict[str, Path]]:
+    root = tmp_path_factory.mktemp("vllm_qwen")
+    return {version: save_qwen_checkpoints(root / version, version) for version in ("2", "2.5")}
+
+
+def pruned_prompt(prompt_ids: list[int], image_token_id: int, kept: int) -> list[int]:
+    """The prompt with its (one) image's placeholder run shortened to ``kept``."""
+    first, units = prompt_ids.index(image_token_id), prompt_ids.count(image_token_id)
+    return prompt_ids[: first + kept] + prompt_ids[first + units :]
 
 
 def run_checks(*args: str, env: dict | None = None, timeout: int = 600) -> list[dict]:
@@ -278,26 +293,38 @@ def test_vllm_serves_a_qwen2_vl_variants_vision_stage_as_transformers_runs_it(qw
     """The variant with --hf-overrides '{"flowcut_llm_stage": false}': the retained placeholders per image, each kept
     unit at its true M-RoPE position, the greedy tokens and log-probabilities of transformers with the same setting, on
     one rank and two; without the override it is refused, and the stock checkpoint runs unchanged."""
-    variant, base = str(qwen_checkpoints["variant"]), str(qwen_checkpoints["base"])
+    folders = qwen_checkpoints["2"]
+    variant, base = str(folders["variant"]), str(folders["base"])
     overrides = ("--family", "qwen2_vl", "--hf-overrides", json.dumps(VISION_STAGE_ONLY))
     served, = run_checks("generate", variant, *overrides)
     two_ranks, = run_checks("generate", variant, "--tp", "2", *overrides, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
     refused, stock = run_checks("generate", variant, base, "--family", "qwen2_vl")
-    expected = transformers_greedy(qwen_checkpoints["variant"], prompt=QWEN_PROMPT, **VISION_STAGE_ONLY)
-    image_pad = json.loads((qwen_checkpoints["variant"] / "config.json").read_text())["image_token_id"]
-    units = expected["prompt_token_ids"].count(image_pad)
-    kept = round(0.25 * units)
-    first = expected["prompt_token_ids"].index(image_pad)
-    pruned_prompt = expected["prompt_token_ids"][: first + kept] + expected["prompt_token_ids"][first + units :]
+    expected = transformers_greedy(folders["variant"], prompt=QWEN_PROMPT, **VISION_STAGE_ONLY)
+    image_pad = json.loads((folders["variant"] / "config.json").read_text())["image_token_id"]
+    kept = round(0.25 * expected["prompt_token_ids"].count(image_pad))
     for result in (served, two_ranks):
-        assert result["prompt_token_ids"] == pruned_prompt and result["prompt_token_ids"].count(image_pad) == kept
+        assert result["prompt_token_ids"] == pruned_prompt(expected["prompt_token_ids"], image_pad, kept)
         assert result["token_ids"] == expected["token_ids"]
         assert result["logprobs"] == pytest.approx(expected["logprobs"], abs=1e-4)
     assert refused["error"].startswith("NotServableError: flowcut-hf: this checkpoint is a Qwen2-VL variant")
     assert "--hf-overrides" in refused["error"]
-    unpruned = transformers_greedy(qwen_checkpoints["base"], prompt=QWEN_PROMPT)
+    unpruned = transformers_greedy(folders["base"], prompt=QWEN_PROMPT)
     assert stock["prompt_token_ids"] == unpruned["prompt_token_ids"] and stock["token_ids"] == unpruned["token_ids"]
     assert stock["logprobs"] == pytest.approx(unpruned["logprobs"], abs=1e-4)
+
+
+@needs_vllm
+def test_vllm_serves_a_qwen2_5_vl_variants_vision_stage_across_windows_and_ranks(qwen_checkpoints):
+    """Qwen2.5-VL: window attention recounted as units drop, and a q/k/v projection sharded by heads over two ranks."""
+    folders = qwen_checkpoints["2.5"]
+    overrides = ("--family", "qwen2_vl", "--hf-overrides", json.dumps(VISION_STAGE_ONLY))
+    served, = run_checks("generate", str(folders["variant"]), "--tp", "2", *overrides, env={"VLLM_CPU_OMP_THREADS_BIND": "0|1"})
+    expected = transformers_greedy(folders["variant"], prompt=QWEN_PROMPT, **VISION_STAGE_ONLY)
+    image_pad = json.loads((folders["variant"] / "config.json").read_text())["image_token_id"]
+    kept = round(0.25 * expected["prompt_token_ids"].count(image_pad))
+    assert served["prompt_token_ids"] == pruned_prompt(expected["prompt_token_ids"], image_pad, kept)
+    assert served["token_ids"] == expected["token_ids"]
+    assert served["logprobs"] == pytest.approx(expected["logprobs"], abs=1e-4)
 
 
 def free_port() -> int:
