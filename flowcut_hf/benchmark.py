@@ -341,6 +341,55 @@ def time_interleaved(rows, mode, timer: DeviceTimer, prefill, warmup: int, repea
             bar.update()
 
 
+@dataclass
+class BenchSetup:
+    """What a family's bench starts from: the model in eval mode, its processor, a parameter (device, dtype), the
+    timer and the RGB image."""
+
+    model: nn.Module
+    processor: Any
+    parameter: torch.Tensor
+    timer: DeviceTimer
+    image: Any
+
+
+def bench_setup(model, processor, builtin: str, repeats: int, warmup: int, image, image_size: tuple[int, int]) -> BenchSetup:
+    """The start every two-stage family's bench shares: checks the rounds, builds the family's ``builtin`` model when
+    none is given (a given model needs its processor), and takes ``image`` or a synthetic one of ``image_size``."""
+    from .tiny import synthetic_image
+
+    if repeats < 1 or warmup < 0:
+        raise ValueError("need repeats >= 1 and warmup >= 0")
+    if model is None:
+        from .builtin import build_builtin_model
+
+        model, processor = build_builtin_model(builtin)
+    elif processor is None:
+        raise ValueError("pass the model's processor along with a loaded model")
+    model.eval()
+    parameter = next(model.parameters())
+    picture = (image or synthetic_image(0, size=image_size)).convert("RGB")
+    return BenchSetup(model, processor, parameter, DeviceTimer(parameter.device), picture)
+
+
+def bench_progress(total: int, progress: bool):
+    """The bench's tqdm bar on stderr (silent unless ``progress``)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
+
+
+def measure_prefill(timer: DeviceTimer, prefill: Callable[[], Any]) -> tuple[dict, Any]:
+    """Runs ``prefill`` once under the peak-memory probe: ``({"memory", "kv_bytes", "layer_lengths"}, output)``, the
+    KV length of every layer read from the returned cache."""
+    memory, output = timer.peak_memory(prefill)
+    cache = cache_of(output)
+    kv_bytes, _ = cache_nbytes(cache)
+    return {"memory": memory, "kv_bytes": kv_bytes, "layer_lengths": [int(layer.keys.shape[2]) for layer in cache.layers]}, output
+
+
 def model_summary(spec: str, model: nn.Module) -> dict:
     config = model.config
     vision, text = config.vision_config, config.text_config

@@ -45,7 +45,6 @@ JSON (``--json FILE``)::
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,17 +54,17 @@ from torch import nn
 from transformers import LlavaNextModel
 
 from ... import accounting
-from ...modeling.flowcut_compat import cache_of
 from ...accounting import AnyresImageTokens
 from ...api import flowcut
 from ...benchmark import (
+    bench_progress,
+    bench_setup,
+    measure_prefill,
     versions_and_device,
     DEFAULT_PROMPT,
     aligned_rows,
     report_headline,
     staged_target_lines,
-    DeviceTimer,
-    cache_nbytes,
     compact_schedule,
     model_summary,
     paired_ratio,
@@ -179,25 +178,11 @@ def run_next_bench(
     restored at the end) and its stock processor; by default the preset. ``image``: a PIL image, by default a
     synthetic one of ``image_size`` (height, width).
     """
-    from tqdm.auto import tqdm
-
-    from ...tiny import synthetic_image
-
     family = family_named("llava_next")
     for target in target_nums:
         family.field_validators["flowcut_target_num"](target)
-    if repeats < 1 or warmup < 0:
-        raise ValueError("need repeats >= 1 and warmup >= 0")
-    if model is None:
-        from ...builtin import build_builtin_model
-
-        model, processor = build_builtin_model("llava-next")
-    elif processor is None:
-        raise ValueError("pass the model's processor along with a loaded model")
-    model.eval()
-    parameter = next(model.parameters())
-    timer = DeviceTimer(parameter.device)
-    image = (image or synthetic_image(0, size=image_size)).convert("RGB")
+    setup = bench_setup(model, processor, "llava-next", repeats, warmup, image, image_size)
+    model, processor, parameter, timer, image = setup.model, setup.processor, setup.parameter, setup.timer, setup.image
     image_size = (image.height, image.width)
     config = model.config
     stock_tokens = stock_token_count(config, image_size)
@@ -214,7 +199,7 @@ def run_next_bench(
 
     modes = NextModelModes(model)
     llm_prune_layer = model.config.flowcut_llm_prune_layer
-    bar = tqdm(total=(warmup + repeats + 1) * len(rows), file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
+    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
 
     def prefill(row: NextRow):
         return model(**row.inputs, use_cache=True, logits_to_keep=1)
@@ -226,14 +211,8 @@ def run_next_bench(
                 bar.set_postfix_str(f"{row.name} memory", refresh=False)
                 with modes.mode(row):
                     with record_vision_schedule(model) as lengths:
-                        memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(cache_of(output))
-                    row.measured = {
-                        "schedule": list(lengths),
-                        "memory": memory,
-                        "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in cache_of(output).layers],
-                    }
+                        measured, output = measure_prefill(timer, lambda: prefill(row))
+                    row.measured = {"schedule": list(lengths), **measured}
                     if row.kind == "flowcut":
                         features = model.model.get_image_features(
                             pixel_values=row.inputs["pixel_values"], image_sizes=row.inputs["image_sizes"]

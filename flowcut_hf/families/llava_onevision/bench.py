@@ -23,7 +23,6 @@ memory. Targets (the paper's headline): at 10%, the KV cache 89% smaller (within
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -32,13 +31,13 @@ from torch import nn
 from transformers import LlavaOnevisionModel
 
 from ... import accounting
-from ...modeling.flowcut_compat import cache_of
 from ...api import flowcut, prune
 from ...benchmark import (
+    bench_progress,
+    bench_setup,
+    measure_prefill,
     versions_and_device,
-    DeviceTimer,
     aligned_rows,
-    cache_nbytes,
     compact_schedule,
     instance_snapshot,
     paired_ratio,
@@ -118,24 +117,13 @@ def run_onevision_bench(
     spec: str = "builtin (llava-onevision)",
 ) -> dict:
     """Runs the LLaVA-OneVision benchmark and returns its report (see the module docstring)."""
-    from tqdm.auto import tqdm
-
     from ...modeling.configuration_flowcut_llava_onevision import ONEVISION_PRESETS
-    from ...tiny import synthetic_image
 
     unknown = [p for p in presets if p not in ONEVISION_PRESETS]
     if unknown:
         raise ValueError(f"unknown VFlowOpt presets {unknown}; released: {sorted(ONEVISION_PRESETS)}")
-    if repeats < 1 or warmup < 0:
-        raise ValueError("need repeats >= 1 and warmup >= 0")
-    if model is None:
-        from ...builtin import build_builtin_model
-
-        model, processor = build_builtin_model("llava-onevision")
-    model.eval()
-    parameter = next(model.parameters())
-    timer = DeviceTimer(parameter.device)
-    image = (image or synthetic_image(0, size=image_size)).convert("RGB")
+    setup = bench_setup(model, processor, "llava-onevision", repeats, warmup, image, image_size)
+    model, processor, parameter, timer, image = setup.model, setup.processor, setup.parameter, setup.timer, setup.image
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True
     )
@@ -150,7 +138,7 @@ def run_onevision_bench(
                  OnevisionRow(f"flowcut@{matched}", preset, "flowcut", inputs, target_num=matched),
                  OnevisionRow(f"oracle@{preset}", preset, "oracle", oracle_inputs)]
     modes = OnevisionModes(model)
-    bar = tqdm(total=(warmup + repeats + 1) * len(rows), file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
+    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
 
     def prefill(row: OnevisionRow):
         return model(**row.inputs, use_cache=True, logits_to_keep=1)
@@ -160,13 +148,7 @@ def run_onevision_bench(
             time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
             for row in rows:
                 with modes.mode(row):
-                    memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(cache_of(output))
-                    row.measured = {
-                        "memory": memory,
-                        "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in cache_of(output).layers],
-                    }
+                    row.measured, output = measure_prefill(timer, lambda: prefill(row))
                     del output
                 bar.update()
     finally:

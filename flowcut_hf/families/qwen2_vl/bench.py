@@ -30,7 +30,6 @@ and ``settings.grid_thw``, per config ``retain_ratio``, ``vit_schedule`` (patche
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,16 +38,16 @@ import torch
 from torch import nn
 
 from ... import accounting
-from ...modeling.flowcut_compat import cache_of
 from .accounting import qwen_vision_flops
 from ...api import flowcut
 from ...benchmark import (
+    bench_progress,
+    bench_setup,
+    measure_prefill,
     versions_and_device,
-    DeviceTimer,
     instance_snapshot,
     restore_instance,
     aligned_rows,
-    cache_nbytes,
     compact_schedule,
     paired_ratio,
     staged_target_lines,
@@ -158,25 +157,11 @@ def run_qwen_bench(
     and restored at the end) and its stock processor; by default the preset. ``image``: a PIL image, by default a
     synthetic one of ``image_size`` (height, width).
     """
-    from tqdm.auto import tqdm
-
-    from ...tiny import synthetic_image
-
-    if repeats < 1 or warmup < 0:
-        raise ValueError("need repeats >= 1 and warmup >= 0")
-    if model is None:
-        from ...builtin import build_builtin_model
-
-        model, processor = build_builtin_model("qwen2-vl")
-    elif processor is None:
-        raise ValueError("pass the model's processor along with a loaded model")
-    model.eval()
+    setup = bench_setup(model, processor, "qwen2-vl", repeats, warmup, image, image_size)
+    model, processor, parameter, timer, image = setup.model, setup.processor, setup.parameter, setup.timer, setup.image
     family = family_for_model(model)
     for ratio in retain_ratios:
         family.field_validators["flowcut_retain_ratio"](ratio)
-    parameter = next(model.parameters())
-    timer = DeviceTimer(parameter.device)
-    image = (image or synthetic_image(0, size=image_size)).convert("RGB")
     inputs = {k: v.to(parameter.device) for k, v in question_inputs(processor, image, question).items()}
     inputs["pixel_values"] = inputs["pixel_values"].to(parameter.dtype)
     grid = [int(n) for n in inputs["image_grid_thw"][0]]
@@ -188,7 +173,7 @@ def run_qwen_bench(
         rows += [QwenRow(f"flowcut@{ratio:g}", "flowcut", ratio), QwenRow(f"oracle@{ratio:g}", "oracle", ratio)]
     modes = QwenModelModes(model)
     llm_prune_layer = model.config.flowcut_llm_prune_layer
-    bar = tqdm(total=(warmup + repeats + 1) * len(rows), file=sys.stderr, disable=not progress, desc="bench", unit="prefill", leave=False)
+    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
 
     def prefill(row: QwenRow):
         return model(**inputs, use_cache=True, logits_to_keep=1)
@@ -199,12 +184,9 @@ def run_qwen_bench(
             for row in rows:
                 bar.set_postfix_str(f"{row.name} memory", refresh=False)
                 with modes.mode(row):
-                    memory, output = timer.peak_memory(lambda: prefill(row))
-                    kv_bytes, _ = cache_nbytes(cache_of(output))
+                    measured, output = measure_prefill(timer, lambda: prefill(row))
                     row.measured = {
-                        "memory": memory,
-                        "kv_bytes": kv_bytes,
-                        "layer_lengths": [int(layer.keys.shape[2]) for layer in cache_of(output).layers],
+                        **measured,
                         "vit_schedule": [4 * units] * len(model.model.visual.blocks),
                         "tokens_into_llm": units,
                         "merged_units": units,
