@@ -182,6 +182,7 @@ def run_vllm_bench(
 ) -> dict:
     """``flowcut-hf bench --engine vllm``: the family's stock model, FlowCut variants and oracles served by vLLM and
     timed interleaved (see :mod:`flowcut_hf.vllm_bench`); returns the report."""
+    import importlib.util
     import tempfile
 
     from .registry import REGISTRY, display_names
@@ -199,6 +200,11 @@ def run_vllm_bench(
         raise ValueError(
             f"--engine vllm has no oracle for {chosen.display_name} yet, so it does not measure it; it runs {measured}. "
             f"Bench {chosen.display_name} with transformers (leave --engine out)."
+        )
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            "--engine vllm needs vLLM installed beside flowcut-hf: pip install -e \".[vllm]\" on a machine with a CUDA "
+            "torch, or on a CPU machine the environment .ci/vllm-env builds (see the README's 'Serving with vLLM')."
         )
     targets = list(target_nums) or [64]
     options = VllmBenchOptions(

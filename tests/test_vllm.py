@@ -389,8 +389,22 @@ def test_vllm_bench_refuses_what_vllm_does_not_serve_pruned_before_anything_load
         run_vllm_bench("builtin", family="llava-next")
     with pytest.raises(ValueError, match="no oracle for Qwen2-VL yet.*runs LLaVA-1.5"):
         run_vllm_bench("builtin", family="qwen2-vl")
+
+
+@needs_vllm
+def test_vllm_bench_refuses_a_model_whose_heads_vllms_cpu_attention_cannot_take():
+    from flowcut_hf.bench import run_vllm_bench
+
     with pytest.raises(ValueError, match="heads of 16.*vLLM's CPU attention needs 32"):
         run_vllm_bench("tiny", family="llava")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_vllm_bench_without_vllm_says_how_to_install_it_before_anything_loads():
+    from flowcut_hf.bench import run_vllm_bench
+
+    with pytest.raises(ValueError, match=r"needs vLLM installed beside flowcut-hf: pip install -e \"\.\[vllm\]\".*\.ci/vllm-env"):
+        run_vllm_bench("builtin", family="llava")
 
 
 def test_vllm_bench_checkpoints_share_the_weights_and_differ_only_in_their_config(tmp_path):
