@@ -390,6 +390,24 @@ def measure_prefill(timer: DeviceTimer, prefill: Callable[[], Any]) -> tuple[dic
     return {"memory": memory, "kv_bytes": kv_bytes, "layer_lengths": [int(layer.keys.shape[2]) for layer in cache.layers]}, output
 
 
+def time_and_measure_rows(rows, modes, timer: DeviceTimer, prefill, warmup: int, repeats: int, progress: bool, measure) -> None:
+    """The two passes of a two-stage family's bench: every row's prefill timed in interleaved rounds
+    (:func:`time_interleaved`), then each row measured once, ``row.measured = measure(row)``, inside its mode
+    (``modes.mode(row)``); the model is restored (``modes.restore()``) whatever happens."""
+    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
+    try:
+        with torch.inference_mode():
+            time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
+            for row in rows:
+                bar.set_postfix_str(f"{row.name} memory", refresh=False)
+                with modes.mode(row):
+                    row.measured = measure(row)
+                bar.update()
+    finally:
+        bar.close()
+        modes.restore()
+
+
 def model_summary(spec: str, model: nn.Module) -> dict:
     config = model.config
     vision, text = config.vision_config, config.text_config

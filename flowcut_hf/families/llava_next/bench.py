@@ -49,7 +49,6 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 from transformers import LlavaNextModel
 
@@ -57,7 +56,7 @@ from ... import accounting
 from ...accounting import AnyresImageTokens
 from ...api import flowcut
 from ...benchmark import (
-    bench_progress,
+    time_and_measure_rows,
     bench_setup,
     measure_prefill,
     versions_and_device,
@@ -70,7 +69,6 @@ from ...benchmark import (
     paired_ratio,
     record_vision_schedule,
     stats_ms,
-    time_interleaved,
     UniformOracleMixin,
     with_placeholder_span,
 )
@@ -199,33 +197,26 @@ def run_next_bench(
 
     modes = NextModelModes(model)
     llm_prune_layer = model.config.flowcut_llm_prune_layer
-    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
 
     def prefill(row: NextRow):
         return model(**row.inputs, use_cache=True, logits_to_keep=1)
 
-    try:
-        with torch.inference_mode():
-            time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
-            for row in rows:
-                bar.set_postfix_str(f"{row.name} memory", refresh=False)
-                with modes.mode(row):
-                    with record_vision_schedule(model) as lengths:
-                        measured, output = measure_prefill(timer, lambda: prefill(row))
-                    row.measured = {"schedule": list(lengths), **measured}
-                    if row.kind == "flowcut":
-                        features = model.model.get_image_features(
-                            pixel_values=row.inputs["pixel_values"], image_sizes=row.inputs["image_sizes"]
-                        )
-                        row.measured["kept_per_crop"] = list(features.keep_indices[0].shape)
-                        row.measured["tokens_into_llm"] = len(features.pooler_output[0])
-                        row.measured["tokens_after_llm_stage"] = len(model(**row.inputs).llm_keep_indices[0])
-                        row.measured["reported_schedule"] = [int(n) for n in features.token_schedule[0]]
-                    del output
-                bar.update()
-    finally:
-        bar.close()
-        modes.restore()
+    def measure(row: NextRow) -> dict:
+        with record_vision_schedule(model) as lengths:
+            measured, output = measure_prefill(timer, lambda: prefill(row))
+        del output
+        measured = {"schedule": list(lengths), **measured}
+        if row.kind == "flowcut":
+            features = model.model.get_image_features(
+                pixel_values=row.inputs["pixel_values"], image_sizes=row.inputs["image_sizes"]
+            )
+            measured["kept_per_crop"] = list(features.keep_indices[0].shape)
+            measured["tokens_into_llm"] = len(features.pooler_output[0])
+            measured["tokens_after_llm_stage"] = len(model(**row.inputs).llm_keep_indices[0])
+            measured["reported_schedule"] = [int(n) for n in features.token_schedule[0]]
+        return measured
+
+    time_and_measure_rows(rows, modes, timer, prefill, warmup, repeats, progress, measure)
 
     stock_stats = stats_ms(rows[0].samples)
     accounts, configs = {}, []

@@ -26,14 +26,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import torch
 from torch import nn
 from transformers import LlavaOnevisionModel
 
 from ... import accounting
 from ...api import flowcut, prune
 from ...benchmark import (
-    bench_progress,
+    time_and_measure_rows,
     bench_setup,
     measure_prefill,
     versions_and_device,
@@ -43,7 +42,6 @@ from ...benchmark import (
     paired_ratio,
     restore_instance,
     stats_ms,
-    time_interleaved,
     UniformOracleMixin,
     with_placeholder_span,
 )
@@ -138,22 +136,14 @@ def run_onevision_bench(
                  OnevisionRow(f"flowcut@{matched}", preset, "flowcut", inputs, target_num=matched),
                  OnevisionRow(f"oracle@{preset}", preset, "oracle", oracle_inputs)]
     modes = OnevisionModes(model)
-    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
 
     def prefill(row: OnevisionRow):
         return model(**row.inputs, use_cache=True, logits_to_keep=1)
 
-    try:
-        with torch.inference_mode():
-            time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
-            for row in rows:
-                with modes.mode(row):
-                    row.measured, output = measure_prefill(timer, lambda: prefill(row))
-                    del output
-                bar.update()
-    finally:
-        bar.close()
-        modes.restore()
+    def measure(row: OnevisionRow) -> dict:
+        return measure_prefill(timer, lambda: prefill(row))[0]
+
+    time_and_measure_rows(rows, modes, timer, prefill, warmup, repeats, progress, measure)
 
     text = model.config.text_config
     stock_stats = stats_ms(rows[0].samples)

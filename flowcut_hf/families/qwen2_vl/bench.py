@@ -41,7 +41,7 @@ from ... import accounting
 from .accounting import qwen_vision_flops
 from ...api import flowcut
 from ...benchmark import (
-    bench_progress,
+    time_and_measure_rows,
     bench_setup,
     measure_prefill,
     versions_and_device,
@@ -52,7 +52,6 @@ from ...benchmark import (
     paired_ratio,
     staged_target_lines,
     stats_ms,
-    time_interleaved,
     uniform_indices,
 )
 from ...modeling.flowcut_qwen_vision import merge_units
@@ -173,36 +172,24 @@ def run_qwen_bench(
         rows += [QwenRow(f"flowcut@{ratio:g}", "flowcut", ratio), QwenRow(f"oracle@{ratio:g}", "oracle", ratio)]
     modes = QwenModelModes(model)
     llm_prune_layer = model.config.flowcut_llm_prune_layer
-    bar = bench_progress((warmup + repeats + 1) * len(rows), progress)
 
     def prefill(row: QwenRow):
         return model(**inputs, use_cache=True, logits_to_keep=1)
 
-    try:
-        with torch.inference_mode():
-            time_interleaved(rows, modes.mode, timer, prefill, warmup, repeats, bar)
-            for row in rows:
-                bar.set_postfix_str(f"{row.name} memory", refresh=False)
-                with modes.mode(row):
-                    measured, output = measure_prefill(timer, lambda: prefill(row))
-                    row.measured = {
-                        **measured,
-                        "vit_schedule": [4 * units] * len(model.model.visual.blocks),
-                        "tokens_into_llm": units,
-                        "merged_units": units,
-                    }
-                    if row.kind != "stock":
-                        features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
-                        row.measured["vit_schedule"] = [int(n) for n in features.token_schedule[0]]
-                        row.measured["tokens_into_llm"] = len(features.pooler_output[0])
-                        row.measured["tokens_after_llm_stage"] = features.llm_targets[0]
-                        if row.kind == "flowcut":  # the oracle's merger runs on every unit, then thins
-                            row.measured["merged_units"] = len(features.pooler_output[0])
-                    del output
-                bar.update()
-    finally:
-        bar.close()
-        modes.restore()
+    def measure(row: QwenRow) -> dict:
+        measured, output = measure_prefill(timer, lambda: prefill(row))
+        del output
+        measured.update(vit_schedule=[4 * units] * len(model.model.visual.blocks), tokens_into_llm=units, merged_units=units)
+        if row.kind != "stock":
+            features = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
+            measured["vit_schedule"] = [int(n) for n in features.token_schedule[0]]
+            measured["tokens_into_llm"] = len(features.pooler_output[0])
+            measured["tokens_after_llm_stage"] = features.llm_targets[0]
+            if row.kind == "flowcut":  # the oracle's merger runs on every unit, then thins
+                measured["merged_units"] = len(features.pooler_output[0])
+        return measured
+
+    time_and_measure_rows(rows, modes, timer, prefill, warmup, repeats, progress, measure)
 
     stock_stats = stats_ms(rows[0].samples)
     configs = []
